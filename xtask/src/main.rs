@@ -1,0 +1,36 @@
+//! detrace's orchestration. Nothing here ships: it installs what the project needs, runs the
+//! test suites, and drives the lab VM.
+
+mod deps;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "detrace's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need: Debian packages, the pinned toolchain's rust-src,
+    /// bpf-linker built against that toolchain's libLLVM. Idempotent; fast when all is there.
+    Deps,
+    /// The project's test command: deps, unit tests, then the integration tests against real
+    /// OVS/OVN daemons on this host.
+    Test {
+        /// Skip the host integration tests (they need root and start real daemons).
+        #[arg(long)]
+        unit_only: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Deps => deps::all(),
+        Command::Test { unit_only } => test::run_tests(unit_only),
+    }
+}
