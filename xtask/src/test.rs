@@ -26,4 +26,3 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
         .args(["test", "--package", "detrace-tests", "--", "--test-threads=1"]))
 }
 
-pub use run_tests as run;
