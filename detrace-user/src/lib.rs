@@ -1,1 +1,14 @@
+//! detrace: from a datapath flow (UFID) to the OVN objects that shaped it.
+//!
+//! The data flows through the modules in this order: `ovs` (datapath flows and OpenFlow rules
+//! from ovs-vswitchd) -> `ovsdb` (replicas of the OVN databases) -> `ovn` (cookie and stage-hint
+//! resolution) -> `explain` (the joined chain and its rendering) -> `cmd` (the commands).
 
+pub mod cli;
+pub mod cmd;
+pub mod explain;
+pub mod ovn;
+pub mod ovs;
+pub mod ovsdb;
+pub mod probes;
+pub mod uuid;

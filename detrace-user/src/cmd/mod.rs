@@ -1,0 +1,4 @@
+//! One module per subcommand, each with `run(args) -> anyhow::Result<()>`.
+
+pub mod explain;
+pub mod probes;

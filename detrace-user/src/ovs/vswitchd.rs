@@ -1,0 +1,211 @@
+//! What detrace asks ovs-vswitchd, over unixctl: the datapath flows and, for each, the OpenFlow
+//! rules that built it (`ofproto/detrace` where OVS has it, `ofproto/trace` otherwise).
+
+use std::{thread, time::Duration};
+
+use super::{
+    DpFlow, OfRule, RuleSource,
+    dpflow::DpFlowError,
+    ofrule::{DetraceMiss, parse_detrace, parse_trace},
+    unixctl::{Appctl, UnixctlError},
+};
+use crate::uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VswitchdError {
+    #[error(transparent)]
+    Unixctl(#[from] UnixctlError),
+    #[error("ovs-vswitchd has no datapath (no bridge has a port yet?)")]
+    NoDatapath,
+    #[error(
+        "ufid:{ufid} is not a current datapath flow (looked in {dps}); flows expire after ~10 s idle"
+    )]
+    UfidNotFound { ufid: Uuid, dps: String },
+    #[error("malformed flow from dpctl/get-flow: {0}")]
+    BadFlow(#[from] DpFlowError),
+}
+
+/// Bounded retry while the flow's xlate cache is not filled yet ("Cache was not found": the
+/// cache fills at the first revalidation after the flow sees packets, up to ~500 ms).
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            delay: Duration::from_millis(300),
+        }
+    }
+}
+
+/// The rules behind one flow, or why there are none.
+#[derive(Clone, Debug, Default)]
+pub struct FlowRules {
+    pub source: Option<RuleSource>,
+    pub rules: Vec<OfRule>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    /// detrace answered "Cache was not found" to the last attempt.
+    pub cache_miss: bool,
+}
+
+pub struct Vswitchd<A: Appctl> {
+    ctl: A,
+    has_detrace: bool,
+    pub retry: Retry,
+}
+
+impl<A: Appctl> Vswitchd<A> {
+    /// Detects what this ovs-vswitchd can do from `list-commands` (never from version strings).
+    pub fn new(mut ctl: A) -> Result<Self, VswitchdError> {
+        let cmds = ctl.call("list-commands", &[])?;
+        let has_detrace = cmds
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("ofproto/detrace"));
+        Ok(Self {
+            ctl,
+            has_detrace,
+            retry: Retry::default(),
+        })
+    }
+
+    pub fn has_detrace(&self) -> bool {
+        self.has_detrace
+    }
+
+    /// Datapath names, e.g. `system@ovs-system`, `netdev@ovs-netdev`.
+    pub fn datapaths(&mut self) -> Result<Vec<String>, VswitchdError> {
+        let out = self.ctl.call("dpctl/dump-dps", &[])?;
+        let dps: Vec<String> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if dps.is_empty() {
+            return Err(VswitchdError::NoDatapath);
+        }
+        Ok(dps)
+    }
+
+    /// Every flow of a datapath, with names (`-m`); malformed lines come back as errors.
+    pub fn dump_flows(
+        &mut self,
+        dp: &str,
+    ) -> Result<(Vec<DpFlow>, Vec<DpFlowError>), VswitchdError> {
+        let out = self.ctl.call("dpctl/dump-flows", &["-m", dp])?;
+        Ok(DpFlow::parse_dump(&out))
+    }
+
+    /// The flow with this UFID, and the datapath that holds it.
+    pub fn get_flow(&mut self, ufid: Uuid) -> Result<(String, DpFlow), VswitchdError> {
+        let dps = self.datapaths()?;
+        let arg = format!("ufid:{ufid}");
+        for dp in &dps {
+            match self.ctl.call("dpctl/get-flow", &["-m", dp, &arg]) {
+                Ok(out) => {
+                    if let Some(line) = out.lines().find(|l| l.starts_with("ufid:")) {
+                        return Ok((dp.clone(), DpFlow::parse(line)?));
+                    }
+                }
+                // "getting flow (No such file or directory)": not in this datapath.
+                Err(UnixctlError::Remote { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VswitchdError::UfidNotFound {
+            ufid,
+            dps: dps.join(", "),
+        })
+    }
+
+    /// The OpenFlow rules behind `flow` in datapath `dp`. Never fails as a whole: a flow that
+    /// vanished or an unexpected reply is reported in `error` and the caller goes on.
+    pub fn rules(&mut self, dp: &str, flow: &DpFlow) -> FlowRules {
+        if !self.has_detrace {
+            return self.rules_trace(dp, flow);
+        }
+        // A flow that never saw a packet has no xlate cache and never will: don't wait for it.
+        let attempts = if flow.packets == 0 {
+            1
+        } else {
+            self.retry.attempts.max(1)
+        };
+        let found = self.rules_detrace(flow.ufid, attempts);
+        if found.error.is_some() && found.rules.is_empty() && found.cache_miss {
+            // Better the rules this packet would hit now than none: say which method gave them.
+            let mut traced = self.rules_trace(dp, flow);
+            traced.error = Some(format!(
+                "{}; rules below are re-translated with ofproto/trace",
+                found.error.unwrap_or_default()
+            ));
+            traced.attempts += found.attempts;
+            return traced;
+        }
+        found
+    }
+
+    fn rules_detrace(&mut self, ufid: Uuid, attempts: u32) -> FlowRules {
+        let arg = format!("ufid:{ufid}");
+        let mut out = FlowRules {
+            source: Some(RuleSource::Detrace),
+            ..Default::default()
+        };
+        for attempt in 1..=attempts {
+            out.attempts = attempt;
+            let text = match self.ctl.call("ofproto/detrace", &[&arg]) {
+                Ok(text) => text,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    return out;
+                }
+            };
+            match parse_detrace(&text) {
+                Ok(rules) => {
+                    out.rules = rules;
+                    out.error = None;
+                    out.cache_miss = false;
+                    return out;
+                }
+                Err(DetraceMiss::CacheNotFound(m)) => {
+                    out.error = Some(format!("ofproto/detrace: {m} (tried {attempt}x)"));
+                    out.cache_miss = true;
+                    if attempt < attempts {
+                        thread::sleep(self.retry.delay);
+                    }
+                }
+                Err(DetraceMiss::UfidNotFound(m)) => {
+                    out.error = Some(format!("ofproto/detrace: {m}: the flow is gone"));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// OVS < 3.4: re-translate the flow's match with `ofproto/trace <dp> <match>`. The trace takes
+    /// the datapath's name without its type (`ovs-netdev`, not `netdev@ovs-netdev`), and resumes
+    /// recirculated flows from their frozen state.
+    fn rules_trace(&mut self, dp: &str, flow: &DpFlow) -> FlowRules {
+        let dp_name = dp.split_once('@').map_or(dp, |(_, n)| n);
+        let mut out = FlowRules {
+            source: Some(RuleSource::Trace),
+            attempts: 1,
+            ..Default::default()
+        };
+        match self.ctl.call("ofproto/trace", &[dp_name, &flow.match_full]) {
+            Ok(text) => {
+                out.rules = parse_trace(&text);
+                if out.rules.is_empty() {
+                    out.error = Some("ofproto/trace printed no rule".into());
+                }
+            }
+            Err(e) => out.error = Some(e.to_string()),
+        }
+        out
+    }
+}

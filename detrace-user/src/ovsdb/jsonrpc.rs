@@ -1,0 +1,423 @@
+//! OVSDB JSON-RPC 1.0 over unix or tcp streams (RFC 7047 section 4): requests with ids,
+//! replies, `update` notifications, and `echo` keepalives that must be answered.
+
+use std::{
+    collections::VecDeque,
+    io::{BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+/// Where a database server listens: `unix:PATH` or `tcp:HOST:PORT` (ovsdb-server(1) syntax).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Remote {
+    /// Parses a comma-separated list (a clustered database lists every member).
+    pub fn parse_list(s: &str) -> Result<Vec<Remote>, OvsdbError> {
+        let list: Vec<Remote> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(Remote::parse)
+            .collect::<Result<_, _>>()?;
+        if list.is_empty() {
+            return Err(OvsdbError::BadRemote {
+                remote: s.to_string(),
+            });
+        }
+        Ok(list)
+    }
+
+    pub fn parse(s: &str) -> Result<Remote, OvsdbError> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            Ok(Remote::Unix(PathBuf::from(p)))
+        } else if let Some(hp) = s.strip_prefix("tcp:") {
+            // tcp:[::1]:6641 -> "[::1]:6641", which std's resolver accepts as is.
+            Ok(Remote::Tcp(hp.to_string()))
+        } else if s.starts_with("ssl:") {
+            Err(OvsdbError::Unsupported {
+                remote: s.to_string(),
+            })
+        } else {
+            Err(OvsdbError::BadRemote {
+                remote: s.to_string(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Unix(p) => write!(f, "unix:{}", p.display()),
+            Remote::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OvsdbError {
+    #[error("bad OVSDB remote {remote:?}: expected unix:PATH or tcp:HOST:PORT")]
+    BadRemote { remote: String },
+    #[error(
+        "OVSDB remote {remote:?}: ssl is not supported by detrace yet; use a unix or tcp remote"
+    )]
+    Unsupported { remote: String },
+    #[error("permission denied connecting to {remote}: run as root or as the owner of the socket")]
+    PermissionDenied { remote: String },
+    #[error("cannot connect to {remote} (is the database server running?)")]
+    Connect {
+        remote: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("I/O error with {remote}")]
+    Io {
+        remote: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{remote} closed the connection")]
+    Closed { remote: String },
+    #[error("malformed message from {remote}: {detail}")]
+    Malformed { remote: String, detail: String },
+    #[error("{remote} refused {method}: {error}")]
+    Remote {
+        remote: String,
+        method: String,
+        error: String,
+    },
+    #[error(
+        "{remote} does not serve {wanted} (it serves: {found}); check the --nb-db/--sb-db options"
+    )]
+    WrongDatabase {
+        remote: String,
+        wanted: String,
+        found: String,
+    },
+    #[error("{remote}: database {db} has no table {table}: not an OVN schema detrace knows")]
+    WrongSchema {
+        remote: String,
+        db: String,
+        table: String,
+    },
+}
+
+impl OvsdbError {
+    /// Errors that a retry cannot fix (the user pointed detrace at the wrong thing).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRemote { .. }
+                | Self::Unsupported { .. }
+                | Self::PermissionDenied { .. }
+                | Self::WrongDatabase { .. }
+                | Self::WrongSchema { .. }
+        )
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+type Messages =
+    serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<Stream>>, Value>;
+
+/// One JSON-RPC session with an OVSDB server.
+pub struct Connection {
+    remote: String,
+    writer: Stream,
+    messages: Messages,
+    next_id: u64,
+    /// Notifications (e.g. `update`) that arrived while waiting for a reply.
+    pending: VecDeque<Value>,
+}
+
+impl Connection {
+    pub fn connect(remote: &Remote, timeout: Duration) -> Result<Self, OvsdbError> {
+        let name = remote.to_string();
+        let connect_err = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::PermissionDenied => OvsdbError::PermissionDenied {
+                remote: name.clone(),
+            },
+            _ => OvsdbError::Connect {
+                remote: name.clone(),
+                source,
+            },
+        };
+        let stream = match remote {
+            Remote::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(connect_err)?),
+            Remote::Tcp(a) => {
+                use std::net::ToSocketAddrs;
+                let addr = a
+                    .to_socket_addrs()
+                    .map_err(connect_err)?
+                    .next()
+                    .ok_or_else(|| OvsdbError::BadRemote {
+                        remote: name.clone(),
+                    })?;
+                Stream::Tcp(TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?)
+            }
+        };
+        let io = |source| OvsdbError::Io {
+            remote: name.clone(),
+            source,
+        };
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        let reader = stream.try_clone().map_err(io)?;
+        Ok(Self {
+            remote: name.clone(),
+            writer: stream,
+            messages: serde_json::Deserializer::from_reader(BufReader::new(reader)).into_iter(),
+            next_id: 1,
+            pending: VecDeque::new(),
+        })
+    }
+
+    pub fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// Read timeout: the longest a `call` or `next_notification` blocks.
+    pub fn set_timeout(&self, t: Option<Duration>) -> Result<(), OvsdbError> {
+        // SO_RCVTIMEO belongs to the socket, shared by the reader's and the writer's handles.
+        self.writer
+            .set_read_timeout(t)
+            .map_err(|source| OvsdbError::Io {
+                remote: self.remote.clone(),
+                source,
+            })
+    }
+
+    fn send(&mut self, msg: &Value) -> Result<(), OvsdbError> {
+        let bytes = serde_json::to_vec(msg).map_err(|e| OvsdbError::Malformed {
+            remote: self.remote.clone(),
+            detail: e.to_string(),
+        })?;
+        self.writer
+            .write_all(&bytes)
+            .map_err(|source| OvsdbError::Io {
+                remote: self.remote.clone(),
+                source,
+            })
+    }
+
+    /// Reads one message, answering `echo` requests on the way (the server drops idle clients
+    /// that do not answer them).
+    fn read_message(&mut self) -> Result<Value, OvsdbError> {
+        loop {
+            let msg = match self.messages.next() {
+                None => {
+                    return Err(OvsdbError::Closed {
+                        remote: self.remote.clone(),
+                    });
+                }
+                Some(Err(e)) if e.is_io() => {
+                    return Err(OvsdbError::Io {
+                        remote: self.remote.clone(),
+                        source: e.into(),
+                    });
+                }
+                Some(Err(e)) if e.is_eof() => {
+                    return Err(OvsdbError::Closed {
+                        remote: self.remote.clone(),
+                    });
+                }
+                Some(Err(e)) => {
+                    return Err(OvsdbError::Malformed {
+                        remote: self.remote.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+                Some(Ok(v)) => v,
+            };
+            if msg.get("method").and_then(Value::as_str) == Some("echo")
+                && msg.get("id").is_some_and(|i| !i.is_null())
+            {
+                let reply = json!({"id": msg["id"], "result": msg.get("params").cloned().unwrap_or(json!([])), "error": null});
+                self.send(&reply)?;
+                continue;
+            }
+            return Ok(msg);
+        }
+    }
+
+    /// Sends a request and waits for its reply, queueing notifications that arrive meanwhile.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, OvsdbError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"method": method, "params": params, "id": id}))?;
+        loop {
+            let msg = self.read_message()?;
+            if msg.get("method").is_some() {
+                self.pending.push_back(msg);
+                continue;
+            }
+            if msg.get("id").and_then(Value::as_u64) != Some(id) {
+                continue; // a late reply to something we gave up on
+            }
+            return match msg.get("error") {
+                Some(e) if !e.is_null() => Err(OvsdbError::Remote {
+                    remote: self.remote.clone(),
+                    method: method.to_string(),
+                    error: e.to_string(),
+                }),
+                _ => msg
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| OvsdbError::Malformed {
+                        remote: self.remote.clone(),
+                        detail: format!("reply to {method} has no result"),
+                    }),
+            };
+        }
+    }
+
+    /// Next notification (`update`, `update2`...), blocking up to the read timeout.
+    pub fn next_notification(&mut self) -> Result<Value, OvsdbError> {
+        if let Some(n) = self.pending.pop_front() {
+            return Ok(n);
+        }
+        loop {
+            let msg = self.read_message()?;
+            if msg.get("method").is_some() {
+                return Ok(msg);
+            }
+        }
+    }
+
+    pub fn list_dbs(&mut self) -> Result<Vec<String>, OvsdbError> {
+        let v = self.call("list_dbs", json!([]))?;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .ok_or_else(|| OvsdbError::Malformed {
+                remote: self.remote.clone(),
+                detail: "list_dbs result is not an array".into(),
+            })
+    }
+
+    /// Table name -> column names, from `get_schema`.
+    pub fn table_columns(&mut self, db: &str) -> Result<Vec<(String, Vec<String>)>, OvsdbError> {
+        let schema = self.call("get_schema", json!([db]))?;
+        schema_tables(&schema).ok_or_else(|| OvsdbError::Malformed {
+            remote: self.remote.clone(),
+            detail: format!("schema of {db} has no tables"),
+        })
+    }
+}
+
+/// Extracts table -> columns from a schema object.
+pub fn schema_tables(schema: &Value) -> Option<Vec<(String, Vec<String>)>> {
+    let tables = schema.get("tables")?.as_object()?;
+    Some(
+        tables
+            .iter()
+            .map(|(t, def)| {
+                let cols = def
+                    .get("columns")
+                    .and_then(Value::as_object)
+                    .map(|c| c.keys().cloned().collect())
+                    .unwrap_or_default();
+                (t.clone(), cols)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes() {
+        assert_eq!(
+            Remote::parse_list("unix:/run/ovn/ovnsb_db.sock").unwrap(),
+            vec![Remote::Unix("/run/ovn/ovnsb_db.sock".into())]
+        );
+        assert_eq!(
+            Remote::parse_list("tcp:127.0.0.1:6642,tcp:[::1]:6642").unwrap(),
+            vec![
+                Remote::Tcp("127.0.0.1:6642".into()),
+                Remote::Tcp("[::1]:6642".into())
+            ]
+        );
+        assert!(matches!(
+            Remote::parse("ssl:1.2.3.4:6642"),
+            Err(OvsdbError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            Remote::parse("/tmp/x.sock"),
+            Err(OvsdbError::BadRemote { .. })
+        ));
+        assert!(Remote::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn schema_of_real_sb() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/ovs-3.1/ovsdb/sb-schema.json");
+        let text = std::fs::read_to_string(p).unwrap();
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        let tables = schema_tables(&reply["result"]).unwrap();
+        let lf = tables.iter().find(|(t, _)| t == "Logical_Flow").unwrap();
+        assert!(lf.1.iter().any(|c| c == "external_ids"));
+        assert!(
+            !lf.1.iter().any(|c| c == "flow_desc"),
+            "23.03 has no flow_desc"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! An in-memory replica of selected OVSDB tables, filled and kept current by `monitor`
+//! (RFC 7047 4.1.5/4.1.6), indexed by the first 32 bits of each row UUID: the OpenFlow cookie
+//! (SB rows) or the stage-hint (NB rows) that refers to it.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{Connection, Datum, OvsdbError};
+use crate::uuid::Uuid;
+
+/// A table to replicate: which columns, and whether its rows are found by UUID prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSpec {
+    pub name: &'static str,
+    pub columns: &'static [&'static str],
+    /// Index rows by the first 32 bits of their UUID.
+    pub by_prefix: bool,
+}
+
+/// A generic row: the replicated columns only.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub cols: Vec<(&'static str, Datum)>,
+}
+
+impl Row {
+    pub fn get(&self, col: &str) -> Option<&Datum> {
+        self.cols.iter().find(|(c, _)| *c == col).map(|(_, d)| d)
+    }
+    pub fn str(&self, col: &str) -> Option<&str> {
+        self.get(col).and_then(Datum::as_str)
+    }
+}
+
+/// Logical_Flow rows are the bulk of a Southbound database (100k-1M rows), so they are kept
+/// typed and compact rather than as generic rows.
+#[derive(Clone, Debug, Default)]
+pub struct LogicalFlow {
+    pub logical_datapath: Option<Uuid>,
+    pub logical_dp_group: Option<Uuid>,
+    /// "ingress" / "egress".
+    pub pipeline: Box<str>,
+    pub table_id: u16,
+    pub priority: u16,
+    pub match_: Box<str>,
+    pub actions: Box<str>,
+    pub stage_name: Box<str>,
+    pub stage_hint: Option<u32>,
+    pub source: Box<str>,
+    pub flow_desc: Option<Box<str>>,
+}
+
+impl LogicalFlow {
+    fn from_json(row: &Map<String, Value>) -> Result<Self, RowError> {
+        let d = |c: &str| -> Result<Option<Datum>, RowError> {
+            row.get(c)
+                .map(|v| {
+                    Datum::from_json(v).map_err(|e| RowError::Value {
+                        column: c.to_string(),
+                        json: e.json,
+                    })
+                })
+                .transpose()
+        };
+        let s = |c: &str| -> Result<Box<str>, RowError> {
+            Ok(d(c)?
+                .and_then(|d| d.as_str().map(Into::into))
+                .unwrap_or_default())
+        };
+        let ext = d("external_ids")?;
+        let ext_s = |k: &str| ext.as_ref().and_then(|e| e.get_str(k));
+        Ok(Self {
+            logical_datapath: d("logical_datapath")?.and_then(|d| d.as_uuid()),
+            logical_dp_group: d("logical_dp_group")?.and_then(|d| d.as_uuid()),
+            pipeline: s("pipeline")?,
+            table_id: d("table_id")?.and_then(|d| d.as_int()).unwrap_or(0) as u16,
+            priority: d("priority")?.and_then(|d| d.as_int()).unwrap_or(0) as u16,
+            match_: s("match")?,
+            actions: s("actions")?,
+            stage_name: ext_s("stage-name").unwrap_or_default().into(),
+            stage_hint: ext_s("stage-hint").and_then(|h| u32::from_str_radix(h, 16).ok()),
+            source: ext_s("source").unwrap_or_default().into(),
+            flow_desc: d("flow_desc")?.and_then(|d| d.as_str().map(Into::into)),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RowError {
+    #[error("row {uuid:?} of table {table:?}: bad UUID")]
+    Uuid { table: String, uuid: String },
+    #[error("column {column}: malformed value {json}")]
+    Value { column: String, json: String },
+    #[error("row update is not an object")]
+    NotObject,
+}
+
+/// The replica of one database.
+#[derive(Default)]
+pub struct Replica {
+    pub db: &'static str,
+    specs: &'static [TableSpec],
+    pub lflows: HashMap<Uuid, LogicalFlow>,
+    pub tables: HashMap<&'static str, HashMap<Uuid, Row>>,
+    /// UUID prefix -> (table, row) for every row of a `by_prefix` table (Logical_Flow too).
+    prefix: HashMap<u32, Vec<(&'static str, Uuid)>>,
+    /// Malformed rows seen (skipped, counted, the last one kept for the report).
+    pub bad_rows: u64,
+    pub last_bad_row: Option<String>,
+    pub updates_applied: u64,
+}
+
+pub const LOGICAL_FLOW: &str = "Logical_Flow";
+
+impl Replica {
+    pub fn new(db: &'static str, specs: &'static [TableSpec]) -> Self {
+        Self {
+            db,
+            specs,
+            ..Default::default()
+        }
+    }
+
+    pub fn specs(&self) -> &'static [TableSpec] {
+        self.specs
+    }
+
+    pub fn clear(&mut self) {
+        self.lflows.clear();
+        self.tables.clear();
+        self.prefix.clear();
+    }
+
+    /// Every row whose UUID starts with these 32 bits, across the indexed tables.
+    pub fn by_prefix(&self, prefix: u32) -> &[(&'static str, Uuid)] {
+        self.prefix.get(&prefix).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn row(&self, table: &str, uuid: Uuid) -> Option<&Row> {
+        self.tables.get(table)?.get(&uuid)
+    }
+
+    pub fn rows(&self, table: &str) -> impl Iterator<Item = (&Uuid, &Row)> {
+        self.tables.get(table).into_iter().flat_map(|t| t.iter())
+    }
+
+    fn spec(&self, table: &str) -> Option<&'static TableSpec> {
+        self.specs.iter().find(|s| s.name == table)
+    }
+
+    fn index_add(&mut self, table: &'static str, uuid: Uuid) {
+        let v = self.prefix.entry(uuid.prefix32()).or_default();
+        if !v.contains(&(table, uuid)) {
+            v.push((table, uuid));
+        }
+    }
+
+    fn index_del(&mut self, table: &'static str, uuid: Uuid) {
+        if let Some(v) = self.prefix.get_mut(&uuid.prefix32()) {
+            v.retain(|e| *e != (table, uuid));
+            if v.is_empty() {
+                self.prefix.remove(&uuid.prefix32());
+            }
+        }
+    }
+
+    /// Applies one row update: `new` replaces the row (monitor sends every monitored column for
+    /// inserts and modifies), no `new` deletes it.
+    pub fn apply_row(&mut self, table: &str, uuid: &str, update: &Value) -> Result<(), RowError> {
+        let Some(spec) = self.spec(table) else {
+            return Ok(());
+        };
+        let uuid: Uuid = uuid.parse().map_err(|_| RowError::Uuid {
+            table: table.to_string(),
+            uuid: uuid.to_string(),
+        })?;
+        let obj = update.as_object().ok_or(RowError::NotObject)?;
+        let new = match obj.get("new") {
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => return Err(RowError::NotObject),
+            None => None,
+        };
+        match new {
+            None => {
+                let existed = if spec.name == LOGICAL_FLOW {
+                    self.lflows.remove(&uuid).is_some()
+                } else {
+                    self.tables
+                        .get_mut(spec.name)
+                        .and_then(|t| t.remove(&uuid))
+                        .is_some()
+                };
+                if existed && spec.by_prefix {
+                    self.index_del(spec.name, uuid);
+                }
+            }
+            Some(m) => {
+                if spec.name == LOGICAL_FLOW {
+                    self.lflows.insert(uuid, LogicalFlow::from_json(m)?);
+                } else {
+                    let mut row = Row::default();
+                    for col in spec.columns {
+                        if let Some(v) = m.get(*col) {
+                            let d = Datum::from_json(v).map_err(|e| RowError::Value {
+                                column: (*col).to_string(),
+                                json: e.json,
+                            })?;
+                            row.cols.push((col, d));
+                        }
+                    }
+                    self.tables.entry(spec.name).or_default().insert(uuid, row);
+                }
+                if spec.by_prefix {
+                    self.index_add(spec.name, uuid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a `<table-updates>` object; malformed rows are skipped and counted.
+    pub fn apply_table_updates(&mut self, updates: &Value) {
+        let Some(tables) = updates.as_object() else {
+            self.note_bad("table-updates is not an object".into());
+            return;
+        };
+        for (table, rows) in tables {
+            let Some(rows) = rows.as_object() else {
+                self.note_bad(format!("{table}: row updates are not an object"));
+                continue;
+            };
+            for (uuid, upd) in rows {
+                if let Err(e) = self.apply_row(table, uuid, upd) {
+                    self.note_bad(format!("{table} {uuid}: {e}"));
+                }
+            }
+        }
+        self.updates_applied += 1;
+    }
+
+    fn note_bad(&mut self, what: String) {
+        self.bad_rows += 1;
+        tracing::warn!(db = self.db, "skipping malformed OVSDB row: {what}");
+        self.last_bad_row = Some(what);
+    }
+
+    /// The `monitor` request for the tables and columns this replica wants that the server's
+    /// schema has (older OVN lacks some columns, e.g. Logical_Flow.flow_desc before 24.09).
+    pub fn monitor_request(&self, schema: &[(String, Vec<String>)], monitor_id: &str) -> Value {
+        let mut reqs = Map::new();
+        for spec in self.specs {
+            let Some((_, have)) = schema.iter().find(|(t, _)| t == spec.name) else {
+                continue;
+            };
+            let cols: Vec<&str> = spec
+                .columns
+                .iter()
+                .copied()
+                .filter(|c| have.iter().any(|h| h == c))
+                .collect();
+            reqs.insert(spec.name.to_string(), json!({"columns": cols, "select": {"initial": true, "insert": true, "delete": true, "modify": true}}));
+        }
+        json!([self.db, monitor_id, reqs])
+    }
+
+    /// Connects a full session: checks the database and schema, monitors, loads the initial
+    /// contents. `required` tables must exist in the schema.
+    pub fn start_monitor(
+        &mut self,
+        conn: &mut Connection,
+        required: &[&str],
+    ) -> Result<(), OvsdbError> {
+        let dbs = conn.list_dbs()?;
+        if !dbs.iter().any(|d| d == self.db) {
+            return Err(OvsdbError::WrongDatabase {
+                remote: conn.remote().to_string(),
+                wanted: self.db.to_string(),
+                found: dbs.join(", "),
+            });
+        }
+        let schema = conn.table_columns(self.db)?;
+        for t in required {
+            if !schema.iter().any(|(name, _)| name == t) {
+                return Err(OvsdbError::WrongSchema {
+                    remote: conn.remote().to_string(),
+                    db: self.db.to_string(),
+                    table: (*t).to_string(),
+                });
+            }
+        }
+        let initial = conn.call("monitor", self.monitor_request(&schema, "detrace"))?;
+        self.clear();
+        self.apply_table_updates(&initial);
+        Ok(())
+    }
+
+    /// Applies one notification; returns false for notifications that are not ours.
+    pub fn apply_notification(&mut self, msg: &Value) -> bool {
+        if msg.get("method").and_then(Value::as_str) != Some("update") {
+            return false;
+        }
+        match msg
+            .get("params")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+        {
+            Some([_id, updates]) => {
+                self.apply_table_updates(updates);
+                true
+            }
+            _ => {
+                self.note_bad("update notification without [id, updates] params".into());
+                false
+            }
+        }
+    }
+}
