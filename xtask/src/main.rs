@@ -2,6 +2,7 @@
 //! test suites, and drives the lab VM.
 
 mod deps;
+mod lab;
 mod test;
 mod util;
 
@@ -26,11 +27,18 @@ enum Command {
         #[arg(long)]
         unit_only: bool,
     },
+    /// The lab: boot a QEMU guest running OVS (kernel datapath) and OVN with a topology and
+    /// live traffic, and show `detrace explain --all` on it (see docs/lab.md).
+    Lab(lab::LabArgs),
+    /// Run the kernel-level tests inside the lab guest (`integration-test vm`).
+    IntegrationTest(lab::IntegrationTestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Deps => deps::all(),
         Command::Test { unit_only } => test::run_tests(unit_only),
+        Command::Lab(args) => lab::run_lab(args),
+        Command::IntegrationTest(args) => lab::run_integration_test(args),
     }
 }
