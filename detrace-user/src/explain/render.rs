@@ -54,6 +54,8 @@ pub fn nb_line(o: &NbObject) -> String {
                 .unwrap_or_default();
             let _ = write!(s, ": protocol {} vips {vips}", field(o, "protocol"));
         }
+        // Containers: their name says it all; their member lists are noise here.
+        "Logical_Switch" | "Logical_Router" | "Port_Group" => {}
         _ => {
             let rest: Vec<String> = o
                 .fields

@@ -55,7 +55,17 @@ impl DpFlow {
         let act_at = stats
             .find("actions:")
             .ok_or_else(|| DpFlowError::NoActions { line: line.into() })?;
-        let actions = stats[act_at + "actions:".len()..].trim().to_string();
+        let mut actions = stats[act_at + "actions:".len()..].trim();
+        // The userspace datapath prints `, dp-extra-info:miniflow_bits(..)` after the actions.
+        let mut trailer = None;
+        if let Some(at) = actions.find(", dp-extra-info:") {
+            trailer = Some((
+                "dp-extra-info".to_string(),
+                actions[at + ", dp-extra-info:".len()..].to_string(),
+            ));
+            actions = &actions[..at];
+        }
+        let actions = actions.to_string();
         let mut flow = DpFlow {
             ufid,
             match_full,
@@ -78,6 +88,7 @@ impl DpFlow {
                 _ => flow.extra.push((k.to_string(), v.to_string())),
             }
         }
+        flow.extra.extend(trailer);
         Ok(flow)
     }
 
@@ -210,6 +221,26 @@ mod tests {
             f.match_compact(),
             "recirc_id(0),in_port(client),ct_state(0/0x21),eth(src=00:00:00:00:31:10,dst=00:00:00:00:31:00),eth_type(0x0800),ipv4(src=10.244.1.4,dst=10.244.1.42,proto=6,ttl=64,frag=no)"
         );
+    }
+
+    #[test]
+    fn userspace_datapath_dump_ovs31() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/ovs-3.1/dump-flows-m.txt");
+        let (flows, errs) = DpFlow::parse_dump(&std::fs::read_to_string(p).unwrap());
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(flows.len() > 10);
+        let drop = flows
+            .iter()
+            .find(|f| f.match_full.contains("dst=9999") && f.actions == "drop")
+            .expect("the ACL drop flow, with dp-extra-info split off its actions");
+        assert!(
+            drop.extra
+                .iter()
+                .any(|(k, v)| k == "dp-extra-info" && v.starts_with("miniflow_bits"))
+        );
+        assert!(drop.recirc_id() != 0);
+        assert!(flows.iter().all(|f| !f.actions.contains("dp-extra-info")));
     }
 
     #[test]

@@ -161,7 +161,9 @@ pub fn parse_trace(text: &str) -> Vec<OfRule> {
         {
             continue;
         }
-        if let Some(rule) = parse_trace_rule(line, bridge.as_deref()) {
+        if let Some(rule) = parse_trace_rule(line, bridge.as_deref())
+            .or_else(|| parse_unroll(line, bridge.as_deref()))
+        {
             rules.push(rule);
         } else if let Some(last) = rules.last_mut() {
             // An action (or an explanation "-> ...") of the last rule.
@@ -174,6 +176,21 @@ pub fn parse_trace(text: &str) -> Vec<OfRule> {
         }
     }
     rules
+}
+
+/// A pass resumed from frozen state (after a `hash` recirculation for a select group) starts
+/// with the rule that froze it: `unroll_xlate(table=20, cookie=783614532)` (decimal cookie,
+/// ofproto/ofproto-dpif-xlate.c) whose remaining actions (e.g. the group bucket) follow.
+fn parse_unroll(line: &str, bridge: Option<&str>) -> Option<OfRule> {
+    let inner = line.strip_prefix("unroll_xlate(")?.strip_suffix(')')?;
+    let (table, cookie) = inner.split_once(", ")?;
+    Some(OfRule {
+        bridge: bridge.map(str::to_string),
+        table: table.strip_prefix("table=")?.parse().ok()?,
+        cookie: cookie.strip_prefix("cookie=")?.parse().ok()?,
+        match_: "(resumed from frozen state)".into(),
+        ..Default::default()
+    })
 }
 
 /// `14. tcp,reg0=0x4/0x4,metadata=0x2,nw_dst=10.0.0.100,tp_dst=80, priority 120, cookie 0x38acf78`
@@ -306,6 +323,24 @@ mod tests {
         );
         // Table 15 onwards belongs to the recirculated pass, another datapath flow.
         assert!(!rules.iter().any(|r| r.table == 15), "{rules:#?}");
+    }
+
+    /// Captured from the host test lab (OVS 3.1): a VIP flow after `hash(l4(0)),recirc(..)`.
+    #[test]
+    fn trace_thawed_select_group_ovs31() {
+        let rules = parse_trace(&fixture("ovs-3.1/trace-vip-dp-hash-thaw.txt"));
+        assert_eq!(rules.len(), 1, "{rules:#?}");
+        assert_eq!((rules[0].table, rules[0].cookie), (20, 2187500048));
+        assert!(
+            rules[0].actions.contains("group:1,bucket "),
+            "{}",
+            rules[0].actions
+        );
+        assert!(
+            rules[0].actions.contains("ct(commit,table=21,"),
+            "{}",
+            rules[0].actions
+        );
     }
 
     #[test]

@@ -102,19 +102,29 @@ impl<A: Appctl> Vswitchd<A> {
     }
 
     /// The flow with this UFID, and the datapath that holds it.
+    ///
+    /// `dpctl/get-flow` counts `-m` against its two arguments, so `-m DP ufid:X` is refused:
+    /// with one datapath ask `-m ufid:X`; with several, search each datapath's dump.
     pub fn get_flow(&mut self, ufid: Uuid) -> Result<(String, DpFlow), VswitchdError> {
         let dps = self.datapaths()?;
         let arg = format!("ufid:{ufid}");
-        for dp in &dps {
-            match self.ctl.call("dpctl/get-flow", &["-m", dp, &arg]) {
+        if let [dp] = dps.as_slice() {
+            match self.ctl.call("dpctl/get-flow", &["-m", &arg]) {
                 Ok(out) => {
                     if let Some(line) = out.lines().find(|l| l.starts_with("ufid:")) {
                         return Ok((dp.clone(), DpFlow::parse(line)?));
                     }
                 }
-                // "getting flow (No such file or directory)": not in this datapath.
-                Err(UnixctlError::Remote { .. }) => continue,
+                // "getting flow (No such file or directory)": not there (any more).
+                Err(UnixctlError::Remote { message, .. }) if message.contains("No such file") => {}
                 Err(e) => return Err(e.into()),
+            }
+        } else {
+            for dp in &dps {
+                let (flows, _) = self.dump_flows(dp)?;
+                if let Some(f) = flows.into_iter().find(|f| f.ufid == ufid) {
+                    return Ok((dp.clone(), f));
+                }
             }
         }
         Err(VswitchdError::UfidNotFound {
