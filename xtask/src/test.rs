@@ -7,6 +7,7 @@ use crate::util::{is_root, run, workspace_root};
 pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
     crate::deps::all()?;
     let root = workspace_root();
+    // Unit tests of every default member (parsers on captured OVS/OVN text, replica, resolver).
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["test", "--workspace", "--lib", "--bins"]))?;
@@ -19,10 +20,14 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
              (or pass --unit-only)"
         );
     }
-    // The integration tests fail (not skip) when the platform should support them.
+    // The integration tests drive the real binary: build it, and tell them where it is.
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--package", "detrace-user", "--bin", "detrace"]))?;
+    // They fail (not skip) when the platform should support them.
     run(Command::new("cargo")
         .current_dir(&root)
         .env("DETRACE_REQUIRE_HOST_LAB", "1")
+        .env("DETRACE_BIN", root.join("target/debug/detrace"))
         .args(["test", "--package", "detrace-tests", "--", "--test-threads=1"]))
 }
-
