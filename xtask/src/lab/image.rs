@@ -144,6 +144,12 @@ pub fn ensure() -> anyhow::Result<Image> {
         }
     }
 
+    if !crate::util::is_root() {
+        bail!(
+            "building the lab image needs root (debootstrap creates device nodes and owns files \
+             as other users): run `cargo xtask lab` as root once to fill the cache"
+        );
+    }
     super::ensure_free_space(&cache, MIN_FREE_BYTES)?;
     super::ensure_free_space(&workspace_root().join("target"), MIN_FREE_BYTES)?;
     let tarball = ensure_rootfs_tarball(&cache, &rootfs_key)?;
