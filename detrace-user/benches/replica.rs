@@ -73,9 +73,15 @@ fn synth(n: usize) -> (String, String, Vec<Uuid>) {
     for i in 0..n {
         let u = g.uuid();
         cookies.push(u);
-        let mut ext = vec![json!(["source", "northd.c:1234"]), json!(["stage-name", "ls_in_acl"])];
+        let mut ext = vec![
+            json!(["source", "northd.c:1234"]),
+            json!(["stage-name", "ls_in_acl"]),
+        ];
         if i % 20 == 0 {
-            ext.push(json!(["stage-hint", format!("{:08x}", acls[i / 20 % acls.len()].prefix32())]));
+            ext.push(json!([
+                "stage-hint",
+                format!("{:08x}", acls[i / 20 % acls.len()].prefix32())
+            ]));
         }
         lflows.insert(
             u.to_string(),
@@ -123,7 +129,11 @@ fn bench(n: usize) {
     drop((sb_json, nb_json));
     assert_eq!(sb.lflows.len(), n);
 
-    let probes: Vec<u32> = uuids.iter().step_by((n / 100_000).max(1)).map(|u| u.prefix32()).collect();
+    let probes: Vec<u32> = uuids
+        .iter()
+        .step_by((n / 100_000).max(1))
+        .map(|u| u.prefix32())
+        .collect();
     let rounds = (10_000_000 / probes.len()).max(1);
     let t = Instant::now();
     let mut hits = 0usize;
@@ -168,8 +178,15 @@ fn bench(n: usize) {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    for n in if sizes.is_empty() { vec![100_000] } else { sizes } {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    for n in if sizes.is_empty() {
+        vec![100_000]
+    } else {
+        sizes
+    } {
         bench(n);
     }
 }

@@ -85,6 +85,7 @@ impl Serialize for Uuid {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use super::*;
 

@@ -1,3 +1,7 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on what it did not expect"
+)]
 //! `detrace explain` against real OVS 3.1 / OVN 23.03 daemons (userspace datapath) on this
 //! host, after real traffic; compared with ovn-detrace on the same flows.
 

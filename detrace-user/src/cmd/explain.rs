@@ -35,7 +35,7 @@ fn connect_vswitchd(args: &ExplainArgs) -> anyhow::Result<Vswitchd<UnixctlClient
             };
             anyhow::anyhow!("{e}{hint}")
         })?;
-    Ok(Vswitchd::new(ctl).context("asking ovs-vswitchd for its commands")?)
+    Vswitchd::new(ctl).context("asking ovs-vswitchd for its commands")
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {

@@ -271,6 +271,7 @@ impl Resolver<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use serde_json::Value;
 

@@ -257,3 +257,127 @@ fn session(
         r.apply_notification(&msg);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use std::{
+        io::Write as _,
+        os::unix::net::UnixListener,
+        path::{Path, PathBuf},
+    };
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn fixture(rel: &str) -> Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(rel);
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    /// Serves one OVSDB session per `contents` entry, answering list_dbs, get_schema and monitor
+    /// (with that entry as the initial contents), then drops the connection: the client must
+    /// reconnect and replace its replica.
+    fn fake_server(path: PathBuf, db: &'static str, schema: Value, contents: Vec<Value>) {
+        let l = UnixListener::bind(&path).unwrap();
+        thread::spawn(move || {
+            for initial in contents {
+                let (mut s, _) = l.accept().unwrap();
+                let rd = s.try_clone().unwrap();
+                for msg in serde_json::Deserializer::from_reader(rd).into_iter::<Value>() {
+                    let Ok(msg) = msg else { break };
+                    let result = match msg["method"].as_str() {
+                        Some("list_dbs") => json!([db]),
+                        Some("get_schema") => schema.clone(),
+                        Some("monitor") => initial.clone(),
+                        _ => continue,
+                    };
+                    s.write_all(
+                        json!({"id": msg["id"], "result": result, "error": null})
+                            .to_string()
+                            .as_bytes(),
+                    )
+                    .unwrap();
+                    if msg["method"] == "monitor" {
+                        // Let the client see this state, then lose the connection.
+                        thread::sleep(Duration::from_millis(300));
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn reconnects_and_reloads_after_losing_the_server() {
+        let dir = std::env::temp_dir().join(format!("detrace-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sb_path, nb_path) = (dir.join("sb.sock"), dir.join("nb.sock"));
+        let sb_schema = fixture("ovs-3.1/ovsdb/sb-schema.json")["result"].clone();
+        let nb_schema = fixture("ovs-3.1/ovsdb/nb-schema.json")["result"].clone();
+        let sb_full = fixture("ovs-3.1/ovsdb/sb-monitor-initial.json")["result"].clone();
+        let mut sb_less = sb_full.clone();
+        sb_less.as_object_mut().unwrap().remove("Logical_Flow");
+        let nb_full = fixture("ovs-3.1/ovsdb/nb-monitor-initial.json")["result"].clone();
+        fake_server(sb_path.clone(), SB_DB, sb_schema, vec![sb_full, sb_less]);
+        fake_server(
+            nb_path.clone(),
+            NB_DB,
+            nb_schema,
+            vec![nb_full.clone(), nb_full],
+        );
+
+        let r = OvnReplicas::start(
+            vec![Remote::Unix(sb_path)],
+            vec![Remote::Unix(nb_path)],
+            Duration::from_secs(5),
+        );
+        r.wait_ready(Duration::from_secs(5)).unwrap();
+        assert!(r.sb().lflows.len() > 100);
+        // The first session ends; the second one has no logical flows.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.sb().lflows.is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            r.sb().lflows.len(),
+            0,
+            "replica reloaded from the new session"
+        );
+        assert!(r.sb().rows("Port_Binding").count() > 0);
+        let (sb_status, _) = r.status();
+        assert!(sb_status.reconnects >= 1, "{sb_status:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn wrong_database_fails_fast_with_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("detrace-sync-wrong-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nb_path = dir.join("nb.sock");
+        let nb_schema = fixture("ovs-3.1/ovsdb/nb-schema.json")["result"].clone();
+        fake_server(
+            nb_path.clone(),
+            NB_DB,
+            nb_schema,
+            vec![json!({}), json!({})],
+        );
+        // The NB socket given as SB (swapped options).
+        let r = OvnReplicas::start(
+            vec![Remote::Unix(nb_path.clone())],
+            vec![Remote::Unix(dir.join("none.sock"))],
+            Duration::from_secs(5),
+        );
+        let t = Instant::now();
+        let err = r
+            .wait_ready(Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not serve OVN_Southbound"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -226,6 +226,7 @@ fn parse_trace_rule(line: &str, bridge: Option<&str>) -> Option<OfRule> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use super::*;
 

@@ -190,6 +190,7 @@ fn decode_reply(method: &str, path: &Path, reply: &Value) -> Result<String, Unix
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use std::os::unix::net::UnixListener;
 

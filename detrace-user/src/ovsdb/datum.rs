@@ -169,6 +169,7 @@ impl Serialize for Datum {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use serde_json::json;
 

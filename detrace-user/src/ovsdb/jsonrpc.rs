@@ -379,6 +379,7 @@ pub fn schema_tables(schema: &Value) -> Option<Vec<(String, Vec<String>)>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use super::*;
 
