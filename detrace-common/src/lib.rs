@@ -1,48 +1,254 @@
 //! Wire contract between the eBPF probes (detrace-ebpf) and user space (detrace-user).
 //!
 //! Everything here is `#[repr(C)]` with fixed-width integers and explicit padding: the same bytes
-//! are written by BPF programs and read by user space, so no bool/enum/Option crosses the boundary.
+//! are written by BPF programs and read by user space, so no bool/enum/Option crosses the boundary
+//! (kinds travel as `u32` and are converted with `TryFrom` on the user side).
 #![no_std]
 
-/// Name of the per-CPU array map holding [`Counter`] slots.
-pub const MAP_COUNTERS: &str = "COUNTERS";
+use core::mem::size_of;
 
-/// Index into [`MAP_COUNTERS`]: what a probe counted.
-///
-/// Carried as a plain `u32` so the kernel side never builds an enum from untrusted data; the user
-/// side converts with `TryFrom`.
+/// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Per-CPU hash of [`FlowKey`] -> [`FlowStats`]: aggregation in the kernel, no event per packet.
+pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+/// Per-CPU array of `u64` counters indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the load-time configuration global ([`Config`]).
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
+
+/// What a probe counted (index into [`MAP_COUNTERS`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CounterKind {
+pub enum Counter {
     /// `ovs_dp_process_packet` entries: one per datapath pass (recirculations included).
-    DatapathPass = 0,
-    /// Probe-side errors (failed reads); reported, never silently ignored.
-    ProbeError = 1,
+    Passes = 0,
+    /// Flow table hits (`ovs_flow_stats_update`).
+    Hits = 1,
+    /// Upcalls (`ovs_dp_upcall`), misses and userspace actions alike.
+    Upcalls = 2,
+    /// Packets that ended in a drop (skb:kfree_skb on a packet seen by the datapath).
+    Drops = 3,
+    /// Packets sent to a vport (`ovs_vport_send`).
+    Outputs = 4,
+    /// Events written to the ring buffer.
+    EventsSent = 5,
+    /// Events lost because the ring buffer was full.
+    EventsLost = 6,
+    /// Events not sent because of the rate limit.
+    EventsRateLimited = 7,
+    /// Probe-side errors (failed kernel reads): reported, never silently ignored.
+    ProbeErrors = 8,
+    /// Per-flow stats not recorded because FLOW_STATS was full.
+    FlowStatsFull = 9,
 }
 
-/// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 10;
 
-impl TryFrom<u32> for CounterKind {
+impl TryFrom<u32> for Counter {
     type Error = u32;
     fn try_from(v: u32) -> Result<Self, u32> {
-        match v {
-            0 => Ok(Self::DatapathPass),
-            1 => Ok(Self::ProbeError),
-            other => Err(other),
+        Ok(match v {
+            0 => Self::Passes,
+            1 => Self::Hits,
+            2 => Self::Upcalls,
+            3 => Self::Drops,
+            4 => Self::Outputs,
+            5 => Self::EventsSent,
+            6 => Self::EventsLost,
+            7 => Self::EventsRateLimited,
+            8 => Self::ProbeErrors,
+            9 => Self::FlowStatsFull,
+            other => return Err(other),
+        })
+    }
+}
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A datapath pass hit a flow: `ufid` is set.
+    Pass = 1,
+    /// A pass missed (or a `userspace()` action ran): the packet went to ovs-vswitchd.
+    /// `reason` holds the upcall command (OVS_PACKET_CMD_MISS = 1, _ACTION = 2).
+    Upcall = 2,
+    /// The packet was freed with a drop reason: `reason` holds it (`enum skb_drop_reason`,
+    /// OVS's own are 0x30000 + n), `ufid` the last flow it hit.
+    Drop = 3,
+    /// The packet was sent to a vport: `reason` holds the datapath port number.
+    Output = 4,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => Self::Pass,
+            2 => Self::Upcall,
+            3 => Self::Drop,
+            4 => Self::Output,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The packet's fields as the datapath parsed them (`struct sw_flow_key`), for one pass.
+/// Addresses in network order (IPv4 in the first 4 bytes), ports and eth_type in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub eth_type: u16,
+    pub proto: u8,
+    /// 4, 6, or 0 when not IP.
+    pub ip_version: u8,
+}
+const _: () = assert!(size_of::<PacketKey>() == 40);
+
+/// One per-packet event (ring buffer [`MAP_EVENTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`EventKind`] as u32.
+    pub kind: u32,
+    pub cpu: u32,
+    /// bpf_ktime_get_ns().
+    pub ts_ns: u64,
+    /// The sk_buff address: the packet's identity across its datapath passes.
+    pub skb: u64,
+    /// `sw_flow_id.ufid` words, host order (all zero when none).
+    pub ufid: [u32; 4],
+    pub recirc_id: u32,
+    /// Datapath input port number.
+    pub in_port: u32,
+    /// Drop reason, output port, or upcall command (see [`EventKind`]).
+    pub reason: u32,
+    /// skb->len.
+    pub len: u32,
+    /// For Drop/Output/Upcall: nanoseconds since the packet's first pass (0 if unknown).
+    pub latency_ns: u64,
+    pub key: PacketKey,
+}
+const _: () = assert!(size_of::<Event>() == 104);
+
+/// Per-UFID flow identity ([`MAP_FLOW_STATS`] key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub ufid: [u32; 4],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// Drop-reason slots per flow: slot n counts OVS's own reason 0x30000 + n (n < 15,
+/// net/openvswitch/drop.h); slot 15 counts every other reason (core `enum skb_drop_reason`).
+pub const DROP_REASON_SLOTS: usize = 16;
+/// Latency histogram: bucket i counts packets whose datapath time t (ns) has
+/// floor(log2(t)) == i (bucket 0 also holds t == 0); the last bucket is open-ended.
+pub const LATENCY_BUCKETS: usize = 32;
+/// OVS drop reasons live in subsystem 3: `SKB_DROP_REASON_SUBSYS_OPENVSWITCH << 16`.
+pub const OVS_DROP_REASON_BASE: u32 = 0x30000;
+
+/// Aggregates for one datapath flow, per CPU ([`MAP_FLOW_STATS`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Passes that hit this flow.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets whose last flow this was and that were dropped.
+    pub drops: u64,
+    /// Packets whose last flow this was and that were sent to a port.
+    pub outputs: u64,
+    pub drop_reasons: [u64; DROP_REASON_SLOTS],
+    /// Datapath latency of packets that ended after this flow (see [`LATENCY_BUCKETS`]).
+    pub latency: [u64; LATENCY_BUCKETS],
+    pub latency_sum_ns: u64,
+}
+const _: () = assert!(size_of::<FlowStats>() == 8 * (5 + DROP_REASON_SLOTS + LATENCY_BUCKETS));
+
+impl Default for FlowStats {
+    fn default() -> Self {
+        Self {
+            packets: 0,
+            bytes: 0,
+            drops: 0,
+            outputs: 0,
+            drop_reasons: [0; DROP_REASON_SLOTS],
+            latency: [0; LATENCY_BUCKETS],
+            latency_sum_ns: 0,
         }
     }
 }
 
-/// One per-CPU counter slot.
+/// Filter slots of [`Config::filter_flags`]: which filters are active.
+pub const FILTER_SRC: u32 = 1 << 0;
+pub const FILTER_DST: u32 = 1 << 1;
+/// Either port equals `filter_port`.
+pub const FILTER_PORT: u32 = 1 << 2;
+pub const FILTER_PROTO: u32 = 1 << 3;
+pub const FILTER_IN_PORT: u32 = 1 << 4;
+/// Either address equals `filter_src` (with `FILTER_HOST`, `filter_src` is "any address").
+pub const FILTER_HOST: u32 = 1 << 5;
+
+/// Load-time configuration (global [`GLOBAL_CONFIG`], set with `EbpfLoader::set_global`).
+///
+/// rustc emits no CO-RE relocations and aya relocates against vmlinux BTF only, while the
+/// structs we read live in the openvswitch module: user space reads their offsets from
+/// /sys/kernel/btf/openvswitch (split BTF on vmlinux) and passes them here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counter {
-    pub count: u64,
+pub struct Config {
+    /// offsetof(struct sw_flow, id) + offsetof(struct sw_flow_id, ufid_len / ufid).
+    pub off_flow_ufid_len: u32,
+    pub off_flow_ufid: u32,
+    /// struct sw_flow_key members.
+    pub off_key_recirc_id: u32,
+    pub off_key_in_port: u32,
+    pub off_key_eth_type: u32,
+    pub off_key_ip_proto: u32,
+    pub off_key_ipv4_src: u32,
+    pub off_key_ipv4_dst: u32,
+    pub off_key_ipv6_src: u32,
+    pub off_key_ipv6_dst: u32,
+    pub off_key_tp_src: u32,
+    pub off_key_tp_dst: u32,
+    /// struct sk_buff.len.
+    pub off_skb_len: u32,
+    /// struct vport.port_no.
+    pub off_vport_port_no: u32,
+    /// struct dp_upcall_info.cmd.
+    pub off_upcall_cmd: u32,
+    /// Offsets in the skb:kfree_skb tracepoint record (from its tracefs format file).
+    pub off_tp_kfree_skbaddr: u32,
+    pub off_tp_kfree_reason: u32,
+    /// 1: write per-packet events to the ring buffer.
+    pub events_enabled: u32,
+    /// Max events per second per CPU (0: unlimited).
+    pub rate_limit: u32,
+    pub filter_flags: u32,
+    pub filter_src: [u8; 16],
+    pub filter_dst: [u8; 16],
+    pub filter_port: u16,
+    pub filter_proto: u8,
+    /// 4 or 6: the family of filter_src/filter_dst.
+    pub filter_ip_version: u8,
+    pub filter_in_port: u32,
+    pub _pad: u32,
 }
-
-const _: () = assert!(core::mem::size_of::<Counter>() == 8);
+const _: () = assert!(size_of::<Config>() == 4 * 20 + 32 + 4 + 8);
 
 #[cfg(feature = "user")]
-// SAFETY: Counter is repr(C), made only of u64, has no padding and every bit pattern is valid.
-unsafe impl aya::Pod for Counter {}
+mod pod {
+    // SAFETY (all): repr(C), integer fields and arrays only, explicit padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::PacketKey {}
+}

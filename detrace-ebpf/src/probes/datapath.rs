@@ -1,7 +1,7 @@
 //! Hooks on the datapath's per-pass entry point (net/openvswitch/datapath.c).
 
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
-use detrace_common::CounterKind;
+use detrace_common::Counter;
 
 use crate::maps::bump;
 
@@ -15,6 +15,6 @@ pub fn ovs_dp_process_packet(ctx: ProbeContext) -> u32 {
 }
 
 fn try_process_packet(_ctx: &ProbeContext) -> Result<u32, u32> {
-    bump(CounterKind::DatapathPass);
+    bump(Counter::Passes);
     Ok(0)
 }
