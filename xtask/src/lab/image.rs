@@ -206,9 +206,8 @@ fn ensure_rootfs_tarball(cache: &Path, rootfs_key: &str) -> anyhow::Result<PathB
         }
     }
     let t = Instant::now();
-    let build = build_dir();
-    let root = build.join("debootstrap");
-    let _mounts = MountGuard::new(&build);
+    let root = build_dir().join("debootstrap");
+    let _mounts = MountGuard::new(&root);
     safe_remove(&root)?;
     fs::create_dir_all(&root)?;
     let mirror = mirror()?;
@@ -226,7 +225,13 @@ fn ensure_rootfs_tarball(cache: &Path, rootfs_key: &str) -> anyhow::Result<PathB
             .arg(&mirror),
         &log,
     )
-    .context("debootstrap failed (network to the Debian mirror? disk space?)")?;
+    .with_context(|| {
+        if super::qemu::interrupted() {
+            "interrupted; the partial root filesystem was removed"
+        } else {
+            "debootstrap failed (network to the Debian mirror? disk space?)"
+        }
+    })?;
     // debootstrap unmounts on success; on any other path the guard does.
     unmount_under(&root)?;
     for d in [
@@ -281,6 +286,8 @@ fn ensure_kernel_deb(cache: &Path) -> anyhow::Result<PathBuf> {
     }
     let t = Instant::now();
     let apt = build_dir().join("apt-trixie");
+    // The private apt state (trixie lists, ~70 MB) is needed only for this download.
+    let _apt_state = MountGuard::new(&apt);
     fs::create_dir_all(apt.join("lists/partial"))?;
     fs::create_dir_all(apt.join("cache/archives/partial"))?;
     fs::write(
@@ -611,16 +618,37 @@ pub fn mirror_uri() -> anyhow::Result<String> {
     mirror()
 }
 
+/// Runs a long build step with its output in `log`. The step gets its own process group, so a
+/// Ctrl-C/SIGTERM seen by xtask stops it and everything it started (debootstrap's dpkg runs),
+/// and the mount guards then clean up.
 fn run_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
     if let Some(p) = log.parent() {
         fs::create_dir_all(p)?;
     }
     let f = fs::File::create(log)?;
-    let status = cmd
+    let mut child = cmd
         .stdout(f.try_clone()?)
         .stderr(f)
-        .status()
+        .process_group(0)
+        .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if super::qemu::interrupted() {
+            let pgid = child.id() as libc::pid_t;
+            // SAFETY: kill(2) on the process group we created for this child (its pid is its
+            // pgid and it has not been reaped, so the id cannot have been reused).
+            unsafe {
+                libc::kill(-pgid, libc::SIGTERM);
+            }
+            let _ = child.wait();
+            bail!("interrupted during {cmd:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     if !status.success() {
         let text = fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -729,7 +757,8 @@ fn verify_sidecar(p: &Path) -> anyhow::Result<()> {
 // ---- mounts: debootstrap mounts proc/sys inside its target; nothing may stay mounted, and
 // nothing may be deleted while something is mounted below it.
 
-/// Unmounts everything below `root` when dropped (error, panic or success alike).
+/// A scratch build tree: when dropped (error, interrupt or success alike) everything mounted
+/// below it is unmounted and the tree is removed, so a failed build leaves nothing behind.
 struct MountGuard {
     root: PathBuf,
 }
@@ -744,7 +773,7 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if let Err(e) = unmount_under(&self.root) {
+        if let Err(e) = safe_remove(&self.root) {
             eprintln!("lab: WARNING: {e:#}");
         }
     }
