@@ -4,9 +4,12 @@
 //! from ovs-vswitchd) -> `ovsdb` (replicas of the OVN databases) -> `ovn` (cookie and stage-hint
 //! resolution) -> `explain` (the joined chain and its rendering) -> `cmd` (the commands).
 
+pub mod aggregate;
 pub mod cli;
 pub mod cmd;
+pub mod events;
 pub mod explain;
+pub mod live;
 pub mod ovn;
 pub mod ovs;
 pub mod ovsdb;

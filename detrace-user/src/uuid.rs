@@ -2,7 +2,7 @@
 
 use std::{fmt, str::FromStr};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UUID held as a big-endian `u128`, so `>> 96` gives the first 32 bits, which is what
 /// ovn-controller puts in OpenFlow cookies (controller/lflow.c: `uuid.parts[0]`).
@@ -81,6 +81,13 @@ impl fmt::Debug for Uuid {
 impl Serialize for Uuid {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Uuid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

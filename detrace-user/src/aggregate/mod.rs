@@ -1,0 +1,368 @@
+//! Aggregation: per-flow counters (from the kernel's per-CPU FLOW_STATS, or rebuilt from
+//! recorded packets), per-OVN-object sums, latency percentiles, and drops by culprit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use detrace_common::{DROP_REASON_SLOTS, FlowStats, LATENCY_BUCKETS, OVS_DROP_REASON_BASE};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
+    explain::{ObjectName, culprit::Culprit},
+    uuid::Uuid,
+};
+
+/// Adds `b` into `a`.
+pub fn add_stats(a: &mut FlowStats, b: &FlowStats) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.drops += b.drops;
+    a.outputs += b.outputs;
+    for i in 0..DROP_REASON_SLOTS {
+        a.drop_reasons[i] += b.drop_reasons[i];
+    }
+    for i in 0..LATENCY_BUCKETS {
+        a.latency[i] += b.latency[i];
+    }
+    a.latency_sum_ns += b.latency_sum_ns;
+}
+
+/// `a - b`, saturating (a flow replaced in the kernel restarts its counters).
+pub fn sub_stats(a: &FlowStats, b: &FlowStats) -> FlowStats {
+    let mut d = FlowStats {
+        packets: a.packets.saturating_sub(b.packets),
+        bytes: a.bytes.saturating_sub(b.bytes),
+        drops: a.drops.saturating_sub(b.drops),
+        outputs: a.outputs.saturating_sub(b.outputs),
+        latency_sum_ns: a.latency_sum_ns.saturating_sub(b.latency_sum_ns),
+        ..FlowStats::default()
+    };
+    for i in 0..DROP_REASON_SLOTS {
+        d.drop_reasons[i] = a.drop_reasons[i].saturating_sub(b.drop_reasons[i]);
+    }
+    for i in 0..LATENCY_BUCKETS {
+        d.latency[i] = a.latency[i].saturating_sub(b.latency[i]);
+    }
+    d
+}
+
+/// The log2 bucket of a latency, as the kernel side computes it.
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        0
+    } else {
+        (63 - ns.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
+    }
+}
+
+/// Records a packet's fate into a flow's stats, as the kernel does for the last flow hit.
+pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64) {
+    match v {
+        Verdict::Drop { reason, .. } => {
+            s.drops += 1;
+            s.drop_reasons[reason_slot(*reason)] += 1;
+        }
+        Verdict::Output { .. } => s.outputs += 1,
+        _ => return,
+    }
+    s.latency[latency_bucket(latency_ns)] += 1;
+    s.latency_sum_ns += latency_ns;
+}
+
+pub fn reason_slot(reason: u32) -> usize {
+    if reason & 0xffff_0000 == OVS_DROP_REASON_BASE
+        && ((reason & 0xffff) as usize) < DROP_REASON_SLOTS - 1
+    {
+        (reason & 0xffff) as usize
+    } else {
+        DROP_REASON_SLOTS - 1
+    }
+}
+
+fn slot_name(slot: usize) -> String {
+    if slot == DROP_REASON_SLOTS - 1 {
+        "other".into()
+    } else {
+        drop_reason_name(OVS_DROP_REASON_BASE + slot as u32)
+    }
+}
+
+/// Latency percentiles (ns) from the log2 histogram. Each bucket [2^i, 2^(i+1)) is recorded
+/// at its geometric middle, so a percentile is exact to the bucket (within a factor sqrt(2)).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+}
+
+pub fn percentiles(s: &FlowStats) -> Percentiles {
+    let Ok(mut h) = Histogram::<u64>::new_with_bounds(1, 1 << 40, 2) else {
+        return Percentiles::default();
+    };
+    let mut count = 0;
+    for (i, &n) in s.latency.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let mid = ((1u64 << i) as f64 * std::f64::consts::SQRT_2) as u64;
+        let _ = h.record_n(mid.max(1), n);
+        count += n;
+    }
+    if count == 0 {
+        return Percentiles::default();
+    }
+    Percentiles {
+        count,
+        p50_ns: h.value_at_quantile(0.5),
+        p90_ns: h.value_at_quantile(0.9),
+        p99_ns: h.value_at_quantile(0.99),
+        max_ns: h.max(),
+        mean_ns: s.latency_sum_ns / count,
+    }
+}
+
+/// One row of a table: a flow or an OVN object.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub key: String,
+    pub label: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+    pub pps: f64,
+    pub bps: f64,
+    pub drop_reasons: BTreeMap<String, u64>,
+    pub latency: Percentiles,
+    #[serde(skip)]
+    pub stats: FlowStats,
+}
+
+fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, secs: f64) -> Row {
+    let mut reasons = BTreeMap::new();
+    for (i, &n) in s.drop_reasons.iter().enumerate() {
+        if n > 0 {
+            reasons.insert(slot_name(i), n);
+        }
+    }
+    let rate = |f: fn(&FlowStats) -> u64| delta.map_or(0.0, |d| f(d) as f64 / secs.max(1e-9));
+    Row {
+        key,
+        label,
+        packets: s.packets,
+        bytes: s.bytes,
+        drops: s.drops,
+        pps: rate(|d| d.packets),
+        bps: rate(|d| d.bytes),
+        drop_reasons: reasons,
+        latency: percentiles(s),
+        stats: *s,
+    }
+}
+
+/// Per-flow counters with rates between snapshots.
+#[derive(Default)]
+pub struct FlowTable {
+    pub flows: HashMap<Uuid, FlowStats>,
+    prev: HashMap<Uuid, FlowStats>,
+}
+
+impl FlowTable {
+    /// Replaces the table with a kernel snapshot (cumulative counters), keeping the previous one
+    /// for rates.
+    pub fn snapshot(&mut self, now: impl IntoIterator<Item = (Uuid, FlowStats)>) {
+        self.prev = std::mem::take(&mut self.flows);
+        self.flows = now.into_iter().collect();
+    }
+
+    /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
+    pub fn add_trace(&mut self, t: &PacketTrace) {
+        for p in &t.passes {
+            let s = self.flows.entry(p.ufid).or_default();
+            s.packets += 1;
+            s.bytes += u64::from(t.len);
+        }
+        if let Some(u) = t.last_ufid() {
+            record_end(self.flows.entry(u).or_default(), &t.verdict, t.latency_ns);
+        }
+    }
+
+    /// Rows per flow; `label` names a flow (e.g. its OVN objects).
+    pub fn rows(&self, secs: f64, label: impl Fn(&Uuid) -> String) -> Vec<Row> {
+        self.flows
+            .iter()
+            .map(|(u, s)| {
+                let d = self.prev.get(u).map(|p| sub_stats(s, p)).unwrap_or(*s);
+                row(format!("ufid:{u}"), label(u), s, Some(&d), secs)
+            })
+            .collect()
+    }
+
+    /// Rows per OVN object: a flow counts for every object it traces back to.
+    pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
+        let mut sums: HashMap<ObjectName, (FlowStats, FlowStats)> = HashMap::new();
+        for (u, s) in &self.flows {
+            let d = self.prev.get(u).map(|p| sub_stats(s, p)).unwrap_or(*s);
+            for o in objects(u) {
+                let e = sums.entry(o).or_default();
+                add_stats(&mut e.0, s);
+                add_stats(&mut e.1, &d);
+            }
+        }
+        sums.into_iter()
+            .map(|(o, (s, d))| {
+                row(
+                    format!("{} {}", o.table, o.uuid),
+                    format!("{} {}", o.table, o.name),
+                    &s,
+                    Some(&d),
+                    secs,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Drops grouped by the object responsible.
+#[derive(Clone, Debug, Serialize)]
+pub struct DropGroup {
+    pub culprit: Culprit,
+    pub drops: u64,
+    pub reasons: BTreeMap<String, u64>,
+    pub flows: Vec<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<Packet>,
+}
+
+/// Groups per-flow drop counts by culprit; `sample` gives a packet seen dropped by a flow.
+pub fn group_drops(
+    flows: &HashMap<Uuid, FlowStats>,
+    culprit: impl Fn(&Uuid) -> Culprit,
+    sample: impl Fn(&Uuid) -> Option<Packet>,
+) -> Vec<DropGroup> {
+    let mut groups: BTreeMap<Culprit, DropGroup> = BTreeMap::new();
+    for (u, s) in flows.iter().filter(|(_, s)| s.drops > 0) {
+        let c = culprit(u);
+        let g = groups.entry(c.clone()).or_insert_with(|| DropGroup {
+            culprit: c,
+            drops: 0,
+            reasons: BTreeMap::new(),
+            flows: Vec::new(),
+            sample: None,
+        });
+        g.drops += s.drops;
+        for (i, &n) in s.drop_reasons.iter().enumerate() {
+            if n > 0 {
+                *g.reasons.entry(slot_name(i)).or_default() += n;
+            }
+        }
+        g.flows.push(*u);
+        if g.sample.is_none() {
+            g.sample = sample(u);
+        }
+    }
+    let mut v: Vec<DropGroup> = groups.into_values().collect();
+    for g in &mut v {
+        g.flows.sort();
+    }
+    v.sort_by(|a, b| {
+        b.drops
+            .cmp(&a.drops)
+            .then_with(|| a.culprit.cmp(&b.culprit))
+    });
+    v
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_and_percentiles() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(1023), 9);
+        assert_eq!(latency_bucket(1024), 10);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        let mut s = FlowStats::default();
+        for _ in 0..90 {
+            record_end(&mut s, &Verdict::Output { port: 1 }, 1000);
+        }
+        for _ in 0..10 {
+            record_end(
+                &mut s,
+                &Verdict::Drop {
+                    reason: 0x30003,
+                    reason_name: String::new(),
+                },
+                1_000_000,
+            );
+        }
+        let p = percentiles(&s);
+        assert_eq!(p.count, 100);
+        // 1000 ns sits in bucket 9 ([512, 1024)), reported at its middle ~724.
+        assert!((512..1024).contains(&p.p50_ns), "{p:?}");
+        assert!((1 << 19..1 << 20).contains(&p.p99_ns), "{p:?}");
+        assert_eq!(p.mean_ns, (90 * 1000 + 10 * 1_000_000) / 100);
+        assert_eq!(s.drop_reasons[3], 10);
+        assert_eq!((s.drops, s.outputs), (10, 90));
+    }
+
+    #[test]
+    fn drops_group_by_culprit_and_rates() {
+        let u1 = Uuid(1 << 96);
+        let u2 = Uuid(2 << 96);
+        let u3 = Uuid(3 << 96);
+        let mut t = FlowTable::default();
+        let mk = |drops: u64, packets: u64| {
+            let mut s = FlowStats {
+                drops,
+                packets,
+                ..Default::default()
+            };
+            s.drop_reasons[3] = drops;
+            s
+        };
+        t.snapshot([(u1, mk(0, 10)), (u2, mk(0, 10))]);
+        t.snapshot([(u1, mk(5, 20)), (u2, mk(7, 30)), (u3, mk(0, 1))]);
+        let acl = Culprit {
+            kind: "ACL".into(),
+            id: "x".into(),
+            name: "drop-9999".into(),
+            detail: String::new(),
+        };
+        let groups = group_drops(
+            &t.flows,
+            |_| acl.clone(),
+            |u| (*u == u2).then(Packet::default),
+        );
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].drops, 12);
+        assert_eq!(groups[0].flows, vec![u1, u2]);
+        assert_eq!(groups[0].reasons["OVS_DROP_EXPLICIT"], 12);
+        assert!(groups[0].sample.is_some());
+        let rows = t.rows(2.0, |_| String::new());
+        let r1 = rows.iter().find(|r| r.key == format!("ufid:{u1}")).unwrap();
+        assert_eq!(r1.pps, 5.0);
+        // Objects: both flows belong to one ACL.
+        let orows = t.object_rows(2.0, |u| {
+            if *u == u3 {
+                vec![]
+            } else {
+                vec![ObjectName {
+                    table: "ACL".into(),
+                    uuid: Uuid(9),
+                    name: "a".into(),
+                }]
+            }
+        });
+        assert_eq!(orows.len(), 1);
+        assert_eq!(orows[0].packets, 50);
+        assert_eq!(orows[0].drops, 12);
+    }
+}

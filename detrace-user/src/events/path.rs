@@ -1,0 +1,293 @@
+//! Path assembly: a packet's passes through the datapath (one per recirculation) joined into
+//! one trace, keyed by its sk_buff, and closed by its end (output, drop, upcall).
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Kind, Packet, PacketEvent, Verdict, drop_reason_name};
+use crate::uuid::Uuid;
+
+/// One datapath pass: the flow it hit and the packet as that pass saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pass {
+    pub ufid: Uuid,
+    pub recirc_id: u32,
+    pub ts_ns: u64,
+    pub packet: Packet,
+}
+
+/// A packet's whole trip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketTrace {
+    pub ts_ns: u64,
+    pub in_port: u32,
+    pub len: u32,
+    /// The packet as it entered (first pass).
+    pub packet: Packet,
+    pub passes: Vec<Pass>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// Datapath time from the first pass to the end, as measured in the kernel.
+    pub latency_ns: u64,
+}
+
+impl PacketTrace {
+    /// The last flow the packet hit: the one its fate is attributed to.
+    pub fn last_ufid(&self) -> Option<Uuid> {
+        self.passes.last().map(|p| p.ufid)
+    }
+}
+
+/// What the assembler had to give up on, reported next to the traces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssemblyStats {
+    pub events: u64,
+    pub traces: u64,
+    /// Packets closed without an end event (timed out or their skb reused).
+    pub unfinished: u64,
+    /// Packets dropped from the table because it was full.
+    pub evicted: u64,
+    /// End events for packets whose passes were never seen (filtered out or lost).
+    pub orphan_ends: u64,
+}
+
+struct Open {
+    trace: PacketTrace,
+    last_ts: u64,
+}
+
+/// Joins events into traces. Bounded: at most `max_open` packets in progress.
+pub struct PathAssembler {
+    open: HashMap<u64, Open>,
+    order: VecDeque<(u64, u64)>,
+    max_open: usize,
+    timeout_ns: u64,
+    pub stats: AssemblyStats,
+}
+
+impl PathAssembler {
+    pub fn new(max_open: usize, timeout_ns: u64) -> Self {
+        Self {
+            open: HashMap::new(),
+            order: VecDeque::new(),
+            max_open: max_open.max(1),
+            timeout_ns,
+            stats: AssemblyStats::default(),
+        }
+    }
+
+    /// Feeds one event; finished traces are appended to `out`.
+    pub fn push(&mut self, e: &PacketEvent, out: &mut Vec<PacketTrace>) {
+        self.stats.events += 1;
+        match e.kind {
+            Kind::Pass => {
+                let Some(ufid) = e.ufid else { return };
+                // A first pass (recirc_id 0) on an skb we still hold means the earlier packet in
+                // that buffer ended unseen: close it as unfinished.
+                if e.recirc_id == 0
+                    && let Some(prev) = self.open.remove(&e.skb)
+                {
+                    self.finish(prev.trace, Verdict::Unknown, 0, out);
+                    self.stats.unfinished += 1;
+                }
+                let pass = Pass {
+                    ufid,
+                    recirc_id: e.recirc_id,
+                    ts_ns: e.ts_ns,
+                    packet: e.packet.clone(),
+                };
+                match self.open.get_mut(&e.skb) {
+                    Some(o) => {
+                        o.trace.passes.push(pass);
+                        o.last_ts = e.ts_ns;
+                    }
+                    None => {
+                        self.make_room(out);
+                        self.open.insert(
+                            e.skb,
+                            Open {
+                                trace: PacketTrace {
+                                    ts_ns: e.ts_ns,
+                                    in_port: e.in_port,
+                                    len: e.len,
+                                    packet: e.packet.clone(),
+                                    passes: vec![pass],
+                                    verdict: Verdict::Unknown,
+                                    latency_ns: 0,
+                                },
+                                last_ts: e.ts_ns,
+                            },
+                        );
+                        self.order.push_back((e.skb, e.ts_ns));
+                    }
+                }
+            }
+            Kind::Output | Kind::Drop | Kind::Upcall => {
+                let verdict = match e.kind {
+                    Kind::Output => Verdict::Output { port: e.reason },
+                    Kind::Drop => Verdict::Drop {
+                        reason: e.reason,
+                        reason_name: drop_reason_name(e.reason),
+                    },
+                    _ => Verdict::Upcall { cmd: e.reason },
+                };
+                match self.open.remove(&e.skb) {
+                    Some(o) => self.finish(o.trace, verdict, e.latency_ns, out),
+                    // A miss on a packet's first pass: the upcall is its whole trip.
+                    None if e.kind == Kind::Upcall => {
+                        let t = PacketTrace {
+                            ts_ns: e.ts_ns,
+                            in_port: e.in_port,
+                            len: e.len,
+                            packet: e.packet.clone(),
+                            passes: Vec::new(),
+                            verdict: Verdict::Unknown,
+                            latency_ns: 0,
+                        };
+                        self.finish(t, verdict, e.latency_ns, out);
+                    }
+                    None => self.stats.orphan_ends += 1,
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        mut t: PacketTrace,
+        verdict: Verdict,
+        latency_ns: u64,
+        out: &mut Vec<PacketTrace>,
+    ) {
+        t.verdict = verdict;
+        t.latency_ns = latency_ns;
+        self.stats.traces += 1;
+        out.push(t);
+    }
+
+    fn make_room(&mut self, out: &mut Vec<PacketTrace>) {
+        while self.open.len() >= self.max_open {
+            let Some((skb, ts)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(o) = self.open.get(&skb)
+                && o.trace.ts_ns == ts
+                && let Some(o) = self.open.remove(&skb)
+            {
+                self.stats.evicted += 1;
+                self.finish(o.trace, Verdict::Unknown, 0, out);
+            }
+        }
+    }
+
+    /// Closes packets idle for longer than the timeout (their end was not seen).
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<PacketTrace>) {
+        while let Some(&(skb, ts)) = self.order.front() {
+            let Some(o) = self.open.get(&skb).filter(|o| o.trace.ts_ns == ts) else {
+                self.order.pop_front();
+                continue;
+            };
+            if now_ns.saturating_sub(o.last_ts) < self.timeout_ns {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(o) = self.open.remove(&skb) {
+                self.stats.unfinished += 1;
+                self.finish(o.trace, Verdict::Unknown, 0, out);
+            }
+        }
+    }
+
+    pub fn open_len(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use detrace_common::EventKind;
+
+    use super::*;
+    use crate::events::tests::wire;
+
+    fn ev(kind: EventKind, skb: u64, ts: u64, ufid: u32, recirc: u32, reason: u32) -> PacketEvent {
+        let mut w = wire(
+            kind,
+            skb,
+            ts,
+            if ufid == 0 { [0; 4] } else { [ufid, 0, 0, 1] },
+            recirc,
+        );
+        w.reason = reason;
+        w.latency_ns = if kind == EventKind::Pass {
+            0
+        } else {
+            ts.saturating_sub(100)
+        };
+        PacketEvent::decode(&w).unwrap()
+    }
+
+    #[test]
+    fn recirculations_join_into_one_trace() {
+        let mut a = PathAssembler::new(16, 1_000_000_000);
+        let mut out = Vec::new();
+        // Two packets interleaved on two skbs; the first recirculates twice then is output.
+        for e in [
+            ev(EventKind::Pass, 1, 100, 0xa, 0, 0),
+            ev(EventKind::Pass, 2, 110, 0xb, 0, 0),
+            ev(EventKind::Pass, 1, 120, 0xc, 0x25, 0),
+            ev(EventKind::Pass, 1, 130, 0xd, 0x28, 0),
+            ev(EventKind::Output, 1, 140, 0, 0, 7),
+            ev(EventKind::Drop, 2, 150, 0xb, 0, 0x30003),
+        ] {
+            a.push(&e, &mut out);
+        }
+        assert_eq!(out.len(), 2);
+        let ids: Vec<u32> = out[0]
+            .passes
+            .iter()
+            .map(|p| (p.ufid.0 >> 96) as u32)
+            .collect();
+        assert_eq!(ids, vec![0xa, 0xc, 0xd]);
+        assert_eq!(out[0].passes[1].recirc_id, 0x25);
+        assert_eq!(out[0].verdict, Verdict::Output { port: 7 });
+        assert_eq!(out[0].latency_ns, 40);
+        assert_eq!(
+            out[1].verdict,
+            Verdict::Drop {
+                reason: 0x30003,
+                reason_name: "OVS_DROP_EXPLICIT".into()
+            }
+        );
+        assert_eq!(out[1].last_ufid().map(|u| (u.0 >> 96) as u32), Some(0xb));
+        assert_eq!(a.open_len(), 0);
+    }
+
+    #[test]
+    fn misses_orphans_reuse_timeouts_and_bounds() {
+        let mut a = PathAssembler::new(2, 1000);
+        let mut out = Vec::new();
+        a.push(&ev(EventKind::Upcall, 9, 10, 0, 0, 1), &mut out);
+        assert_eq!(out.pop().unwrap().verdict, Verdict::Upcall { cmd: 1 });
+        a.push(&ev(EventKind::Drop, 8, 20, 0, 0, 0x30003), &mut out);
+        assert_eq!(a.stats.orphan_ends, 1);
+        assert!(out.is_empty());
+        // skb 1 reused by a new packet before its end was seen.
+        a.push(&ev(EventKind::Pass, 1, 30, 0xa, 0, 0), &mut out);
+        a.push(&ev(EventKind::Pass, 1, 40, 0xb, 0, 0), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].verdict, Verdict::Unknown);
+        assert_eq!(a.stats.unfinished, 1);
+        // Table of 2: a third packet evicts the oldest.
+        a.push(&ev(EventKind::Pass, 2, 50, 0xa, 0, 0), &mut out);
+        a.push(&ev(EventKind::Pass, 3, 60, 0xa, 0, 0), &mut out);
+        assert_eq!(a.stats.evicted, 1);
+        assert_eq!(a.open_len(), 2);
+        // Timeout closes the rest.
+        a.expire(10_000, &mut out);
+        assert_eq!(a.open_len(), 0);
+        assert_eq!(a.stats.traces as usize, out.len() + 1);
+    }
+}

@@ -1,0 +1,3 @@
+//! What the live commands share: the explanation cache and the run loop's plumbing.
+
+pub mod explainer;
