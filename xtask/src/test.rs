@@ -21,13 +21,23 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
         );
     }
     // The integration tests drive the real binary: build it, and tell them where it is.
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--package", "detrace-user", "--bin", "detrace"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--package",
+        "detrace-user",
+        "--bin",
+        "detrace",
+    ]))?;
     // They fail (not skip) when the platform should support them.
     run(Command::new("cargo")
         .current_dir(&root)
         .env("DETRACE_REQUIRE_HOST_LAB", "1")
         .env("DETRACE_BIN", root.join("target/debug/detrace"))
-        .args(["test", "--package", "detrace-tests", "--", "--test-threads=1"]))
+        .args([
+            "test",
+            "--package",
+            "detrace-tests",
+            "--",
+            "--test-threads=1",
+        ]))
 }
