@@ -16,10 +16,10 @@ start_ovs() {
   rm -f /etc/openvswitch/conf.db
   ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema
   ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
-    --remote=db:Open_vSwitch,Open_vSwitch,manager_options --pidfile --log-file -vconsole:off --detach \
+    --remote=db:Open_vSwitch,Open_vSwitch,manager_options -vconsole:off --pidfile --log-file --detach \
     || die "ovsdb-server"
   ovs-vsctl --no-wait init
-  ovs-vswitchd --pidfile --log-file -vconsole:off --detach || die "ovs-vswitchd"
+  ovs-vswitchd -vconsole:off --pidfile --log-file --detach || die "ovs-vswitchd"
 }
 
 start_ovn() {
@@ -29,10 +29,10 @@ start_ovn() {
     ovsdb-tool create /var/lib/ovn/ovn${db}_db.db /usr/share/ovn/ovn-$db.ovsschema
     ovsdb-server /var/lib/ovn/ovn${db}_db.db --remote=punix:/var/run/ovn/ovn${db}_db.sock \
       --pidfile=/var/run/ovn/ovn${db}_db.pid --unixctl=/var/run/ovn/ovn${db}_db.ctl \
-      --log-file=/var/log/ovn/ovsdb-server-$db.log -vconsole:off --detach || die "ovsdb-server $db"
+      -vconsole:off --log-file=/var/log/ovn/ovsdb-server-$db.log --detach || die "ovsdb-server $db"
   done
   ovn-nbctl --no-wait init
-  ovn-northd --pidfile --log-file -vconsole:off --detach || die "ovn-northd"
+  ovn-northd -vconsole:off --pidfile --log-file --detach || die "ovn-northd"
   # One chassis; br-int on the kernel datapath (datapath_type=system) is the point of the lab.
   ovs-vsctl --may-exist add-br br-int -- set bridge br-int datapath_type=system \
     fail-mode=secure other-config:disable-in-band=true
@@ -40,7 +40,7 @@ start_ovn() {
     external_ids:ovn-remote=unix:/var/run/ovn/ovnsb_db.sock \
     external_ids:ovn-encap-type=geneve external_ids:ovn-encap-ip=127.0.0.1 \
     external_ids:ovn-bridge-datapath-type=system
-  ovn-controller --pidfile --log-file -vconsole:off --detach || die "ovn-controller"
+  ovn-controller -vconsole:off --pidfile --log-file --detach || die "ovn-controller"
 }
 
 add_pod() { # name switch mac ip/len gateway
