@@ -29,6 +29,157 @@ pub enum Command {
     Explain(ExplainArgs),
     /// List the eBPF programs and maps embedded in this binary.
     Probes,
+    /// Watch live packets: each packet's path of datapath flows across recirculations, each
+    /// flow explained down to OVN objects, its verdict (output port, or drop and why) and its
+    /// datapath latency.
+    Watch(WatchArgs),
+    /// A refreshing table of flows and of OVN objects by hit rate, bytes, drops and latency.
+    Top(TopArgs),
+    /// Drops grouped by the OVN object responsible (ACL, load balancer, logical flow stage),
+    /// with counts, reasons and a sample packet each.
+    Drops(DropsArgs),
+    /// Record packets with their explanations to a file, for `detrace replay`.
+    Record(RecordArgs),
+    /// Print or aggregate a recording, without root or daemons.
+    Replay(ReplayArgs),
+}
+
+/// Kernel-side packet filters (all given must match, decided on the packet's first pass).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Source address.
+    #[arg(long)]
+    pub src: Option<std::net::IpAddr>,
+    /// Destination address.
+    #[arg(long)]
+    pub dst: Option<std::net::IpAddr>,
+    /// Either address.
+    #[arg(long)]
+    pub host: Option<std::net::IpAddr>,
+    /// Either L4 port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// IP protocol: tcp, udp, icmp, icmp6 or a number.
+    #[arg(long, value_parser = parse_proto)]
+    pub proto: Option<u8>,
+    /// Datapath input port number (see `ovs-appctl dpctl/show`).
+    #[arg(long)]
+    pub in_port: Option<u32>,
+}
+
+fn parse_proto(s: &str) -> Result<u8, String> {
+    match s {
+        "tcp" => Ok(6),
+        "udp" => Ok(17),
+        "icmp" => Ok(1),
+        "icmp6" => Ok(58),
+        "sctp" => Ok(132),
+        n => n
+            .parse()
+            .map_err(|_| format!("unknown protocol {n:?}: use tcp, udp, icmp, icmp6 or a number")),
+    }
+}
+
+/// What every live command shares.
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// At most this many unixctl requests per second to ovs-vswitchd for explanations.
+    #[arg(long, default_value_t = 20.0)]
+    pub ovs_rate: f64,
+    /// Write a line on stdout once the probes are attached (for scripts and tests).
+    #[arg(long)]
+    pub ready: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Per-packet event transport.
+#[derive(Args, Debug, Clone)]
+pub struct EventArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub ring_size: u32,
+    /// At most this many events per second per CPU (0: unlimited); the rest are counted.
+    #[arg(long, default_value_t = 20000)]
+    pub rate_limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    Packets,
+    Rate,
+    Bytes,
+    Drops,
+    Latency,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+    #[arg(long, value_enum, default_value_t = SortKey::Rate)]
+    pub sort: SortKey,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DropsArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+    /// Seconds between reports (default: one report at the end).
+    #[arg(long)]
+    pub interval: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+    /// File to write (JSON lines).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReplayAs {
+    Watch,
+    Top,
+    Drops,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A file written by `detrace record`.
+    pub file: PathBuf,
+    /// How to show it.
+    #[arg(long = "as", value_enum, default_value_t = ReplayAs::Watch)]
+    pub as_: ReplayAs,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -20,10 +20,10 @@ enum Command {
     /// Install what building and testing need: Debian packages, the pinned toolchain's rust-src,
     /// bpf-linker built against that toolchain's libLLVM. Idempotent; fast when all is there.
     Deps,
-    /// The project's test command: deps, unit tests, then the integration tests against real
-    /// OVS/OVN daemons on this host.
+    /// The project's test command: deps, unit tests, the integration tests against real
+    /// OVS/OVN daemons on this host, then the kernel-level tests in the lab VM.
     Test {
-        /// Skip the host integration tests (they need root and start real daemons).
+        /// Unit tests only (the integration tests need root, start real daemons and a VM).
         #[arg(long)]
         unit_only: bool,
     },

@@ -39,5 +39,7 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
             "detrace-tests",
             "--",
             "--test-threads=1",
-        ]))
+        ]))?;
+    // Kernel-level tests in the lab guest (OVS kernel datapath, kprobes, module BTF).
+    crate::lab::run_vm_tests(Vec::new())
 }

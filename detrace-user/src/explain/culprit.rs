@@ -23,7 +23,7 @@ fn is_drop_action(a: &str) -> bool {
     a.contains("drop") || a.contains("reject")
 }
 
-fn acl_culprit(o: &NbObject) -> Culprit {
+pub fn acl_culprit(o: &NbObject) -> Culprit {
     let f = |k: &str| {
         o.fields
             .get(k)
@@ -52,7 +52,7 @@ fn acl_culprit(o: &NbObject) -> Culprit {
     }
 }
 
-fn lb_culprit(o: &NbObject) -> Culprit {
+pub fn lb_culprit(o: &NbObject) -> Culprit {
     let vips = o
         .fields
         .get("vips")

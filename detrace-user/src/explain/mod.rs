@@ -126,6 +126,9 @@ pub struct FlowSummary {
     pub stages: Vec<String>,
     /// Who is responsible if a packet ends dropped after this flow.
     pub drop_culprit: culprit::Culprit,
+    /// One line per ACL and load balancer met: `ACL name: ...`, `LB name: vips ...`.
+    #[serde(default)]
+    pub details: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules_error: Option<String>,
 }
@@ -147,7 +150,24 @@ impl FlowSummary {
                 }
             }
         }
+        let mut details: Vec<String> = Vec::new();
+        for o in e
+            .rules
+            .iter()
+            .flat_map(|r| r.sb.iter())
+            .flat_map(SbCandidate::nb)
+        {
+            let d = match o.table {
+                "Load_Balancer" => format!("LB {}: {}", o.label(), culprit::lb_culprit(o).detail),
+                "ACL" => format!("ACL {}: {}", o.label(), culprit::acl_culprit(o).detail),
+                _ => continue,
+            };
+            if !details.contains(&d) {
+                details.push(d);
+            }
+        }
         Self {
+            details,
             ufid: e.ufid,
             datapath: e.datapath.clone(),
             match_compact: e.match_compact.clone(),

@@ -40,7 +40,7 @@ pub struct Explained {
 }
 
 /// Counts the user sees next to the results.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ExplainStats {
     pub explained: u64,
     pub failed: u64,

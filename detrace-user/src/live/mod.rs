@@ -1,3 +1,6 @@
 //! What the live commands share: the explanation cache and the run loop's plumbing.
 
 pub mod explainer;
+pub mod print;
+pub mod session;
+pub mod source;

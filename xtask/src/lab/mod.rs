@@ -303,10 +303,6 @@ fn finish(end: End, console_log: &Path) -> anyhow::Result<()> {
 
 /// For the project's test command: the VM tests with the default settings plus `extra`
 /// test executables (same contract as `--test-exe`).
-#[expect(
-    dead_code,
-    reason = "test.rs calls it once the VM tests join `cargo xtask test`"
-)]
 pub fn run_vm_tests(extra: Vec<PathBuf>) -> anyhow::Result<()> {
     run_integration_test(IntegrationTestArgs {
         target: TestTarget::Vm,
