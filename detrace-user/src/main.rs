@@ -18,6 +18,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Explain(args) => detrace::cmd::explain::run(args),
         Command::Probes => detrace::cmd::probes::run(),
+        Command::Watch(a) => detrace::cmd::live::watch(a),
+        Command::Top(a) => detrace::cmd::live::top(a),
+        Command::Drops(a) => detrace::cmd::live::drops(a),
+        Command::Record(a) => detrace::cmd::live::record(a),
+        Command::Replay(a) => detrace::cmd::replay::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,4 +1,6 @@
 //! One module per subcommand, each with `run(args) -> anyhow::Result<()>`.
 
 pub mod explain;
+pub mod live;
 pub mod probes;
+pub mod replay;
