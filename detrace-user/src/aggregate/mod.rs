@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
+    FastMap,
     events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
     explain::{ObjectName, culprit::Culprit},
     uuid::Uuid,
@@ -167,8 +168,8 @@ fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
 /// Per-flow counters with rates between snapshots.
 #[derive(Default)]
 pub struct FlowTable {
-    pub flows: HashMap<Uuid, FlowStats>,
-    prev: HashMap<Uuid, FlowStats>,
+    pub flows: FastMap<Uuid, FlowStats>,
+    prev: FastMap<Uuid, FlowStats>,
 }
 
 impl FlowTable {
@@ -240,7 +241,7 @@ pub struct DropGroup {
 
 /// Groups per-flow drop counts by culprit; `sample` gives a packet seen dropped by a flow.
 pub fn group_drops(
-    flows: &HashMap<Uuid, FlowStats>,
+    flows: &FastMap<Uuid, FlowStats>,
     culprit: impl Fn(&Uuid) -> Culprit,
     sample: impl Fn(&Uuid) -> Option<Packet>,
 ) -> Vec<DropGroup> {

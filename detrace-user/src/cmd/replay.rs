@@ -1,9 +1,6 @@
 //! `detrace replay FILE`: a recording shown as watch, top or drops, without root or daemons.
 
-use std::{
-    collections::HashMap,
-    io::{BufRead as _, BufReader, Write as _},
-};
+use std::io::{BufRead as _, BufReader, Write as _};
 
 use anyhow::{Context as _, bail};
 
@@ -29,7 +26,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         ReplayAs::Top => Mode::Watch,
     };
     let mut packets = Vec::new();
-    let mut flows: HashMap<Uuid, detrace_common::FlowStats> = HashMap::new();
+    let mut flows: crate::FastMap<Uuid, detrace_common::FlowStats> = crate::FastMap::default();
     let mut clock = Clock::new();
     let mut bad = 0u64;
     let mut summary = None;

@@ -1,12 +1,12 @@
 //! Path assembly: a packet's passes through the datapath (one per recirculation) joined into
 //! one trace, keyed by its sk_buff, and closed by its end (output, drop, upcall).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Kind, Packet, PacketEvent, Verdict, drop_reason_name};
-use crate::uuid::Uuid;
+use crate::{FastMap, uuid::Uuid};
 
 /// One datapath pass: the flow it hit and the packet as that pass saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ struct Open {
 
 /// Joins events into traces. Bounded: at most `max_open` packets in progress.
 pub struct PathAssembler {
-    open: HashMap<u64, Open>,
+    open: FastMap<u64, Open>,
     order: VecDeque<(u64, u64)>,
     max_open: usize,
     timeout_ns: u64,
@@ -69,7 +69,7 @@ pub struct PathAssembler {
 impl PathAssembler {
     pub fn new(max_open: usize, timeout_ns: u64) -> Self {
         Self {
-            open: HashMap::new(),
+            open: FastMap::default(),
             order: VecDeque::new(),
             max_open: max_open.max(1),
             timeout_ns,

@@ -3,7 +3,6 @@
 //! remembered and retried later, never silently dropped.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,6 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    FastMap,
     explain::{FlowSummary, explain},
     ovn::{OvnReplicas, Resolver},
     ovs::{unixctl::Appctl, vswitchd::Vswitchd},
@@ -62,7 +62,7 @@ pub enum Backend<A: Appctl> {
 
 pub struct ExplainCache<A: Appctl> {
     backend: Backend<A>,
-    cache: HashMap<Uuid, Lookup>,
+    cache: FastMap<Uuid, Lookup>,
     /// Token bucket over unixctl requests.
     budget: f64,
     per_sec: f64,
@@ -77,7 +77,7 @@ impl<A: Appctl> ExplainCache<A> {
     pub fn new(backend: Backend<A>, per_sec: f64) -> Self {
         Self {
             backend,
-            cache: HashMap::new(),
+            cache: FastMap::default(),
             budget: per_sec.max(1.0),
             per_sec: per_sec.max(0.1),
             last: Instant::now(),

@@ -16,6 +16,7 @@ use super::{
     source::{EventSource, LossReport, Tracer},
 };
 use crate::{
+    FastMap,
     aggregate::{DropGroup, FlowTable, group_drops},
     cli::Format,
     events::{
@@ -250,7 +251,7 @@ impl<A: Appctl> Session<A> {
     }
 
     /// Drop groups from per-flow counters.
-    pub fn drop_groups(&mut self, flows: &HashMap<Uuid, FlowStats>) -> Vec<DropGroup> {
+    pub fn drop_groups(&mut self, flows: &FastMap<Uuid, FlowStats>) -> Vec<DropGroup> {
         let culprits: HashMap<Uuid, Culprit> = flows
             .iter()
             .filter(|(_, s)| s.drops > 0)
@@ -269,7 +270,7 @@ impl<A: Appctl> Session<A> {
         )
     }
 
-    pub fn print_drops(&mut self, flows: &HashMap<Uuid, FlowStats>) -> std::io::Result<()> {
+    pub fn print_drops(&mut self, flows: &FastMap<Uuid, FlowStats>) -> std::io::Result<()> {
         let groups = self.drop_groups(flows);
         match self.format {
             Format::Json => {
@@ -282,7 +283,7 @@ impl<A: Appctl> Session<A> {
         self.out.flush()
     }
 
-    pub fn record_flows(&mut self, flows: &HashMap<Uuid, FlowStats>) -> std::io::Result<()> {
+    pub fn record_flows(&mut self, flows: &FastMap<Uuid, FlowStats>) -> std::io::Result<()> {
         for (u, s) in flows {
             writeln!(
                 self.out,
@@ -308,7 +309,7 @@ fn self_culprit_fallback(u: &Uuid) -> Culprit {
 }
 
 /// Per-UFID stats from the tracer, keyed by UFID.
-pub fn flow_map<T: Tracer>(t: &T) -> anyhow::Result<HashMap<Uuid, FlowStats>> {
+pub fn flow_map<T: Tracer>(t: &T) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
     Ok(t.flow_stats()?
         .into_iter()
         .map(|(w, s)| (Uuid::from_words(w), s))

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::{Connection, Datum, OvsdbError};
-use crate::uuid::Uuid;
+use crate::{FastMap, uuid::Uuid};
 
 /// A table to replicate: which columns, and whether its rows are found by UUID prefix.
 #[derive(Clone, Copy, Debug)]
@@ -101,10 +101,10 @@ pub enum RowError {
 pub struct Replica {
     pub db: &'static str,
     specs: &'static [TableSpec],
-    pub lflows: HashMap<Uuid, LogicalFlow>,
-    pub tables: HashMap<&'static str, HashMap<Uuid, Row>>,
+    pub lflows: FastMap<Uuid, LogicalFlow>,
+    pub tables: HashMap<&'static str, FastMap<Uuid, Row>>,
     /// UUID prefix -> (table, row) for every row of a `by_prefix` table (Logical_Flow too).
-    prefix: HashMap<u32, Vec<(&'static str, Uuid)>>,
+    prefix: FastMap<u32, Vec<(&'static str, Uuid)>>,
     /// Malformed rows seen (skipped, counted, the last one kept for the report).
     pub bad_rows: u64,
     pub last_bad_row: Option<String>,
