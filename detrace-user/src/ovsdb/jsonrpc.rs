@@ -10,7 +10,8 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
 
 /// Where a database server listens: `unix:PATH` or `tcp:HOST:PORT` (ovsdb-server(1) syntax).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,8 +171,21 @@ impl Write for Stream {
     }
 }
 
+/// One JSON-RPC message. Payloads stay raw JSON text until someone needs them: a `monitor`
+/// reply of a million rows is applied row by row from the text, never built as one tree.
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    #[serde(default)]
+    pub id: Value,
+    pub method: Option<String>,
+    pub params: Option<Box<RawValue>>,
+    pub result: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub error: Value,
+}
+
 type Messages =
-    serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<Stream>>, Value>;
+    serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<Stream>>, Message>;
 
 /// One JSON-RPC session with an OVSDB server.
 pub struct Connection {
@@ -180,7 +194,7 @@ pub struct Connection {
     messages: Messages,
     next_id: u64,
     /// Notifications (e.g. `update`) that arrived while waiting for a reply.
-    pending: VecDeque<Value>,
+    pending: VecDeque<Message>,
 }
 
 impl Connection {
@@ -254,7 +268,7 @@ impl Connection {
 
     /// Reads one message, answering `echo` requests on the way (the server drops idle clients
     /// that do not answer them).
-    fn read_message(&mut self) -> Result<Value, OvsdbError> {
+    fn read_message(&mut self) -> Result<Message, OvsdbError> {
         loop {
             let msg = match self.messages.next() {
                 None => {
@@ -281,10 +295,13 @@ impl Connection {
                 }
                 Some(Ok(v)) => v,
             };
-            if msg.get("method").and_then(Value::as_str) == Some("echo")
-                && msg.get("id").is_some_and(|i| !i.is_null())
-            {
-                let reply = json!({"id": msg["id"], "result": msg.get("params").cloned().unwrap_or(json!([])), "error": null});
+            if msg.method.as_deref() == Some("echo") && !msg.id.is_null() {
+                let params: Value = msg
+                    .params
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(json!([]));
+                let reply = json!({"id": msg.id, "result": params, "error": null});
                 self.send(&reply)?;
                 continue;
             }
@@ -292,45 +309,52 @@ impl Connection {
         }
     }
 
-    /// Sends a request and waits for its reply, queueing notifications that arrive meanwhile.
-    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, OvsdbError> {
+    /// Sends a request and waits for its reply (raw JSON), queueing notifications that arrive
+    /// meanwhile.
+    pub fn call_raw(&mut self, method: &str, params: Value) -> Result<Box<RawValue>, OvsdbError> {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&json!({"method": method, "params": params, "id": id}))?;
         loop {
             let msg = self.read_message()?;
-            if msg.get("method").is_some() {
+            if msg.method.is_some() {
                 self.pending.push_back(msg);
                 continue;
             }
-            if msg.get("id").and_then(Value::as_u64) != Some(id) {
+            if msg.id.as_u64() != Some(id) {
                 continue; // a late reply to something we gave up on
             }
-            return match msg.get("error") {
-                Some(e) if !e.is_null() => Err(OvsdbError::Remote {
+            if !msg.error.is_null() {
+                return Err(OvsdbError::Remote {
                     remote: self.remote.clone(),
                     method: method.to_string(),
-                    error: e.to_string(),
-                }),
-                _ => msg
-                    .get("result")
-                    .cloned()
-                    .ok_or_else(|| OvsdbError::Malformed {
-                        remote: self.remote.clone(),
-                        detail: format!("reply to {method} has no result"),
-                    }),
-            };
+                    error: msg.error.to_string(),
+                });
+            }
+            return msg.result.ok_or_else(|| OvsdbError::Malformed {
+                remote: self.remote.clone(),
+                detail: format!("reply to {method} has no result"),
+            });
         }
     }
 
-    /// Next notification (`update`, `update2`...), blocking up to the read timeout.
-    pub fn next_notification(&mut self) -> Result<Value, OvsdbError> {
+    /// Like [`call_raw`](Self::call_raw), for small replies wanted as a JSON tree.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, OvsdbError> {
+        let raw = self.call_raw(method, params)?;
+        serde_json::from_str(raw.get()).map_err(|e| OvsdbError::Malformed {
+            remote: self.remote.clone(),
+            detail: format!("reply to {method}: {e}"),
+        })
+    }
+
+    /// Next notification (`update`...), blocking up to the read timeout.
+    pub fn next_notification(&mut self) -> Result<Message, OvsdbError> {
         if let Some(n) = self.pending.pop_front() {
             return Ok(n);
         }
         loop {
             let msg = self.read_message()?;
-            if msg.get("method").is_some() {
+            if msg.method.is_some() {
                 return Ok(msg);
             }
         }

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value, json};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use super::{Connection, Datum, OvsdbError};
 use crate::{FastMap, uuid::Uuid};
@@ -239,6 +240,16 @@ impl Replica {
         self.updates_applied += 1;
     }
 
+    /// Applies a `<table-updates>` object straight from its JSON text, one row at a time: the
+    /// whole reply never exists as a tree (a monitor reply can hold a million logical flows).
+    pub fn apply_table_updates_raw(&mut self, raw: &RawValue) {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        if let Err(e) = TablesSeed(self).deserialize(&mut de) {
+            self.note_bad(format!("table-updates: {e}"));
+        }
+        self.updates_applied += 1;
+    }
+
     fn note_bad(&mut self, what: String) {
         self.bad_rows += 1;
         tracing::warn!(db = self.db, "skipping malformed OVSDB row: {what}");
@@ -289,31 +300,118 @@ impl Replica {
                 });
             }
         }
-        let initial = conn.call("monitor", self.monitor_request(&schema, "detrace"))?;
+        let initial = conn.call_raw("monitor", self.monitor_request(&schema, "detrace"))?;
         self.clear();
-        self.apply_table_updates(&initial);
+        self.apply_table_updates_raw(&initial);
         Ok(())
     }
 
     /// Applies one notification; returns false for notifications that are not ours.
-    pub fn apply_notification(&mut self, msg: &Value) -> bool {
-        if msg.get("method").and_then(Value::as_str) != Some("update") {
+    pub fn apply_notification(&mut self, msg: &super::jsonrpc::Message) -> bool {
+        if msg.method.as_deref() != Some("update") {
             return false;
         }
-        match msg
-            .get("params")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-        {
-            Some([_id, updates]) => {
-                self.apply_table_updates(updates);
+        let Some(params) = msg.params.as_deref() else {
+            self.note_bad("update notification without params".into());
+            return false;
+        };
+        // params: [<monitor id>, <table-updates>], applied from the text row by row.
+        let mut de = serde_json::Deserializer::from_str(params.get());
+        match UpdateParamsSeed(self).deserialize(&mut de) {
+            Ok(()) => {
+                self.updates_applied += 1;
                 true
             }
-            _ => {
-                self.note_bad("update notification without [id, updates] params".into());
+            Err(e) => {
+                self.note_bad(format!("update notification: {e}"));
                 false
             }
         }
+    }
+}
+
+/// Visits `{table: {uuid: {"old": .., "new": ..}}}` applying rows as they are read.
+struct TablesSeed<'r>(&'r mut Replica);
+
+impl<'de> DeserializeSeed<'de> for TablesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TablesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an OVSDB <table-updates> object")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+        while let Some(table) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+            m.next_value_seed(RowsSeed {
+                replica: &mut *self.0,
+                table: &table,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+struct RowsSeed<'r, 't> {
+    replica: &'r mut Replica,
+    table: &'t str,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of row updates")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+        let wanted = self.replica.spec(self.table).is_some();
+        while let Some(uuid) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !wanted {
+                m.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            // One row at a time: small.
+            let upd: Value = m.next_value()?;
+            if let Err(e) = self.replica.apply_row(self.table, &uuid, &upd) {
+                self.replica.note_bad(format!("{} {uuid}: {e}", self.table));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Visits `[<monitor id>, <table-updates>]`.
+struct UpdateParamsSeed<'r>(&'r mut Replica);
+
+impl<'de> DeserializeSeed<'de> for UpdateParamsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UpdateParamsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[monitor id, table-updates]")
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<(), S::Error> {
+        s.next_element::<IgnoredAny>()?
+            .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+        s.next_element_seed(TablesSeed(self.0))?
+            .ok_or_else(|| serde::de::Error::custom("no table-updates"))?;
+        while s.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
     }
 }
 
@@ -343,12 +441,15 @@ mod tests {
     fn real_update_notifications_insert_modify_delete() {
         let mut sb = initial(SB_DB, SB_TABLES, "ovs-3.1/ovsdb/sb-monitor-initial.json");
         let before = sb.lflows.len();
-        let msgs: Vec<Value> = fixture("ovs-3.1/ovsdb/sb-updates.json")
+        let msgs: Vec<super::super::jsonrpc::Message> = fixture("ovs-3.1/ovsdb/sb-updates.json")
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let added: Uuid = "a32109b5-0faf-4e6c-b58b-eb05e33679e1".parse().unwrap();
-        let updates: Vec<&Value> = msgs.iter().filter(|m| m["method"] == "update").collect();
+        let updates: Vec<&super::super::jsonrpc::Message> = msgs
+            .iter()
+            .filter(|m| m.method.as_deref() == Some("update"))
+            .collect();
         assert!(sb.apply_notification(updates[0]));
         assert_eq!(sb.lflows.len(), before + 2);
         assert_eq!(sb.lflows[&added].stage_hint, Some(0xfffcc8f2));
@@ -366,7 +467,9 @@ mod tests {
         let mut nb = initial(NB_DB, NB_TABLES, "ovs-3.1/ovsdb/nb-monitor-initial.json");
         let p3: Uuid = "481660a8-6b32-4ba2-bd09-8c7317e54761".parse().unwrap();
         for m in fixture("ovs-3.1/ovsdb/nb-updates.json").lines() {
-            nb.apply_notification(&serde_json::from_str(m).unwrap());
+            nb.apply_notification(
+                &serde_json::from_str::<super::super::jsonrpc::Message>(m).unwrap(),
+            );
         }
         // Modify: "new" carries the whole row, so the replica holds the latest addresses.
         let addrs = nb

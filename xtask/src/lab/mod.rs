@@ -371,7 +371,7 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
     }
     // The plain closing line CI reads.
     println!(
-        "vm tests: {} passed, {} failed",
+        "vm-tests: {} passed, {} failed",
         report.passed.len(),
         report.failed.len()
     );
