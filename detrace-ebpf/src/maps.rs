@@ -1,9 +1,139 @@
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use detrace_common::{COUNTER_SLOTS, Counter};
+//! Maps shared by every probe, the load-time configuration, and the per-packet state.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use detrace_common::{
+    COUNTER_SLOTS, Config, Counter, FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey,
+};
+
+/// Load-time configuration: struct offsets from BTF, tracepoint offsets, filters, rate limit.
+/// User space rewrites it with `EbpfLoader::override_global` before loading; read it only through
+/// [`conf!`] (a volatile read), or LLVM would fold the all-zero initial value into the code.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    off_flow_ufid_len: 0,
+    off_flow_ufid: 0,
+    off_key_recirc_id: 0,
+    off_key_in_port: 0,
+    off_key_eth_type: 0,
+    off_key_ip_proto: 0,
+    off_key_ipv4_src: 0,
+    off_key_ipv4_dst: 0,
+    off_key_ipv6_src: 0,
+    off_key_ipv6_dst: 0,
+    off_key_tp_src: 0,
+    off_key_tp_dst: 0,
+    off_skb_len: 0,
+    off_vport_port_no: 0,
+    off_upcall_cmd: 0,
+    off_tp_kfree_skbaddr: 0,
+    off_tp_kfree_reason: 0,
+    events_enabled: 0,
+    rate_limit: 0,
+    filter_flags: 0,
+    filter_src: [0; 16],
+    filter_dst: [0; 16],
+    filter_port: 0,
+    filter_proto: 0,
+    filter_ip_version: 0,
+    filter_in_port: 0,
+    _pad: 0,
+};
+
+/// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.
+macro_rules! conf {
+    ($field:ident) => {
+        // SAFETY: CONFIG is a plain static in .rodata; a volatile read of one of its fields is
+        // an aligned read of initialised memory.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$field) }
+    };
+}
+pub(crate) use conf;
 
 /// Per-CPU counters: counting in the kernel costs no event per packet.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-packet events; user space sets the size (`ring_bytes`) at load time.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per-UFID aggregates. Not preallocated: a FlowStats is 424 bytes per CPU, and preallocating
+/// 16k of them per CPU would cost hundreds of MB on a large host (non-preallocated hash maps
+/// are allowed in kprobe/tracepoint programs since Linux 6.1, bpf_mem_alloc).
+#[map(name = "FLOW_STATS")]
+pub static FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// An all-zero FlowStats to insert from: a FlowStats does not fit on the 512-byte BPF stack
+/// next to everything else.
+#[map(name = "ZERO_STATS")]
+pub static ZERO_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the probes remember about a packet between its datapath passes, keyed by skb address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    /// The packet's identity in events: the skb address at its first pass (a clone made for a
+    /// recirculation inherits its parent's, see probes/datapath.rs).
+    pub id: u64,
+    /// bpf_ktime_get_ns() at the packet's first pass.
+    pub first_ts: u64,
+    /// At its latest pass: entries older than [`INFLIGHT_MAX_AGE_NS`] are stale.
+    pub last_ts: u64,
+    /// The last flow it hit (all zero before its first hit).
+    pub ufid: [u32; 4],
+    /// 1 when the packet matched the event filter on its first pass.
+    pub matched: u32,
+    pub in_port: u32,
+    /// recirc_id of the latest pass.
+    pub recirc_id: u32,
+    pub _pad: u32,
+    /// The packet as its first pass saw it (before NAT): its identity in Drop/Output events.
+    pub key: PacketKey,
+}
+
+/// Packets in the datapath right now. LRU: a packet that leaves by a path we do not hook
+/// (consume_skb after a conntrack steal, ...) is evicted instead of filling the map.
+#[map(name = "INFLIGHT")]
+pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+
+/// A datapath pass lasts micro-seconds; an INFLIGHT entry not touched for this long belongs to
+/// a packet that left unseen, whose skb address has since been reused.
+pub const INFLIGHT_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// The pass running on this CPU: set at `ovs_dp_process_packet` entry, read by
+/// `ovs_flow_stats_update` (which gets the flow and skb but not the key) and by outputs of
+/// clones (an skb the datapath cloned for a non-last output action is not in INFLIGHT).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Current {
+    pub skb: u64,
+    pub key: u64,
+}
+
+#[map(name = "CURRENT")]
+pub static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space: an Event and an Inflight are built here, not on the 512-byte stack.
+#[map(name = "SCRATCH_EVENT")]
+pub static SCRATCH_EVENT: PerCpuArray<detrace_common::Event> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "SCRATCH_INFLIGHT")]
+pub static SCRATCH_INFLIGHT: PerCpuArray<Inflight> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU rate-limit window for events.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Rate {
+    pub window_start: u64,
+    pub sent: u64,
+}
+
+#[map(name = "RATE")]
+pub static RATE: PerCpuArray<Rate> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn bump(kind: Counter) {

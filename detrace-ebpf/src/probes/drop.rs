@@ -1,0 +1,69 @@
+//! The skb:kfree_skb tracepoint: a packet the datapath was handling is freed with a drop reason
+//! (`enum skb_drop_reason`; OVS's own are 0x30000 + n, net/openvswitch/drop.h).
+//!
+//! The tracepoint fires for every drop on the host: only skbs in INFLIGHT count.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use detrace_common::{Counter, EventKind};
+
+use super::packet::{
+    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, scratch_event,
+};
+use crate::maps::{INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
+
+/// SKB_CONSUMED (include/net/dropreason-core.h): not a drop (6.12 routes it to
+/// skb:consume_skb anyway; kept for safety across kernels).
+const SKB_CONSUMED: u32 = 1;
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    match try_kfree_skb(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: offsets from the tracepoint's format file, within the record; read_at uses
+    // bpf_probe_read_kernel.
+    let off_skb = conf!(off_tp_kfree_skbaddr) as usize;
+    let off_reason = conf!(off_tp_kfree_reason) as usize;
+    let skb: u64 = unsafe { ctx.read_at(off_skb) }.map_err(|_| {
+        bump(Counter::ProbeErrors);
+        0u32
+    })?;
+    let Some(p) = INFLIGHT.get_ptr(skb) else {
+        return Ok(0);
+    };
+    let e = copy_inflight(p)?;
+    let _ = INFLIGHT.remove(skb);
+    // SAFETY: as above.
+    let reason: u32 = unsafe { ctx.read_at(off_reason) }.map_err(|_| {
+        bump(Counter::ProbeErrors);
+        0u32
+    })?;
+    let ts = now();
+    if reason == SKB_CONSUMED || ts.wrapping_sub(e.last_ts) >= INFLIGHT_MAX_AGE_NS {
+        return Ok(0);
+    }
+    bump(Counter::Drops);
+    let latency = ts.wrapping_sub(e.first_ts);
+    if has_ufid(&e.ufid) {
+        count_end(&e.ufid, End::Drop(reason), latency);
+    }
+    if events_enabled() && e.matched != 0 {
+        let ev = scratch_event()?;
+        ev.kind = EventKind::Drop as u32;
+        ev.cpu = cpu();
+        ev.ts_ns = ts;
+        ev.skb = e.id;
+        ev.ufid = e.ufid;
+        ev.recirc_id = e.recirc_id;
+        ev.in_port = e.in_port;
+        ev.reason = reason;
+        ev.len = 0;
+        ev.latency_ns = latency;
+        ev.key = e.key;
+        emit(ev);
+    }
+    Ok(0)
+}

@@ -1,0 +1,288 @@
+//! What every hook shares: kernel reads at BTF-given offsets, the packet key, the event filter,
+//! the rate-limited ring buffer writer and the per-UFID aggregates.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+};
+use detrace_common::{
+    Counter, DROP_REASON_SLOTS, Event, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT,
+    FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS, OVS_DROP_REASON_BASE, PacketKey,
+};
+
+use crate::maps::{
+    EVENTS, FLOW_STATS, Inflight, RATE, SCRATCH_EVENT, SCRATCH_INFLIGHT, ZERO_STATS, bump, conf,
+};
+
+/// Error value of the `try_` functions: the program's return value after counting it.
+pub type Fail = u32;
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Result<T, Fail> {
+    // SAFETY: bpf_probe_read_kernel copies from any kernel address and fails cleanly on a bad
+    // one; T is a plain integer or array type here.
+    match unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) } {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            bump(Counter::ProbeErrors);
+            Err(0)
+        }
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// recirc_id and in_port of a `struct sw_flow_key`.
+#[inline(always)]
+pub fn read_pass(key: u64) -> Result<(u32, u32), Fail> {
+    let recirc: u32 = read(key, conf!(off_key_recirc_id))?;
+    // sw_flow_key.phy.in_port is a u16 (checked by the loader).
+    let in_port: u16 = read(key, conf!(off_key_in_port))?;
+    Ok((recirc, u32::from(in_port)))
+}
+
+/// The packet's fields from a `struct sw_flow_key` (net/openvswitch/flow.h), written in place
+/// (into map memory: a PacketKey is too big to move around on the BPF stack).
+#[inline(always)]
+pub fn read_key(key: u64, k: &mut PacketKey) -> Result<(), Fail> {
+    *k = PacketKey::default();
+    k.eth_type = u16::from_be(read::<u16>(key, conf!(off_key_eth_type))?);
+    // ETH_P_IP / ETH_P_IPV6: only then do the ipv4/ipv6 union members and tp hold addresses
+    // and ports (the union is ARP or MPLS otherwise).
+    match k.eth_type {
+        0x0800 => {
+            let s: [u8; 4] = read(key, conf!(off_key_ipv4_src))?;
+            let d: [u8; 4] = read(key, conf!(off_key_ipv4_dst))?;
+            k.src[..4].copy_from_slice(&s);
+            k.dst[..4].copy_from_slice(&d);
+            k.ip_version = 4;
+        }
+        0x86dd => {
+            k.src = read(key, conf!(off_key_ipv6_src))?;
+            k.dst = read(key, conf!(off_key_ipv6_dst))?;
+            k.ip_version = 6;
+        }
+        _ => return Ok(()),
+    }
+    k.proto = read(key, conf!(off_key_ip_proto))?;
+    k.sport = u16::from_be(read::<u16>(key, conf!(off_key_tp_src))?);
+    k.dport = u16::from_be(read::<u16>(key, conf!(off_key_tp_dst))?);
+    Ok(())
+}
+
+#[inline(always)]
+fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a0, a1) = (
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    );
+    let (b0, b1) = (
+        u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+    );
+    a0 == b0 && a1 == b1
+}
+
+/// Whether a packet (as its first pass saw it) passes `Config.filter_*`.
+#[inline(always)]
+pub fn matches(k: &PacketKey, in_port: u32) -> bool {
+    let flags = conf!(filter_flags);
+    if flags == 0 {
+        return true;
+    }
+    if flags & (FILTER_SRC | FILTER_DST | FILTER_HOST) != 0 {
+        if k.ip_version != conf!(filter_ip_version) {
+            return false;
+        }
+        let want_src = conf!(filter_src);
+        if flags & FILTER_SRC != 0 && !addr_eq(&k.src, &want_src) {
+            return false;
+        }
+        if flags & FILTER_HOST != 0 && !addr_eq(&k.src, &want_src) && !addr_eq(&k.dst, &want_src) {
+            return false;
+        }
+        if flags & FILTER_DST != 0 && !addr_eq(&k.dst, &conf!(filter_dst)) {
+            return false;
+        }
+    }
+    if flags & FILTER_PORT != 0 {
+        let p = conf!(filter_port);
+        if k.sport != p && k.dport != p {
+            return false;
+        }
+    }
+    if flags & FILTER_PROTO != 0 && k.proto != conf!(filter_proto) {
+        return false;
+    }
+    if flags & FILTER_IN_PORT != 0 && in_port != conf!(filter_in_port) {
+        return false;
+    }
+    true
+}
+
+/// Token bucket of one-second windows per CPU: true when one more event may go out now.
+#[inline(always)]
+fn rate_ok(ts: u64) -> bool {
+    let limit = conf!(rate_limit);
+    if limit == 0 {
+        return true;
+    }
+    let Some(r) = RATE.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; a BPF program
+    // is not preempted by another one on the same CPU for the same hook family.
+    let r = unsafe { &mut *r };
+    if ts.wrapping_sub(r.window_start) >= 1_000_000_000 {
+        r.window_start = ts;
+        r.sent = 0;
+    }
+    if r.sent >= u64::from(limit) {
+        return false;
+    }
+    r.sent += 1;
+    true
+}
+
+/// This CPU's scratch Event, for the caller to fill and pass to [`emit`].
+#[inline(always)]
+pub fn scratch_event() -> Result<&'static mut Event, Fail> {
+    let p = SCRATCH_EVENT.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; one program
+    // at a time uses it on a CPU (BPF programs do not nest for these hooks: kprobes and the
+    // tracepoint run with recursion protection).
+    Ok(unsafe { &mut *p })
+}
+
+/// Copies an INFLIGHT value into this CPU's scratch slot (the entry may be removed next).
+#[inline(always)]
+pub fn copy_inflight(p: *const Inflight) -> Result<&'static Inflight, Fail> {
+    let e = SCRATCH_INFLIGHT.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: p comes from an INFLIGHT lookup in this program run, e is this CPU's scratch
+    // slot; both valid and not overlapping.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, e, 1);
+        Ok(&*e)
+    }
+}
+
+/// Writes one event to the ring buffer (the caller checked `events_enabled` and the filter).
+#[inline(always)]
+pub fn emit(ev: &Event) {
+    if !rate_ok(ev.ts_ns) {
+        bump(Counter::EventsRateLimited);
+        return;
+    }
+    // bpf_ringbuf_output copies from map memory: nothing big on the stack.
+    match EVENTS.output::<Event>(ev, 0) {
+        Ok(()) => bump(Counter::EventsSent),
+        Err(_) => bump(Counter::EventsLost),
+    }
+}
+
+#[inline(always)]
+pub fn events_enabled() -> bool {
+    conf!(events_enabled) != 0
+}
+
+#[inline(always)]
+pub fn cpu() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+#[inline(always)]
+pub fn has_ufid(ufid: &[u32; 4]) -> bool {
+    ufid[0] | ufid[1] | ufid[2] | ufid[3] != 0
+}
+
+/// This CPU's FlowStats for a UFID, created (zeroed) on first use.
+#[inline(always)]
+fn stats_for(ufid: &[u32; 4]) -> Option<*mut detrace_common::FlowStats> {
+    let key = FlowKey { ufid: *ufid };
+    if let Some(s) = FLOW_STATS.get_ptr_mut(&key) {
+        return Some(s);
+    }
+    let zero = ZERO_STATS.get_ptr(0)?;
+    // SAFETY: a pointer to this CPU's slot of ZERO_STATS (never written), valid for the run.
+    let zero = unsafe { &*zero };
+    if FLOW_STATS
+        .insert(&key, zero, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        // -EEXIST (another CPU raced us) is fine; a full map is not.
+        if let Some(s) = FLOW_STATS.get_ptr_mut(&key) {
+            return Some(s);
+        }
+        bump(Counter::FlowStatsFull);
+        return None;
+    }
+    FLOW_STATS.get_ptr_mut(&key)
+}
+
+/// A datapath pass hit this flow.
+#[inline(always)]
+pub fn count_hit(ufid: &[u32; 4], len: u32) {
+    if let Some(s) = stats_for(ufid) {
+        // SAFETY: this CPU's value of a per-CPU hash entry, valid for the program's run.
+        let s = unsafe { &mut *s };
+        s.packets += 1;
+        s.bytes += u64::from(len);
+    }
+}
+
+/// How the packet ended after its last flow hit.
+pub enum End {
+    Output,
+    Drop(u32),
+}
+
+/// floor(log2(t)), bucket 0 for t <= 1, the last bucket open-ended.
+#[inline(always)]
+fn bucket(t: u64) -> usize {
+    if t == 0 {
+        return 0;
+    }
+    let b = 63 - t.leading_zeros() as usize;
+    if b >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+/// The packet whose last flow was `ufid` was sent or dropped after `latency` ns in the datapath.
+#[inline(always)]
+pub fn count_end(ufid: &[u32; 4], end: End, latency: u64) {
+    let Some(s) = stats_for(ufid) else {
+        return;
+    };
+    // SAFETY: this CPU's value of a per-CPU hash entry, valid for the program's run.
+    let s = unsafe { &mut *s };
+    match end {
+        End::Output => s.outputs += 1,
+        End::Drop(reason) => {
+            s.drops += 1;
+            // net/openvswitch/drop.h: OVS's own reasons are SKB_DROP_REASON_SUBSYS_OPENVSWITCH
+            // << 16 | n; the last slot takes every other reason.
+            let n = reason.wrapping_sub(OVS_DROP_REASON_BASE) as usize;
+            let slot = if n < DROP_REASON_SLOTS - 1 {
+                n
+            } else {
+                DROP_REASON_SLOTS - 1
+            };
+            if let Some(c) = s.drop_reasons.get_mut(slot) {
+                *c += 1;
+            }
+        }
+    }
+    if let Some(c) = s.latency.get_mut(bucket(latency)) {
+        *c += 1;
+    }
+    s.latency_sum_ns += latency;
+}

@@ -1,0 +1,70 @@
+//! `ovs_vport_send` (net/openvswitch/vport.c): the packet leaves the datapath through a port.
+
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
+use detrace_common::{Counter, EventKind};
+
+use super::packet::{
+    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, read, scratch_event,
+};
+use crate::maps::{CURRENT, INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
+
+/// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
+#[kprobe]
+pub fn ovs_vport_send(ctx: ProbeContext) -> u32 {
+    match try_vport_send(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_vport_send(ctx: &ProbeContext) -> Result<u32, u32> {
+    bump(Counter::Outputs);
+    let (Some(vport), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        bump(Counter::ProbeErrors);
+        return Err(0);
+    };
+    // An output action that is not the last one sends a clone (actions.c do_execute_actions:
+    // skb_clone + do_output): that skb is unknown, the packet is the pass running on this CPU,
+    // and it goes on after this output.
+    let (owner, last) = if INFLIGHT.get_ptr(skb).is_some() {
+        (skb, true)
+    } else {
+        let slot = CURRENT.get_ptr(0).ok_or(0u32)?;
+        // SAFETY: this CPU's slot of a per-CPU array.
+        (unsafe { (*slot).skb }, false)
+    };
+    let Some(p) = INFLIGHT.get_ptr(owner) else {
+        return Ok(0);
+    };
+    let e = copy_inflight(p)?;
+    if last {
+        let _ = INFLIGHT.remove(skb);
+    }
+    let ts = now();
+    if ts.wrapping_sub(e.last_ts) >= INFLIGHT_MAX_AGE_NS {
+        // A stale entry of a packet that left unseen.
+        return Ok(0);
+    }
+    let latency = ts.wrapping_sub(e.first_ts);
+    if has_ufid(&e.ufid) {
+        count_end(&e.ufid, End::Output, latency);
+    }
+    if events_enabled() && e.matched != 0 {
+        // struct vport.port_no is a u16 (checked by the loader).
+        let port: u16 = read(vport, conf!(off_vport_port_no))?;
+        let len: u32 = read(skb, conf!(off_skb_len))?;
+        let ev = scratch_event()?;
+        ev.kind = EventKind::Output as u32;
+        ev.cpu = cpu();
+        ev.ts_ns = ts;
+        ev.skb = e.id;
+        ev.ufid = e.ufid;
+        ev.recirc_id = e.recirc_id;
+        ev.in_port = e.in_port;
+        ev.reason = u32::from(port);
+        ev.len = len;
+        ev.latency_ns = latency;
+        ev.key = e.key;
+        emit(ev);
+    }
+    Ok(0)
+}
