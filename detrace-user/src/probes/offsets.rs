@@ -1,0 +1,134 @@
+//! Fills the offset fields of `Config` from BTF and from the kfree_skb tracepoint's format.
+
+use std::path::Path;
+
+use detrace_common::Config;
+
+use super::{btf::Btf, loader::ProbeError};
+
+/// (config field setter, struct, member path, expected size): sizes are what the probes read;
+/// a kernel whose layout differs is refused with the member named rather than misread.
+type Setter = fn(&mut Config, u32);
+const MEMBERS: &[(Setter, &str, &str, u32)] = &[
+    (|c, v| c.off_key_recirc_id = v, "sw_flow_key", "recirc_id", 4),
+    (|c, v| c.off_key_in_port = v, "sw_flow_key", "phy.in_port", 2),
+    (|c, v| c.off_key_eth_type = v, "sw_flow_key", "eth.type", 2),
+    (|c, v| c.off_key_ip_proto = v, "sw_flow_key", "ip.proto", 1),
+    (|c, v| c.off_key_ipv4_src = v, "sw_flow_key", "ipv4.addr.src", 4),
+    (|c, v| c.off_key_ipv4_dst = v, "sw_flow_key", "ipv4.addr.dst", 4),
+    (|c, v| c.off_key_ipv6_src = v, "sw_flow_key", "ipv6.addr.src", 16),
+    (|c, v| c.off_key_ipv6_dst = v, "sw_flow_key", "ipv6.addr.dst", 16),
+    (|c, v| c.off_key_tp_src = v, "sw_flow_key", "tp.src", 2),
+    (|c, v| c.off_key_tp_dst = v, "sw_flow_key", "tp.dst", 2),
+    (|c, v| c.off_skb_len = v, "sk_buff", "len", 4),
+    (|c, v| c.off_vport_port_no = v, "vport", "port_no", 2),
+    (|c, v| c.off_upcall_cmd = v, "dp_upcall_info", "cmd", 1),
+];
+
+/// Sets every `off_*` field but the tracepoint's.
+pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Result<(), ProbeError> {
+    let get = |ty: &str, path: &str, size: u32| -> Result<u32, ProbeError> {
+        let m = btf.member(ty, path).map_err(|source| ProbeError::BtfMember {
+            what: format!("{ty}.{path}"),
+            source,
+        })?;
+        if m.size != size {
+            return Err(ProbeError::Layout {
+                what: format!("{ty}.{path}"),
+                size: m.size,
+                want: size,
+            });
+        }
+        Ok(m.offset)
+    };
+    // struct sw_flow { ... struct sw_flow_id id; ... } (net/openvswitch/flow.h)
+    let id = btf
+        .member("sw_flow", "id")
+        .map_err(|source| ProbeError::BtfMember {
+            what: "sw_flow.id".into(),
+            source,
+        })?
+        .offset;
+    cfg.off_flow_ufid_len = id + get("sw_flow_id", "ufid_len", 4)?;
+    cfg.off_flow_ufid = id + get("sw_flow_id", "ufid", 16)?;
+    for (set, ty, path, size) in MEMBERS {
+        set(cfg, get(ty, path, *size)?);
+    }
+    Ok(())
+}
+
+/// A field of a tracepoint record: offset and size, from its tracefs `format` file.
+fn tp_field(format: &str, name: &str) -> Option<(u32, u32)> {
+    format.lines().find_map(|line| {
+        let mut decl = None;
+        let (mut off, mut size) = (None, None);
+        for part in line.trim().split(';') {
+            let part = part.trim();
+            if let Some(d) = part.strip_prefix("field:") {
+                decl = d.split_whitespace().last().map(|w| w.split('[').next().unwrap_or(w));
+            } else if let Some(v) = part.strip_prefix("offset:") {
+                off = v.parse().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.parse().ok();
+            }
+        }
+        (decl == Some(name)).then_some(())?;
+        Some((off?, size?))
+    })
+}
+
+/// Sets the skb:kfree_skb record offsets (skbaddr, reason) from `<tracefs>/events/skb/kfree_skb/format`.
+pub fn from_tracefs(tracefs: &Path, cfg: &mut Config) -> Result<(), ProbeError> {
+    let path = tracefs.join("events/skb/kfree_skb/format");
+    let text = std::fs::read_to_string(&path).map_err(|source| ProbeError::TracepointFormat {
+        path: path.clone(),
+        source,
+    })?;
+    let field = |name: &'static str, size: u32| match tp_field(&text, name) {
+        Some((off, s)) if s == size => Ok(off),
+        Some((_, s)) => Err(ProbeError::Layout {
+            what: format!("skb:kfree_skb field {name}"),
+            size: s,
+            want: size,
+        }),
+        None => Err(ProbeError::TracepointField {
+            path: path.clone(),
+            field: name,
+        }),
+    };
+    cfg.off_tp_kfree_skbaddr = field("skbaddr", 8)?;
+    // `reason` appeared in Linux 5.17 (enum skb_drop_reason).
+    cfg.off_tp_kfree_reason = field("reason", 4)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /sys/kernel/tracing/events/skb/kfree_skb/format of the lab's 6.12.117 kernel.
+    const FORMAT_6_12: &str = "name: kfree_skb
+ID: 1700
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+
+print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\"
+";
+
+    #[test]
+    fn kfree_skb_format() {
+        assert_eq!(tp_field(FORMAT_6_12, "skbaddr"), Some((8, 8)));
+        assert_eq!(tp_field(FORMAT_6_12, "reason"), Some((36, 4)));
+        assert_eq!(tp_field(FORMAT_6_12, "protocol"), Some((32, 2)));
+        assert_eq!(tp_field(FORMAT_6_12, "nope"), None);
+    }
+}
