@@ -27,8 +27,9 @@ pub enum Command {
     /// Explain datapath flows: the OpenFlow rules, OVN logical flows and Northbound objects
     /// behind each UFID.
     Explain(ExplainArgs),
-    /// List the eBPF programs and maps embedded in this binary.
-    Probes,
+    /// List the eBPF programs and maps embedded in this binary; with --attach, attach them for
+    /// a while and print what they saw (does tracing work on this kernel?).
+    Probes(ProbesArgs),
     /// Watch live packets: each packet's path of datapath flows across recirculations, each
     /// flow explained down to OVN objects, its verdict (output port, or drop and why) and its
     /// datapath latency.
@@ -180,6 +181,32 @@ pub struct ReplayArgs {
     pub as_: ReplayAs,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// `detrace probes`: without --attach, only lists the embedded programs (no privileges needed).
+#[derive(Args, Debug)]
+pub struct ProbesArgs {
+    /// Attach the probes for SECS seconds (Ctrl-C ends early), then print JSON lines: attach
+    /// time, the first --max-events events, counters, per-UFID stats, detach time. Needs root.
+    #[arg(long, value_name = "SECS")]
+    pub attach: Option<f64>,
+    /// Also collect per-packet events (ring buffer).
+    #[arg(long)]
+    pub events: bool,
+    /// How many events to print on stdout.
+    #[arg(long, default_value_t = 20)]
+    pub max_events: usize,
+    /// Write every event read to FILE as JSON lines, with all the wire fields (implies --events).
+    #[arg(long, value_name = "FILE")]
+    pub events_out: Option<PathBuf>,
+    /// Ring buffer size in bytes (power of two, >= 4096).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub ring_bytes: u32,
+    /// Max events per second per CPU (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Explain(args) => detrace::cmd::explain::run(args),
-        Command::Probes => detrace::cmd::probes::run(),
+        Command::Probes(args) => detrace::cmd::probes::run(args),
         Command::Watch(a) => detrace::cmd::live::watch(a),
         Command::Top(a) => detrace::cmd::live::top(a),
         Command::Drops(a) => detrace::cmd::live::drops(a),

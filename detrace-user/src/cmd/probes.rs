@@ -1,8 +1,29 @@
-//! `detrace probes`: what eBPF the binary carries (no privileges needed).
+//! `detrace probes`: what eBPF the binary carries (no privileges needed) and, with `--attach`,
+//! whether tracing works on this kernel: attach, wait, print what the probes saw as JSON lines.
+
+use std::{
+    io::{BufWriter, Write as _},
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use detrace_common::{Counter, Event, FlowStats, OVS_DROP_REASON_BASE};
+use serde_json::{Value, json};
 
-pub fn run() -> anyhow::Result<()> {
+use crate::{
+    cli::ProbesArgs,
+    probes::{Filter, ProbeOptions, Probes},
+    uuid::Uuid,
+};
+
+pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
+    match args.attach {
+        None => list(),
+        Some(secs) => attach(&args, Duration::from_secs_f64(secs.max(0.0))),
+    }
+}
+
+fn list() -> anyhow::Result<()> {
     let obj = aya_obj::Object::parse(crate::probes::EBPF_OBJECT)
         .context("parsing the embedded eBPF object")?;
     let mut progs: Vec<_> = obj
@@ -20,5 +41,195 @@ pub fn run() -> anyhow::Result<()> {
     for m in maps {
         println!("map {m}");
     }
+    Ok(())
+}
+
+const COUNTER_NAMES: [(Counter, &str); 10] = [
+    (Counter::Passes, "passes"),
+    (Counter::Hits, "hits"),
+    (Counter::Upcalls, "upcalls"),
+    (Counter::Drops, "drops"),
+    (Counter::Outputs, "outputs"),
+    (Counter::EventsSent, "events_sent"),
+    (Counter::EventsLost, "events_lost"),
+    (Counter::EventsRateLimited, "events_rate_limited"),
+    (Counter::ProbeErrors, "probe_errors"),
+    (Counter::FlowStatsFull, "flow_stats_full"),
+];
+
+/// An Event with every wire field under its wire name (what `--events-out` writes): a
+/// recording of raw kernel events, decodable back into `detrace_common::Event`.
+pub fn event_json(e: &Event) -> Value {
+    json!({
+        "kind": e.kind,
+        "cpu": e.cpu,
+        "ts_ns": e.ts_ns,
+        "skb": e.skb,
+        "ufid": e.ufid,
+        "recirc_id": e.recirc_id,
+        "in_port": e.in_port,
+        "reason": e.reason,
+        "len": e.len,
+        "latency_ns": e.latency_ns,
+        "key": {
+            "src": e.key.src,
+            "dst": e.key.dst,
+            "sport": e.key.sport,
+            "dport": e.key.dport,
+            "eth_type": e.key.eth_type,
+            "proto": e.key.proto,
+            "ip_version": e.key.ip_version,
+        },
+    })
+}
+
+fn flow_json(ufid: [u32; 4], s: &FlowStats) -> Value {
+    let reasons: serde_json::Map<String, Value> = s
+        .drop_reasons
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| {
+            let key = if i + 1 < s.drop_reasons.len() {
+                format!("{:#x}", OVS_DROP_REASON_BASE + i as u32)
+            } else {
+                "other".to_string()
+            };
+            (key, json!(n))
+        })
+        .collect();
+    let latency: serde_json::Map<String, Value> = s
+        .latency
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (format!("2^{i}ns"), json!(n)))
+        .collect();
+    json!({
+        "type": "flow",
+        "ufid": Uuid::from_words(ufid).to_string(),
+        "packets": s.packets,
+        "bytes": s.bytes,
+        "drops": s.drops,
+        "outputs": s.outputs,
+        "drop_reasons": reasons,
+        "latency": latency,
+        "latency_sum_ns": s.latency_sum_ns,
+    })
+}
+
+fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
+    let f = &args.filter;
+    let opts = ProbeOptions {
+        events: args.events || args.events_out.is_some(),
+        ring_bytes: args.ring_bytes,
+        rate_limit: args.rate_limit,
+        filter: Filter {
+            src: f.src,
+            dst: f.dst,
+            host: f.host,
+            port: f.port,
+            proto: f.proto,
+            in_port: f.in_port,
+        },
+    };
+    let mut out_file = match &args.events_out {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("starting the tokio runtime")?;
+    let mut probes = Probes::attach(&opts).context("attaching the probes")?;
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    writeln!(
+        stdout,
+        "{}",
+        json!({"type": "attached", "attach_ms": probes.attach_time().as_secs_f64() * 1e3,
+               "events": opts.events})
+    )?;
+    stdout.flush()?;
+
+    let mut reader = probes.take_events();
+    let (mut printed, mut read) = (0usize, 0u64);
+    let outcome: anyhow::Result<&str> = rt.block_on(async {
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            tokio::select! {
+                _ = &mut deadline => return Ok("time"),
+                _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
+                _ = term.recv() => return Ok("SIGTERM"),
+                r = async {
+                    match reader.as_mut() {
+                        Some(r) => r.read_batch(&mut batch).await,
+                        None => std::future::pending().await,
+                    }
+                } => r.context("reading events")?,
+            }
+            for e in &batch {
+                read += 1;
+                let v = event_json(e);
+                if let Some(w) = out_file.as_mut() {
+                    writeln!(w, "{v}")?;
+                }
+                if printed < args.max_events {
+                    printed += 1;
+                    let mut v = v;
+                    v["type"] = json!("event");
+                    writeln!(stdout, "{v}")?;
+                }
+            }
+        }
+    });
+    let why = outcome?;
+    // What is still in the ring when time is up.
+    if let Some(r) = reader.as_mut() {
+        let mut rest = Vec::new();
+        r.try_read(&mut rest);
+        for e in &rest {
+            read += 1;
+            if let Some(w) = out_file.as_mut() {
+                writeln!(w, "{}", event_json(e))?;
+            }
+        }
+    }
+    if let Some(mut w) = out_file.take() {
+        w.flush().context("writing the events file")?;
+    }
+    let counters = probes.counters()?;
+    let mut c = serde_json::Map::new();
+    c.insert("type".into(), json!("counters"));
+    for (k, name) in COUNTER_NAMES {
+        c.insert(name.into(), json!(counters[k as usize]));
+    }
+    c.insert("events_read".into(), json!(read));
+    c.insert(
+        "malformed".into(),
+        json!(reader.as_ref().map_or(0, |r| r.malformed())),
+    );
+    c.insert("stopped_by".into(), json!(why));
+    writeln!(stdout, "{}", Value::Object(c))?;
+    let mut flows = probes.flow_stats()?;
+    flows.sort_by(|a, b| b.1.packets.cmp(&a.1.packets));
+    for (ufid, s) in &flows {
+        writeln!(stdout, "{}", flow_json(*ufid, s))?;
+    }
+    drop(reader);
+    let detach = probes.detach();
+    writeln!(
+        stdout,
+        "{}",
+        json!({"type": "detached", "detach_ms": detach.as_secs_f64() * 1e3})
+    )?;
     Ok(())
 }

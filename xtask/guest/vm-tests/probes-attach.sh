@@ -1,0 +1,115 @@
+#!/bin/bash
+# The kernel side in the lab guest (run by `cargo xtask integration-test vm`, lab topology and
+# traffic up): `detrace probes --attach` loads and attaches the eBPF programs with offsets from
+# this kernel's BTF, counts passes/hits/drops/outputs in the kernel, aggregates per UFID (UFIDs
+# that OVS itself lists), attributes the ACL drop (reason 0x30003 OVS_DROP_EXPLICIT) to the
+# dropping flow, streams filtered events, and counts what the rate limit and a tiny ring buffer
+# hold back; attach and detach each take under a second.
+# Also leaves captures in results/ (kfree_skb format, events JSON lines, the flows they name).
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+ok() { echo "ok: $*"; }
+[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest (DETRACE_VM unset)"
+R=/mnt/host/results
+T=$(mktemp -d)
+D="$DETRACE_BIN"
+SERVER=10.244.2.5 CLIENT=10.244.1.4
+
+cp /sys/kernel/tracing/events/skb/kfree_skb/format $R/kfree_skb.format 2>/dev/null ||
+  cp /sys/kernel/debug/tracing/events/skb/kfree_skb/format $R/kfree_skb.format
+uname -r > $R/uname.txt
+sha256sum /sys/kernel/btf/openvswitch > $R/btf-openvswitch.sha256
+
+# A flood ping in the background makes bursts (for the rate limit and the tiny ring).
+burst() { ip netns exec client ping -q -i 0.002 -c "$1" $SERVER >/dev/null 2>&1 & }
+
+# --- 1. counting only
+"$D" probes --attach 5 > $T/count.jsonl 2> $T/count.err || { cat $T/count.err; fail "probes --attach exited $?"; }
+ovs-appctl dpctl/dump-flows -m > $T/flows.txt
+cat $T/count.jsonl | head -40
+python3 - $T/count.jsonl $T/flows.txt <<'EOF' || fail "counting run"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+flows_txt = open(sys.argv[2]).read()
+by = lambda t: [l for l in lines if l["type"] == t]
+att, det, c = by("attached")[0], by("detached")[0], by("counters")[0]
+flows = by("flow")
+assert att["attach_ms"] < 1000, f"attach took {att['attach_ms']} ms"
+assert det["detach_ms"] < 1000, f"detach took {det['detach_ms']} ms"
+for k in ("passes", "hits", "outputs", "drops"):
+    assert c[k] > 0, f"counter {k} is 0: {c}"
+assert c["probe_errors"] == 0, f"probe errors: {c}"
+assert c["events_sent"] == 0, "events sent without --events"
+assert flows, "no per-UFID stats"
+known = [f for f in flows if "ufid:" + f["ufid"] in flows_txt]
+assert len(known) * 2 >= len(flows), f"only {len(known)} of {len(flows)} UFIDs are in dpctl/dump-flows"
+drops = [f for f in flows if f["drop_reasons"].get("0x30003", 0) > 0]
+assert drops, "no flow with drops of reason 0x30003 (OVS_DROP_EXPLICIT)"
+for f in drops:
+    line = [l for l in flows_txt.splitlines() if "ufid:" + f["ufid"] in l]
+    print("drop flow:", f["ufid"], f["drops"], line[0][:300] if line else "(gone from the dump)")
+    assert not line or "9999" in line[0], f"0x30003 drops on a flow that is not the tcp/9999 one: {line}"
+assert any(f["outputs"] > 0 and sum(f["latency"].values()) > 0 for f in flows), "no output latency"
+print(f"attach {att['attach_ms']:.0f} ms, detach {det['detach_ms']:.0f} ms, counters {c}")
+EOF
+ok "counting: passes/hits/outputs/drops, per-UFID stats known to OVS, 0x30003 on the tcp/9999 flow"
+
+# --- 2. events, all fields, captured for the fixtures (the client's traffic: VIP, direct, ping, 9999)
+"$D" probes --attach 3 --host $CLIENT --max-events 5 --events-out $R/events-lab.jsonl > $T/ev.jsonl 2> $T/ev.err ||
+  { cat $T/ev.err; fail "probes --attach --events-out exited $?"; }
+ovs-appctl dpctl/dump-flows -m > $R/events-lab.flows.txt
+ovs-appctl dpctl/show > $R/events-lab.dpctl-show.txt
+cat $T/ev.jsonl | grep -v '"flow"'
+python3 - $T/ev.jsonl $R/events-lab.jsonl <<'EOF' || fail "events run"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+c = [l for l in lines if l["type"] == "counters"][0]
+evs = [json.loads(l) for l in open(sys.argv[2])]
+assert c["events_sent"] > 0 and evs, f"no events: {c}"
+assert c["malformed"] == 0, c
+kinds = {e["kind"] for e in evs}
+assert {1, 3, 4} <= kinds, f"event kinds seen {kinds}, want pass, drop and output"
+drop = [e for e in evs if e["kind"] == 3]
+assert any(e["reason"] == 0x30003 and e["key"]["dport"] == 9999 for e in drop), "no 0x30003 drop of tcp/9999"
+recirc = [e for e in evs if e["kind"] == 1 and e["recirc_id"] != 0]
+assert recirc, "no recirculated pass"
+print(f"{len(evs)} events, kinds {sorted(kinds)}, {len(recirc)} recirculated passes, counters {c}")
+EOF
+ok "events: pass/drop/output with keys, the ACL drop, recirculations"
+
+# --- 3. the kernel-side filter
+"$D" probes --attach 3 --port 9999 --max-events 1000 > $T/f.jsonl 2> $T/f.err || { cat $T/f.err; fail "filtered run exited $?"; }
+python3 - $T/f.jsonl <<'EOF' || fail "filtered run"
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1]) if '"event"' in l]
+assert evs, "no events for port 9999"
+bad = [e for e in evs if 9999 not in (e["key"]["sport"], e["key"]["dport"])]
+assert not bad, f"{len(bad)} events outside the filter, e.g. {bad[0]}"
+print(len(evs), "events, all port 9999")
+EOF
+ok "filter: only port 9999 packets"
+
+# --- 4. rate limit, then a tiny ring, each under a burst
+burst 600
+"$D" probes --attach 3 --events --rate-limit 5 --max-events 0 > $T/rl.jsonl 2> $T/rl.err || { cat $T/rl.err; fail "rate-limited run exited $?"; }
+wait
+burst 600
+"$D" probes --attach 3 --events --ring-bytes 4096 --max-events 0 > $T/ring.jsonl 2> $T/ring.err || { cat $T/ring.err; fail "tiny-ring run exited $?"; }
+wait
+python3 - $T/rl.jsonl $T/ring.jsonl <<'EOF' || fail "rate limit / tiny ring"
+import json, sys
+rl = [json.loads(l) for l in open(sys.argv[1]) if '"counters"' in l][0]
+ring = [json.loads(l) for l in open(sys.argv[2]) if '"counters"' in l][0]
+print("rate-limited run:", rl)
+print("tiny-ring run:", ring)
+assert rl["events_rate_limited"] > 0, "rate limit held nothing back"
+assert rl["events_sent"] <= 5 * 2 * 4 + 10, "more events than the rate limit allows"
+assert ring["events_lost"] > 0, "a 4 KiB ring lost nothing under a burst"
+EOF
+ok "rate limit and ring overflow are counted"
+
+# --- 5. errors name what is missing
+out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$D" probes --attach 1 2>&1) &&
+  fail "probes --attach worked without root"
+if echo "$out" | grep -q 'needs root'; then ok "non-root: $out"; else echo "SKIP non-root check: $out"; fi
+rm -rf $T
