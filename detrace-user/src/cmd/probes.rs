@@ -220,7 +220,7 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
     c.insert("stopped_by".into(), json!(why));
     writeln!(stdout, "{}", Value::Object(c))?;
     let mut flows = probes.flow_stats()?;
-    flows.sort_by(|a, b| b.1.packets.cmp(&a.1.packets));
+    flows.sort_by_key(|f| std::cmp::Reverse(f.1.packets));
     for (ufid, s) in &flows {
         writeln!(stdout, "{}", flow_json(*ufid, s))?;
     }

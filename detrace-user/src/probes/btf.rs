@@ -99,8 +99,8 @@ impl Blob {
             let vlen = (info & 0xffff) as usize;
             let extra = match (info >> 24) & 0x1f {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
@@ -343,9 +343,21 @@ mod tests {
         let m = |t: &str, p: &str| btf.member(t, p).expect(p);
         // struct sw_flow_id { u32 ufid_len; union { u32 ufid[4]; struct sw_flow_key
         // *unmasked_key; }; }: the union holds a pointer, so ufid sits at 8, not 4.
-        assert_eq!(m("sw_flow", "id"), Member { offset: 576, size: 24 });
+        assert_eq!(
+            m("sw_flow", "id"),
+            Member {
+                offset: 576,
+                size: 24
+            }
+        );
         assert_eq!(m("sw_flow_id", "ufid_len"), Member { offset: 0, size: 4 });
-        assert_eq!(m("sw_flow_id", "ufid"), Member { offset: 8, size: 16 });
+        assert_eq!(
+            m("sw_flow_id", "ufid"),
+            Member {
+                offset: 8,
+                size: 16
+            }
+        );
         assert_eq!(m("sw_flow_key", "phy.in_port").size, 2);
         assert_eq!(m("sw_flow_key", "recirc_id").size, 4);
         assert_eq!(m("sw_flow_key", "eth.type").size, 2);

@@ -248,7 +248,8 @@ fn tracefs() -> Result<PathBuf, ProbeError> {
             return Ok(p.into());
         }
     }
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| ProbeError::Tracefs { source: e.into() });
+    let c =
+        |s: &str| std::ffi::CString::new(s).map_err(|e| ProbeError::Tracefs { source: e.into() });
     let (src, target, fstype) = (c("nodev")?, c(TRACEFS)?, c("tracefs")?);
     // SAFETY: valid NUL-terminated strings that outlive the call; no data argument.
     let rc = unsafe {
@@ -278,7 +279,10 @@ fn kallsyms_has(symbol: &str) -> bool {
 
 /// Builds the load-time configuration: offsets from BTF and tracefs, filter, rate limit.
 pub fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<Config, ProbeError> {
-    let vmlinux = read_btf(BTF_VMLINUX, "this kernel was built without CONFIG_DEBUG_INFO_BTF")?;
+    let vmlinux = read_btf(
+        BTF_VMLINUX,
+        "this kernel was built without CONFIG_DEBUG_INFO_BTF",
+    )?;
     let module = read_btf(
         BTF_OPENVSWITCH,
         "this kernel has no module BTF (CONFIG_DEBUG_INFO_BTF_MODULES), or openvswitch is not loaded",
@@ -407,12 +411,9 @@ impl Probes {
             name: MAP_FLOW_STATS,
             source,
         };
-        let map = self
-            .ebpf
-            .map(MAP_FLOW_STATS)
-            .ok_or(ProbeError::NoMap {
-                name: MAP_FLOW_STATS,
-            })?;
+        let map = self.ebpf.map(MAP_FLOW_STATS).ok_or(ProbeError::NoMap {
+            name: MAP_FLOW_STATS,
+        })?;
         let map: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
             PerCpuHashMap::try_from(map).map_err(err)?;
         let mut out = Vec::new();
@@ -535,7 +536,9 @@ impl EventReader {
             };
             if tokio::runtime::Handle::try_current().is_err() {
                 self.ring = Ring::Idle(r);
-                return Err(io::Error::other("EventReader::read_batch needs a tokio runtime"));
+                return Err(io::Error::other(
+                    "EventReader::read_batch needs a tokio runtime",
+                ));
             }
             // SAFETY: the RingBuf owns its map's file descriptor, which stays open and the same
             // for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
@@ -544,7 +547,9 @@ impl EventReader {
             self.ring = Ring::Ready(fd);
         }
         let Ring::Ready(fd) = &mut self.ring else {
-            return Err(io::Error::other("the event ring buffer could not be registered"));
+            return Err(io::Error::other(
+                "the event ring buffer could not be registered",
+            ));
         };
         loop {
             if Self::drain(fd.get_mut(), &mut self.malformed, out) > 0 {
@@ -619,9 +624,8 @@ mod tests {
             ..Event::default()
         };
         // SAFETY: Event is repr(C) plain data; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>())
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
         assert_eq!(decode(bytes, &mut malformed), Some(ev));
         // One byte off the front: unaligned, still decoded by value.
         let mut shifted = vec![0u8; bytes.len() + 1];

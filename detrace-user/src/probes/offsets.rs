@@ -10,14 +10,44 @@ use super::{btf::Btf, loader::ProbeError};
 /// a kernel whose layout differs is refused with the member named rather than misread.
 type Setter = fn(&mut Config, u32);
 const MEMBERS: &[(Setter, &str, &str, u32)] = &[
-    (|c, v| c.off_key_recirc_id = v, "sw_flow_key", "recirc_id", 4),
-    (|c, v| c.off_key_in_port = v, "sw_flow_key", "phy.in_port", 2),
+    (
+        |c, v| c.off_key_recirc_id = v,
+        "sw_flow_key",
+        "recirc_id",
+        4,
+    ),
+    (
+        |c, v| c.off_key_in_port = v,
+        "sw_flow_key",
+        "phy.in_port",
+        2,
+    ),
     (|c, v| c.off_key_eth_type = v, "sw_flow_key", "eth.type", 2),
     (|c, v| c.off_key_ip_proto = v, "sw_flow_key", "ip.proto", 1),
-    (|c, v| c.off_key_ipv4_src = v, "sw_flow_key", "ipv4.addr.src", 4),
-    (|c, v| c.off_key_ipv4_dst = v, "sw_flow_key", "ipv4.addr.dst", 4),
-    (|c, v| c.off_key_ipv6_src = v, "sw_flow_key", "ipv6.addr.src", 16),
-    (|c, v| c.off_key_ipv6_dst = v, "sw_flow_key", "ipv6.addr.dst", 16),
+    (
+        |c, v| c.off_key_ipv4_src = v,
+        "sw_flow_key",
+        "ipv4.addr.src",
+        4,
+    ),
+    (
+        |c, v| c.off_key_ipv4_dst = v,
+        "sw_flow_key",
+        "ipv4.addr.dst",
+        4,
+    ),
+    (
+        |c, v| c.off_key_ipv6_src = v,
+        "sw_flow_key",
+        "ipv6.addr.src",
+        16,
+    ),
+    (
+        |c, v| c.off_key_ipv6_dst = v,
+        "sw_flow_key",
+        "ipv6.addr.dst",
+        16,
+    ),
     (|c, v| c.off_key_tp_src = v, "sw_flow_key", "tp.src", 2),
     (|c, v| c.off_key_tp_dst = v, "sw_flow_key", "tp.dst", 2),
     (|c, v| c.off_skb_len = v, "sk_buff", "len", 4),
@@ -28,10 +58,12 @@ const MEMBERS: &[(Setter, &str, &str, u32)] = &[
 /// Sets every `off_*` field but the tracepoint's.
 pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Result<(), ProbeError> {
     let get = |ty: &str, path: &str, size: u32| -> Result<u32, ProbeError> {
-        let m = btf.member(ty, path).map_err(|source| ProbeError::BtfMember {
-            what: format!("{ty}.{path}"),
-            source,
-        })?;
+        let m = btf
+            .member(ty, path)
+            .map_err(|source| ProbeError::BtfMember {
+                what: format!("{ty}.{path}"),
+                source,
+            })?;
         if m.size != size {
             return Err(ProbeError::Layout {
                 what: format!("{ty}.{path}"),
@@ -65,7 +97,10 @@ fn tp_field(format: &str, name: &str) -> Option<(u32, u32)> {
         for part in line.trim().split(';') {
             let part = part.trim();
             if let Some(d) = part.strip_prefix("field:") {
-                decl = d.split_whitespace().last().map(|w| w.split('[').next().unwrap_or(w));
+                decl = d
+                    .split_whitespace()
+                    .last()
+                    .map(|w| w.split('[').next().unwrap_or(w));
             } else if let Some(v) = part.strip_prefix("offset:") {
                 off = v.parse().ok();
             } else if let Some(v) = part.strip_prefix("size:") {
