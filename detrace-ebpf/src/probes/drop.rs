@@ -7,7 +7,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use detrace_common::{Counter, EventKind};
 
 use super::packet::{
-    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, scratch_event,
+    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, read, scratch_event,
 };
 use crate::maps::{INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
 
@@ -60,7 +60,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         ev.recirc_id = e.recirc_id;
         ev.in_port = e.in_port;
         ev.reason = reason;
-        ev.len = 0;
+        ev.len = read(skb, conf!(off_skb_len)).unwrap_or(0);
         ev.latency_ns = latency;
         ev.key = e.key;
         emit(ev);

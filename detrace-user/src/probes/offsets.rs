@@ -141,23 +141,8 @@ pub fn from_tracefs(tracefs: &Path, cfg: &mut Config) -> Result<(), ProbeError> 
 mod tests {
     use super::*;
 
-    /// /sys/kernel/tracing/events/skb/kfree_skb/format of the lab's 6.12.117 kernel.
-    const FORMAT_6_12: &str = "name: kfree_skb
-ID: 1700
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
-\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
-\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
-
-print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\"
-";
+    /// /sys/kernel/tracing/events/skb/kfree_skb/format, captured in the lab guest (6.12.117).
+    const FORMAT_6_12: &str = include_str!("../../../tests/fixtures/lab/kfree_skb-6.12.format");
 
     #[test]
     fn kfree_skb_format() {

@@ -78,7 +78,7 @@ EOF
 ok "events: pass/drop/output with keys, the ACL drop, recirculations"
 
 # --- 3. the kernel-side filter
-"$D" probes --attach 3 --port 9999 --max-events 1000 > $T/f.jsonl 2> $T/f.err || { cat $T/f.err; fail "filtered run exited $?"; }
+"$D" probes --attach 3 --events --port 9999 --max-events 1000 > $T/f.jsonl 2> $T/f.err || { cat $T/f.err; fail "filtered run exited $?"; }
 python3 - $T/f.jsonl <<'EOF' || fail "filtered run"
 import json, sys
 evs = [json.loads(l) for l in open(sys.argv[1]) if '"event"' in l]
