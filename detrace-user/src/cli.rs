@@ -205,6 +205,9 @@ pub struct ProbesArgs {
     /// Max events per second per CPU (0: unlimited).
     #[arg(long, default_value_t = 0)]
     pub rate_limit: u32,
+    /// Read no events for the first SECS seconds (checks that a full ring is counted as lost).
+    #[arg(long, value_name = "SECS")]
+    pub hold: Option<f64>,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

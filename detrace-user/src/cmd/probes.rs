@@ -151,11 +151,18 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         stdout,
         "{}",
         json!({"type": "attached", "attach_ms": probes.attach_time().as_secs_f64() * 1e3,
-               "events": opts.events})
+               "events": opts.events,
+               "phases_ms": probes.attach_phases().iter()
+                   .map(|(k, d)| ((*k).to_string(), json!(d.as_secs_f64() * 1e3)))
+                   .collect::<serde_json::Map<_, _>>()})
     )?;
     stdout.flush()?;
 
     let mut reader = probes.take_events();
+    if let Some(hold) = args.hold.filter(|_| reader.is_some()) {
+        // Self-test of the ring's overflow accounting: let the kernel fill it unread.
+        std::thread::sleep(Duration::from_secs_f64(hold.clamp(0.0, wait.as_secs_f64())));
+    }
     let (mut printed, mut read) = (0usize, 0u64);
     let outcome: anyhow::Result<&str> = rt.block_on(async {
         let deadline = tokio::time::sleep(wait);

@@ -214,6 +214,7 @@ pub struct Probes {
     events: Option<EventReader>,
     ebpf: Ebpf,
     attach_time: Duration,
+    phases: Vec<(&'static str, Duration)>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -322,14 +323,28 @@ impl Probes {
         {
             return Err(ProbeError::NoKprobes);
         }
+        let mut phases = Vec::new();
+        let mut mark = {
+            let mut last = start;
+            move |name: &'static str, phases: &mut Vec<(&'static str, Duration)>| {
+                let now = Instant::now();
+                phases.push((name, now - last));
+                last = now;
+            }
+        };
+        mark("checks", &mut phases);
         let cfg = config(opts, &tracefs)?;
         tracing::debug!(?cfg, "probe configuration");
+        mark("offsets", &mut phases);
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        mark("aya_kernel_btf", &mut phases);
+        let mut ebpf = loader
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
+        mark("object", &mut phases);
         for &(name, target) in KPROBES {
             let prog: &mut KProbe = ebpf
                 .program_mut(name)
@@ -343,6 +358,7 @@ impl Probes {
                 program: name,
                 source,
             })?;
+            mark(name, &mut phases);
             prog.attach(target, 0).map_err(|source| {
                 if !kallsyms_has(target) {
                     ProbeError::SymbolMissing { symbol: target }
@@ -367,6 +383,7 @@ impl Probes {
             program: TP_PROGRAM,
             source,
         })?;
+        mark(TP_PROGRAM, &mut phases);
         tp.attach("skb", "kfree_skb")
             .map_err(|source| ProbeError::Attach {
                 program: TP_PROGRAM,
@@ -386,16 +403,24 @@ impl Probes {
         } else {
             None
         };
+        mark("attach_kfree_skb", &mut phases);
         Ok(Probes {
             events,
             ebpf,
             attach_time: start.elapsed(),
+            phases,
         })
     }
 
     /// From the start of [`Probes::attach`] to the last probe attached.
     pub fn attach_time(&self) -> Duration {
         self.attach_time
+    }
+
+    /// Where the attach time went: checks, offsets (BTF + tracefs), aya's own parse of the
+    /// kernel BTF, object load (maps), then each program's load+verify and attach.
+    pub fn attach_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// Detaches everything (what dropping does) and says how long it took.

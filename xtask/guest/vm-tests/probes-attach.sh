@@ -34,6 +34,7 @@ flows_txt = open(sys.argv[2]).read()
 by = lambda t: [l for l in lines if l["type"] == t]
 att, det, c = by("attached")[0], by("detached")[0], by("counters")[0]
 flows = by("flow")
+print("attach phases (ms):", att["phases_ms"])
 assert att["attach_ms"] < 1000, f"attach took {att['attach_ms']} ms"
 assert det["detach_ms"] < 1000, f"detach took {det['detach_ms']} ms"
 for k in ("passes", "hits", "outputs", "drops"):
@@ -90,11 +91,11 @@ EOF
 ok "filter: only port 9999 packets"
 
 # --- 4. rate limit, then a tiny ring, each under a burst
-burst 600
+burst 1500
 "$D" probes --attach 3 --events --rate-limit 5 --max-events 0 > $T/rl.jsonl 2> $T/rl.err || { cat $T/rl.err; fail "rate-limited run exited $?"; }
 wait
-burst 600
-"$D" probes --attach 3 --events --ring-bytes 4096 --max-events 0 > $T/ring.jsonl 2> $T/ring.err || { cat $T/ring.err; fail "tiny-ring run exited $?"; }
+burst 1500
+"$D" probes --attach 3 --events --ring-bytes 4096 --hold 2 --max-events 0 > $T/ring.jsonl 2> $T/ring.err || { cat $T/ring.err; fail "tiny-ring run exited $?"; }
 wait
 python3 - $T/rl.jsonl $T/ring.jsonl <<'EOF' || fail "rate limit / tiny ring"
 import json, sys
@@ -112,4 +113,22 @@ ok "rate limit and ring overflow are counted"
 out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$D" probes --attach 1 2>&1) &&
   fail "probes --attach worked without root"
 if echo "$out" | grep -q 'needs root'; then ok "non-root: $out"; else echo "SKIP non-root check: $out"; fi
+
+# --- 6. Ctrl-C and SIGTERM end an attach early, orderly: counters printed, everything detached
+for sig in INT TERM; do
+  "$D" probes --attach 60 > $T/sig.jsonl 2> $T/sig.err &
+  pid=$!
+  for i in $(seq 50); do grep -q attached $T/sig.jsonl 2>/dev/null && break; sleep 0.2; done
+  grep -q attached $T/sig.jsonl || { cat $T/sig.err; fail "no attach within 10 s"; }
+  kill -$sig $pid
+  wait $pid || fail "SIG$sig: exit code $?"
+  grep -q "\"stopped_by\":\"SIG$sig\"" $T/sig.jsonl || fail "SIG$sig: $(cat $T/sig.jsonl | head -3)"
+  grep -q detached $T/sig.jsonl || fail "SIG$sig: no detach line"
+done
+if command -v bpftool >/dev/null; then
+  left=$(bpftool prog show | grep -cE 'ovs_dp_process|ovs_vport_send|kfree_skb|ovs_flow_stats')
+  [ "$left" = 0 ] || fail "$left detrace programs still loaded: $(bpftool prog show)"
+fi
+grep -q ovs_dp_process_packet /sys/kernel/debug/kprobes/list 2>/dev/null && fail "a kprobe is still on ovs_dp_process_packet"
+ok "SIGINT/SIGTERM: orderly stop, nothing left attached"
 rm -rf $T
