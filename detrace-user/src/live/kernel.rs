@@ -5,35 +5,59 @@ use std::time::Duration;
 use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
 
 use super::source::{EventSource, Tracer};
-use crate::cli::EventArgs;
+use crate::{
+    cli::EventArgs,
+    probes::loader::{EventReader, Filter, ProbeOptions, Probes},
+};
 
-/// Attached probes.
-pub struct KernelTracer;
-/// Their ring buffer.
-pub struct KernelEvents;
+/// Attached probes; dropping this detaches them.
+pub struct KernelTracer(Probes);
+
+/// Their ring buffer (idle when per-packet events were not asked for).
+pub struct KernelEvents(Option<EventReader>);
 
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
-        anyhow::bail!("the eBPF loader is not integrated yet")
+        Ok(self.0.flow_stats()?)
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
-        anyhow::bail!("the eBPF loader is not integrated yet")
+        Ok(self.0.counters()?)
     }
 }
 
 impl EventSource for KernelEvents {
-    async fn read_batch(&mut self, _out: &mut Vec<Event>) -> std::io::Result<()> {
-        std::future::pending().await
+    async fn read_batch(&mut self, out: &mut Vec<Event>) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(r) => r.read_batch(out).await,
+            None => std::future::pending().await,
+        }
     }
     fn malformed(&self) -> u64 {
-        0
+        self.0.as_ref().map_or(0, EventReader::malformed)
     }
 }
 
-/// Attaches the probes (per-packet events only when `events`).
+/// Attaches the probes; per-packet events (with the filters) only when `events`.
 pub fn attach_live(
-    _args: &EventArgs,
-    _events: bool,
+    args: &EventArgs,
+    events: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
-    anyhow::bail!("the eBPF loader is not integrated yet (work in progress)")
+    let f = &args.filter;
+    let opts = ProbeOptions {
+        events,
+        ring_bytes: args.ring_size,
+        rate_limit: args.rate_limit,
+        filter: Filter {
+            src: f.src,
+            dst: f.dst,
+            host: f.host,
+            port: f.port,
+            proto: f.proto,
+            in_port: f.in_port,
+        },
+    };
+    let mut probes = Probes::attach(&opts)?;
+    let reader = probes.take_events();
+    let t = probes.attach_time();
+    Ok((KernelTracer(probes), KernelEvents(reader), t))
 }
