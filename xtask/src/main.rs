@@ -1,6 +1,7 @@
 //! detrace's orchestration. Nothing here ships: it installs what the project needs, runs the
 //! test suites, and drives the lab VM.
 
+mod bench;
 mod deps;
 mod lab;
 mod test;
@@ -32,6 +33,9 @@ enum Command {
     Lab(lab::LabArgs),
     /// Run the kernel-level tests inside the lab guest (`integration-test vm`).
     IntegrationTest(lab::IntegrationTestArgs),
+    /// Benchmarks, figures printed: replica at scale, the user-space pipeline, and the datapath
+    /// overhead of detrace in the lab VM (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test { unit_only } => test::run_tests(unit_only),
         Command::Lab(args) => lab::run_lab(args),
         Command::IntegrationTest(args) => lab::run_integration_test(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -31,7 +31,7 @@ const BUILDER_VERSION: &str = "detrace-lab-image/1";
 const SUITE: &str = "trixie";
 
 /// What the guest needs: OVS/OVN, the netns plumbing and traffic tools, bpftool for poking at
-/// the kernel, and python3 for the lab's tiny TCP servers.
+/// the kernel, python3 for the lab's tiny TCP servers, iperf3 for the datapath benchmark.
 const ROOTFS_PACKAGES: &[&str] = &[
     "openvswitch-switch",
     "openvswitch-common",
@@ -49,6 +49,7 @@ const ROOTFS_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "util-linux",
+    "iperf3",
 ];
 
 /// Kernel subtrees no guest without hardware needs: dropping them keeps the image ~300 MB smaller.

@@ -416,3 +416,53 @@ pub fn ensure_free_space(path: &Path, need: u64) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask bench`'s datapath part: boots the guest in bench mode (xtask/guest/bench.sh) and
+/// returns the per-run lines (`mode rep tcp_bps udp_pps`) and the attach/detach lines.
+pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)> {
+    let (image, detrace) = prepare()?;
+    let share = guest::Share::new(&detrace)?;
+    share.write_config(&[
+        ("BENCH_REPS", reps.to_string()),
+        ("BENCH_SECONDS", seconds.to_string()),
+    ])?;
+    let console_log = lab_target().join("bench-console.log");
+    // 4 modes x 2 tests per repetition, plus attach/detach and setup.
+    let timeout = Duration::from_secs(300 + u64::from(reps) * 4 * (2 * u64::from(seconds) + 15));
+    progress(&format!(
+        "running the datapath benchmark (console log {})",
+        console_log.display()
+    ));
+    let end = qemu::boot(
+        &qemu::Boot {
+            image: &image,
+            share: &share.dir,
+            mode: "bench",
+            console_log: console_log.clone(),
+            interactive: false,
+            boot_timeout: Duration::from_secs(120),
+            timeout,
+        },
+        |_, line| match line.split(MARK).nth(1) {
+            Some(m) => progress(&format!("guest: {m}")),
+            None => println!("{line}"),
+        },
+    )?;
+    let results = share.results();
+    let runs = fs::read_to_string(results.join("bench.txt")).unwrap_or_default();
+    let attach = fs::read_to_string(results.join("attach.txt")).unwrap_or_default();
+    let kept = lab_target().join("bench-results");
+    let _ = fs::remove_dir_all(&kept);
+    fs::create_dir_all(&kept)?;
+    for e in fs::read_dir(&results)?.filter_map(Result::ok) {
+        let _ = fs::copy(e.path(), kept.join(e.file_name()));
+    }
+    finish(end, &console_log)?;
+    if !results.join("done").exists() {
+        bail!(
+            "the guest did not finish the benchmark; see {}",
+            console_log.display()
+        );
+    }
+    Ok((runs, attach))
+}

@@ -1,0 +1,50 @@
+# Mode "bench" (cargo xtask bench): datapath throughput between two namespaces through the OVS
+# kernel datapath (OVN router, ACL with conntrack, in the path), without detrace and with it,
+# alternating A B A B... Results: /mnt/host/results/bench.txt, one line per run:
+#   <mode> <rep> <tcp bits/s> <udp packets/s>
+. /mnt/host/guest/lib.sh
+DETRACE=/mnt/host/detrace
+R=/mnt/host/results
+mkdir -p $R
+SECS=${BENCH_SECONDS:-5} REPS=${BENCH_REPS:-3}
+start_ovs; mark ovs-up
+start_ovn; mark ovn-up
+topology; mark topology-up
+# No background traffic loop here: only the benchmark's own packets.
+ip netns exec server iperf3 -s -D -I /tmp/iperf3.pid || die "iperf3 server"
+for i in $(seq 60); do ip netns exec client nc -z -w1 $SERVER_IP 5201 && break; sleep 1; done
+ip netns exec client iperf3 -c $SERVER_IP -t 2 >/dev/null || die "iperf3 warm-up"
+
+tcp() { ip netns exec client iperf3 -c $SERVER_IP -t $SECS -J | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]))'; }
+udp() { ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J | python3 -c '
+import json,sys; e=json.load(sys.stdin)["end"]["sum"]; print(int((e["packets"]-e["lost_packets"])/e["seconds"]))'; }
+
+# Starts detrace for a mode in the background (its stderr to the results), waits until attached.
+start_mode() {
+  case $1 in
+    base) return 0 ;;
+    top) $DETRACE top --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    watch-none) $DETRACE watch --ready --dst 10.244.9.9 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    watch-all) $DETRACE watch --ready --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+  esac
+  DPID=$!
+  for i in $(seq 100); do grep -q '^ready' /tmp/d.out 2>/dev/null && return 0; sleep 0.1; done
+  die "detrace $1 did not attach: $(tail -3 $R/detrace-$1.err)"
+}
+stop_mode() { [ "$1" = base ] && return 0; kill -INT $DPID; wait $DPID; }
+
+: > $R/bench.txt
+for rep in $(seq $REPS); do
+  for mode in base top watch-none watch-all; do
+    mark bench mode=$mode rep=$rep
+    start_mode $mode
+    t=$(tcp); u=$(udp)
+    stop_mode $mode
+    echo "$mode $rep $t $u" | tee -a $R/bench.txt
+  done
+done
+grep -h 'attached in\|detached in' $R/detrace-*.err > $R/attach.txt
+kill $(cat /tmp/iperf3.pid) 2>/dev/null
+sync
+touch $R/done
+mark bench-done

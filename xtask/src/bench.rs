@@ -1,0 +1,124 @@
+//! `cargo xtask bench`: every benchmark side by side, figures printed (docs/benchmarks.md
+//! records them with this command).
+
+use std::process::Command;
+
+use crate::util::{run, workspace_root};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Repetitions of each datapath mode (alternated A B A B ...).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Seconds of each iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Only the host benchmarks (no VM).
+    #[arg(long)]
+    host_only: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Medians per mode and their ratio to the run without detrace.
+pub fn report(runs: &str) -> String {
+    let modes = ["base", "top", "watch-none", "watch-all"];
+    let mut out = String::from(
+        "mode         tcp Mbit/s (median)  ratio   udp 64B pps (median)  ratio   runs\n",
+    );
+    let col = |mode: &str, i: usize| -> Vec<f64> {
+        runs.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() == 4 && f[0] == mode)
+            .filter_map(|f| f[i].parse().ok())
+            .collect()
+    };
+    let base_tcp = median(&mut col("base", 2));
+    let base_udp = median(&mut col("base", 3));
+    for m in modes {
+        let mut t = col(m, 2);
+        let mut u = col(m, 3);
+        let n = t.len();
+        let (mt, mu) = (median(&mut t), median(&mut u));
+        out.push_str(&format!(
+            "{m:<12} {:>19.1}  {:>5.3}   {:>20.0}  {:>5.3}   {n}\n",
+            mt / 1e6,
+            mt / base_tcp,
+            mu,
+            mu / base_udp
+        ));
+    }
+    out
+}
+
+pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    crate::deps::all()?;
+    let root = workspace_root();
+    eprintln!("== replica: load, memory, cookie lookups (100k and 1M logical flows)");
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "-q",
+        "-p",
+        "detrace-user",
+        "--bench",
+        "replica",
+        "--",
+        "100000",
+        "1000000",
+    ]))?;
+    eprintln!(
+        "== user-space pipeline: decode + path assembly + cached explanation + aggregation, one core"
+    );
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "-q",
+        "-p",
+        "detrace-user",
+        "--bench",
+        "pipeline",
+        "--",
+        "10000",
+        "5000000",
+    ]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "-q",
+        "-p",
+        "detrace-user",
+        "--bench",
+        "pipeline",
+        "--",
+        "100000",
+        "5000000",
+    ]))?;
+    if args.host_only {
+        return Ok(());
+    }
+    eprintln!(
+        "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
+    );
+    let (runs, attach) = crate::lab::run_vm_bench(args.reps, args.seconds)?;
+    println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
+    println!("{}", report(&runs));
+    println!("attach/detach:\n{attach}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians_and_ratios() {
+        let r = super::report(
+            "base 1 100000000 1000\nbase 2 300000000 3000\nbase 3 200000000 2000\ntop 1 190000000 1900\n",
+        );
+        let top = r.lines().find(|l| l.starts_with("top")).unwrap_or_default();
+        assert!(top.contains("190.0") && top.contains("0.950"), "{r}");
+    }
+}
