@@ -114,7 +114,7 @@ fn stream(n_flows: u64, n_events: usize) -> Vec<Vec<u8>> {
         };
         out.push(as_bytes(&pass));
         if left == 1 {
-            let dropped = r.next() % 20 == 0;
+            let dropped = r.next().is_multiple_of(20);
             let end = Event {
                 kind: if dropped {
                     EventKind::Drop

@@ -30,7 +30,10 @@ fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<UnixctlClient>> {
             .map_err(|e| {
             anyhow::anyhow!("{e}\nhint: is ovs-vswitchd running? set --ovs-rundir or OVS_RUNDIR")
         })?;
-    let ovs = Vswitchd::new(ctl).context("asking ovs-vswitchd for its commands")?;
+    let mut ovs = Vswitchd::new(ctl).context("asking ovs-vswitchd for its commands")?;
+    // The event loop must not sleep waiting for a flow's xlate cache: one detrace attempt, then
+    // the ofproto/trace fallback (which says so in the explanation).
+    ovs.retry.attempts = 1;
     ovn.wait_ready(live.conn.timeout()).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the OVN databases: {e}\nhint: set --sb-db/--nb-db (or OVN_SB_DB/OVN_NB_DB)"

@@ -100,7 +100,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 None => "(unexplained)".into(),
             };
             let mut rows = t.rows(0.0, label);
-            rows.sort_by(|a, b| b.packets.cmp(&a.packets));
+            rows.sort_by_key(|r| std::cmp::Reverse(r.packets));
             let objs = |u: &Uuid| {
                 sess.cache
                     .cached(u)
@@ -108,7 +108,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     .unwrap_or_default()
             };
             let mut orows = t.object_rows(0.0, objs);
-            orows.sort_by(|a, b| b.packets.cmp(&a.packets));
+            orows.sort_by_key(|r| std::cmp::Reverse(r.packets));
             let mut so = std::io::stdout().lock();
             match args.format {
                 Format::Text => {

@@ -48,6 +48,9 @@ pub struct ExplainStats {
     pub ovs_requests: u64,
     /// Lookups deferred by the request budget.
     pub deferred: u64,
+    /// Time to explain a new UFID (ovs-vswitchd round trips + resolution), microseconds.
+    pub resolve_p50_us: u64,
+    pub resolve_max_us: u64,
 }
 
 /// Where explanations come from: live daemons, or a recording.
@@ -69,6 +72,7 @@ pub struct ExplainCache<A: Appctl> {
     last: Instant,
     retry_after: Duration,
     pub stats: ExplainStats,
+    latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl<A: Appctl> ExplainCache<A> {
@@ -83,6 +87,7 @@ impl<A: Appctl> ExplainCache<A> {
             last: Instant::now(),
             retry_after: Duration::from_secs(5),
             stats: ExplainStats::default(),
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
         }
     }
 
@@ -130,12 +135,10 @@ impl<A: Appctl> ExplainCache<A> {
         let Backend::Live { ovs, ovn } = &mut self.backend else {
             return Lookup::Pending;
         };
-        // get-flow + detrace (+ retries, counted as they happen).
-        self.budget -= 2.0;
-        self.stats.ovs_requests += 2;
+        let t = Instant::now();
+        let before = ovs.requests();
         let result = ovs.get_flow(ufid).map(|(dp, flow)| {
             let rules = ovs.rules(&dp, &flow);
-            self.stats.ovs_requests += u64::from(rules.attempts.saturating_sub(1));
             let (sb, nb) = (ovn.sb(), ovn.nb());
             let e = explain(&dp, &flow, rules, &Resolver { sb: &sb, nb: &nb });
             Explained {
@@ -143,6 +146,16 @@ impl<A: Appctl> ExplainCache<A> {
                 full: serde_json::to_value(&e).unwrap_or_default(),
             }
         });
+        // Every request made counts against the budget (get-flow, detrace and its retries, the
+        // trace fallback): the long-run rate stays at `per_sec` whatever a lookup costs.
+        let spent = ovs.requests() - before;
+        self.budget -= spent as f64;
+        self.stats.ovs_requests += spent;
+        if let Some(h) = &mut self.latency {
+            let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+            self.stats.resolve_p50_us = h.value_at_quantile(0.5);
+            self.stats.resolve_max_us = h.max();
+        }
         let lookup = match result {
             Ok(e) => {
                 self.stats.explained += 1;
@@ -166,5 +179,78 @@ impl<A: Appctl> ExplainCache<A> {
             Lookup::Explained(e) => Some(e),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use super::*;
+    use crate::{
+        ovn::schema::{NB_DB, NB_TABLES, SB_DB, SB_TABLES},
+        ovs::unixctl::UnixctlError,
+        ovsdb::Replica,
+    };
+
+    /// An ovs-vswitchd that knows every UFID and answers in no time, counting what it is asked.
+    struct Busy {
+        calls: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+    impl Appctl for Busy {
+        fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+            self.calls.set(self.calls.get() + 1);
+            Ok(match method {
+                "list-commands" => "The available commands are:\n  ofproto/detrace UFID [pmd=PMD-ID]\n".into(),
+                "dpctl/dump-dps" => "system@ovs-system\n".into(),
+                "dpctl/get-flow" => format!(
+                    "{}, recirc_id(0),in_port(2),eth_type(0x0800),ipv4(frag=no), packets:3, bytes:180, used:0.1s, actions:3\n",
+                    params[1]
+                ),
+                "ofproto/detrace" => "cookie=0x1234, duration=1s, n_packets=3, n_bytes=180, priority=100,in_port=2,actions=output:3\n".into(),
+                other => panic!("unexpected {other}"),
+            })
+        }
+    }
+
+    /// Flow churn: a new UFID on every lookup, as fast as the loop goes. The requests sent to
+    /// ovs-vswitchd stay within the configured rate (plus one burst), the rest is deferred.
+    #[test]
+    fn request_rate_stays_bounded_under_churn() {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let ovs = Vswitchd::new(Busy {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let ovn = OvnReplicas::from_replicas(
+            Replica::new(SB_DB, SB_TABLES),
+            Replica::new(NB_DB, NB_TABLES),
+        );
+        let per_sec = 50.0;
+        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, per_sec);
+        let start = Instant::now();
+        let mut n = 0u128;
+        while start.elapsed() < Duration::from_millis(1000) {
+            n += 1;
+            cache.get(Uuid(n << 64 | 1));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let sent = cache.stats.ovs_requests as f64;
+        assert!(
+            sent <= per_sec * secs + per_sec + 3.0,
+            "{sent} requests in {secs:.2}s at {per_sec}/s"
+        );
+        assert!(sent >= per_sec * secs * 0.5, "the budget is used: {sent}");
+        assert_eq!(
+            cache.stats.ovs_requests + 1,
+            calls.get(),
+            "every request counted (+ list-commands)"
+        );
+        assert!(cache.stats.deferred > 0 && cache.stats.explained > 10);
+        assert!(cache.stats.resolve_max_us > 0);
+        // An explained UFID is served from the cache without asking again.
+        let before = calls.get();
+        let first = Uuid(1 << 64 | 1);
+        assert!(matches!(cache.get(first), Lookup::Explained(_)));
+        assert_eq!(calls.get(), before);
     }
 }

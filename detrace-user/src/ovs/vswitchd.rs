@@ -54,14 +54,31 @@ pub struct FlowRules {
 }
 
 pub struct Vswitchd<A: Appctl> {
-    ctl: A,
+    ctl: Counted<A>,
     has_detrace: bool,
     pub retry: Retry,
 }
 
+/// Counts every request sent, so callers can bound the load they put on ovs-vswitchd.
+struct Counted<A> {
+    inner: A,
+    requests: u64,
+}
+
+impl<A: Appctl> Counted<A> {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+        self.requests += 1;
+        self.inner.call(method, params)
+    }
+}
+
 impl<A: Appctl> Vswitchd<A> {
     /// Detects what this ovs-vswitchd can do from `list-commands` (never from version strings).
-    pub fn new(mut ctl: A) -> Result<Self, VswitchdError> {
+    pub fn new(ctl: A) -> Result<Self, VswitchdError> {
+        let mut ctl = Counted {
+            inner: ctl,
+            requests: 0,
+        };
         let cmds = ctl.call("list-commands", &[])?;
         let has_detrace = cmds
             .lines()
@@ -75,6 +92,11 @@ impl<A: Appctl> Vswitchd<A> {
 
     pub fn has_detrace(&self) -> bool {
         self.has_detrace
+    }
+
+    /// Unixctl requests sent so far.
+    pub fn requests(&self) -> u64 {
+        self.ctl.requests
     }
 
     /// Datapath names, e.g. `system@ovs-system`, `netdev@ovs-netdev`.
