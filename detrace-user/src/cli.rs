@@ -68,6 +68,20 @@ pub struct FilterArgs {
     pub in_port: Option<u32>,
 }
 
+impl FilterArgs {
+    /// The kernel-side filter these options ask for.
+    pub fn to_filter(&self) -> crate::probes::loader::Filter {
+        crate::probes::loader::Filter {
+            src: self.src,
+            dst: self.dst,
+            host: self.host,
+            port: self.port,
+            proto: self.proto,
+            in_port: self.in_port,
+        }
+    }
+}
+
 fn parse_proto(s: &str) -> Result<u8, String> {
     match s {
         "tcp" => Ok(6),

@@ -16,6 +16,9 @@ pub mod ovsdb;
 pub mod probes;
 pub mod uuid;
 
+#[cfg(test)]
+mod testutil;
+
 /// Hash map for hot paths keyed by values no outsider chooses (skb addresses, UFIDs, row
 /// UUIDs, cookies): rustc's Fx hash is several times faster than SipHash for such keys.
 pub type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cli::ProbesArgs,
-    probes::{Filter, ProbeOptions, Probes},
+    probes::{ProbeOptions, Probes},
     uuid::Uuid,
 };
 
@@ -124,14 +124,7 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         events: args.events || args.events_out.is_some(),
         ring_bytes: args.ring_bytes,
         rate_limit: args.rate_limit,
-        filter: Filter {
-            src: f.src,
-            dst: f.dst,
-            host: f.host,
-            port: f.port,
-            proto: f.proto,
-            in_port: f.in_port,
-        },
+        filter: f.to_filter(),
     };
     let mut out_file = match &args.events_out {
         Some(p) => Some(BufWriter::new(

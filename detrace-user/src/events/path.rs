@@ -318,10 +318,7 @@ mod tests {
     }
 
     fn lab_events() -> Vec<PacketEvent> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/lab/events-lab-6.12.jsonl");
-        std::fs::read_to_string(p)
-            .unwrap()
+        crate::testutil::fixture_raw("lab/events-lab-6.12.jsonl")
             .lines()
             .map(|l| {
                 let w: Wire = serde_json::from_str(l).unwrap();
@@ -373,11 +370,7 @@ mod tests {
             out.iter().filter(|t| t.verdict == Verdict::Unknown).count() as u64
                 == a.stats.unfinished
         );
-        let flows = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/fixtures/lab/events-lab-6.12.flows.txt"),
-        )
-        .unwrap();
+        let flows = crate::testutil::fixture_raw("lab/events-lab-6.12.flows.txt");
         // The ACL drop: OVS_DROP_EXPLICIT, attributed to the flow matching tcp dst 9999.
         let drop = out
             .iter()

@@ -53,17 +53,7 @@ pub fn acl_culprit(o: &NbObject) -> Culprit {
 }
 
 pub fn lb_culprit(o: &NbObject) -> Culprit {
-    let vips = o
-        .fields
-        .get("vips")
-        .and_then(|v| v.as_object())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k} -> {}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .unwrap_or_default();
+    let vips = o.vips_text();
     Culprit {
         kind: "Load_Balancer".into(),
         id: o.uuid.to_string(),

@@ -192,32 +192,14 @@ impl FlowSummary {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
-    use serde_json::Value;
 
     use super::*;
     use crate::{
         ovn::schema::{NB_DB, NB_TABLES, SB_DB, SB_TABLES},
         ovs::{ofrule::parse_detrace, vswitchd::FlowRules},
-        ovsdb::Replica,
     };
 
-    fn fixture(rel: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(rel);
-        let t = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        t.lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn replica(db: &'static str, specs: &'static [crate::ovsdb::TableSpec], file: &str) -> Replica {
-        let v: Value = serde_json::from_str(&fixture(file)).unwrap();
-        let mut r = Replica::new(db, specs);
-        r.apply_table_updates(&v["result"]);
-        r
-    }
+    use crate::testutil::{fixture, replica};
 
     fn explained(ufid: &str) -> FlowExplanation {
         let sb = replica(SB_DB, SB_TABLES, "ovs-3.5/ovsdb/sb-monitor-initial.json");

@@ -41,17 +41,7 @@ pub fn nb_line(o: &NbObject) -> String {
             );
         }
         "Load_Balancer" => {
-            let vips = o
-                .fields
-                .get("vips")
-                .and_then(|v| v.as_object())
-                .map(|m| {
-                    m.iter()
-                        .map(|(vip, be)| format!("{vip} -> {}", be.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
+            let vips = o.vips_text();
             let _ = write!(s, ": protocol {} vips {vips}", field(o, "protocol"));
         }
         // Containers: their name says it all; their member lists are noise here.

@@ -7,7 +7,7 @@ use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
 use super::source::{EventSource, Tracer};
 use crate::{
     cli::EventArgs,
-    probes::loader::{EventReader, Filter, ProbeOptions, Probes},
+    probes::loader::{EventReader, ProbeOptions, Probes},
 };
 
 /// Attached probes; dropping this detaches them.
@@ -42,19 +42,11 @@ pub fn attach_live(
     args: &EventArgs,
     events: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
-    let f = &args.filter;
     let opts = ProbeOptions {
         events,
         ring_bytes: args.ring_size,
         rate_limit: args.rate_limit,
-        filter: Filter {
-            src: f.src,
-            dst: f.dst,
-            host: f.host,
-            port: f.port,
-            proto: f.proto,
-            in_port: f.in_port,
-        },
+        filter: args.filter.to_filter(),
     };
     let mut probes = Probes::attach(&opts)?;
     let reader = probes.take_events();

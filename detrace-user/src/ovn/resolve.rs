@@ -31,6 +31,20 @@ pub struct NbObject {
 }
 
 impl NbObject {
+    /// A load balancer's `vips` as `VIP -> backends; ...` (empty for other rows).
+    pub fn vips_text(&self) -> String {
+        self.fields
+            .get("vips")
+            .and_then(|v| v.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(vip, be)| format!("{vip} -> {}", be.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    }
+
     /// A human name: the `name` column, else a short UUID.
     pub fn label(&self) -> String {
         match self
@@ -273,22 +287,11 @@ impl Resolver<'_> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
-    use serde_json::Value;
 
     use super::*;
     use crate::ovn::schema::{NB_DB, NB_TABLES, SB_DB, SB_TABLES};
 
-    fn load(db: &'static str, specs: &'static [crate::ovsdb::TableSpec], file: &str) -> Replica {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(file);
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let reply: Value = serde_json::from_str(&text).unwrap();
-        let mut r = Replica::new(db, specs);
-        r.apply_table_updates(&reply["result"]);
-        assert_eq!(r.bad_rows, 0, "{:?}", r.last_bad_row);
-        r
-    }
+    use crate::testutil::replica as load;
 
     /// The 9999-drop ACL of the OVS 3.1 / OVN 23.03 capture, from its SB logical flows.
     #[test]

@@ -261,22 +261,13 @@ fn session(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
-    use std::{
-        io::Write as _,
-        os::unix::net::UnixListener,
-        path::{Path, PathBuf},
-    };
+    use std::{io::Write as _, os::unix::net::UnixListener, path::PathBuf};
 
     use serde_json::{Value, json};
 
     use super::*;
 
-    fn fixture(rel: &str) -> Value {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(rel);
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-    }
+    use crate::testutil::fixture_json as fixture;
 
     /// Serves one OVSDB session per `contents` entry, answering list_dbs, get_schema and monitor
     /// (with that entry as the initial contents), then drops the connection: the client must

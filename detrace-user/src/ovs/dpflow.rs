@@ -226,9 +226,8 @@ mod tests {
 
     #[test]
     fn userspace_datapath_dump_ovs31() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/ovs-3.1/dump-flows-m.txt");
-        let (flows, errs) = DpFlow::parse_dump(&std::fs::read_to_string(p).unwrap());
+        let (flows, errs) =
+            DpFlow::parse_dump(&crate::testutil::fixture_raw("ovs-3.1/dump-flows-m.txt"));
         assert!(errs.is_empty(), "{errs:?}");
         assert!(flows.len() > 10);
         let drop = flows

@@ -230,17 +230,7 @@ fn parse_trace_rule(line: &str, bridge: Option<&str>) -> Option<OfRule> {
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(rel);
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        // Fixture files start with `# command` lines that OVS did not print.
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+    use crate::testutil::fixture;
 
     #[test]
     fn detrace_acl_drop_flow_ovs35() {

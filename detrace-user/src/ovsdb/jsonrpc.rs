@@ -433,10 +433,7 @@ mod tests {
 
     #[test]
     fn schema_of_real_sb() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/ovs-3.1/ovsdb/sb-schema.json");
-        let text = std::fs::read_to_string(p).unwrap();
-        let reply: Value = serde_json::from_str(&text).unwrap();
+        let reply = crate::testutil::fixture_json("ovs-3.1/ovsdb/sb-schema.json");
         let tables = schema_tables(&reply["result"]).unwrap();
         let lf = tables.iter().find(|(t, _)| t == "Logical_Flow").unwrap();
         assert!(lf.1.iter().any(|c| c == "external_ids"));

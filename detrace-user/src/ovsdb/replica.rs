@@ -421,19 +421,7 @@ mod tests {
     use super::*;
     use crate::ovn::schema::{NB_DB, NB_TABLES, SB_DB, SB_TABLES};
 
-    fn fixture(rel: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(rel);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
-    fn initial(db: &'static str, specs: &'static [TableSpec], file: &str) -> Replica {
-        let reply: Value = serde_json::from_str(&fixture(file)).unwrap();
-        let mut r = Replica::new(db, specs);
-        r.apply_table_updates(&reply["result"]);
-        r
-    }
+    use crate::testutil::{fixture_raw as fixture, replica as initial};
 
     /// The notifications OVN 23.03 sent while an ACL was added then removed, and a port's
     /// addresses changed (tests/fixtures/ovs-3.1/ovsdb/*-updates.json, one message per line).
