@@ -366,4 +366,45 @@ mod tests {
         assert_eq!(orows[0].packets, 50);
         assert_eq!(orows[0].drops, 12);
     }
+
+    /// Aggregation of the packets recorded in the lab (Linux 6.12, OVS 3.5): what a replay of
+    /// that capture would show.
+    #[test]
+    fn lab_capture_aggregates_per_flow() {
+        let events = crate::events::path::tests::lab_events();
+        let mut a = crate::events::path::PathAssembler::new(1024, u64::MAX);
+        let mut traces = Vec::new();
+        for e in &events {
+            a.push(e, &mut traces);
+        }
+        let mut t = FlowTable::default();
+        traces.iter().for_each(|tr| t.add_trace(tr));
+        let passes = events
+            .iter()
+            .filter(|e| e.kind == crate::events::Kind::Pass)
+            .count() as u64;
+        let counted: u64 = t.flows.values().map(|s| s.packets).sum();
+        // Every pass of an assembled packet counts once for its flow.
+        let assembled: u64 = traces.iter().map(|tr| tr.passes.len() as u64).sum();
+        assert_eq!(counted, assembled);
+        assert!(counted <= passes);
+        let drops: Vec<(&Uuid, &FlowStats)> = t.flows.iter().filter(|(_, s)| s.drops > 0).collect();
+        assert_eq!(drops.len(), 1, "one dropping flow in the capture");
+        assert_eq!(drops[0].1.drop_reasons[3], 1, "OVS_DROP_EXPLICIT");
+        let outputs: u64 = t.flows.values().map(|s| s.outputs).sum();
+        let output_traces = traces
+            .iter()
+            .filter(|tr| matches!(tr.verdict, Verdict::Output { .. }))
+            .count() as u64;
+        assert_eq!(outputs, output_traces);
+        let p = percentiles(&t.flows.values().fold(FlowStats::default(), |mut acc, s| {
+            add_stats(&mut acc, s);
+            acc
+        }));
+        assert_eq!(p.count, outputs + 1);
+        assert!(
+            p.p50_ns > 1000,
+            "datapath latency under TCG is microseconds at least: {p:?}"
+        );
+    }
 }

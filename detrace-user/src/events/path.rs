@@ -206,7 +206,7 @@ impl PathAssembler {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
-mod tests {
+pub(crate) mod tests {
     use detrace_common::EventKind;
 
     use super::*;
@@ -317,7 +317,7 @@ mod tests {
         key: WireKey,
     }
 
-    fn lab_events() -> Vec<PacketEvent> {
+    pub(crate) fn lab_events() -> Vec<PacketEvent> {
         crate::testutil::fixture_raw("lab/events-lab-6.12.jsonl")
             .lines()
             .map(|l| {
