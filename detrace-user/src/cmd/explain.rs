@@ -106,18 +106,24 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
             .flat_map(|e| &e.rules)
             .filter(|r| r.unresolved)
             .count();
-        let rule_errors = explained.iter().filter(|e| e.rules_error.is_some()).count();
+        let no_rules = explained.iter().filter(|e| e.rules.is_empty()).count();
+        // Flows whose rules were re-translated because ofproto/detrace could not answer.
+        let fallback = explained
+            .iter()
+            .filter(|e| e.rules_error.is_some() && !e.rules.is_empty())
+            .count();
         let (sbs, nbs) = ovn.status();
         writeln!(
             out,
-            "{} flows explained; {} with no rules ({}), {} cookies unresolved; SB {} logical flows via {}, NB via {}",
+            "{} flows explained with {} ({} through the ofproto/trace fallback, {} without rules), {} cookies unresolved; SB {} logical flows via {}, NB via {}",
             explained.len(),
-            rule_errors,
             if ovs.has_detrace() {
                 "ofproto/detrace"
             } else {
-                "ofproto/trace fallback"
+                "ofproto/trace (OVS < 3.4)"
             },
+            fallback,
+            no_rules,
             unresolved,
             ovn.sb().lflows.len(),
             sbs.connected_to.unwrap_or_default(),
