@@ -69,7 +69,10 @@ fn run_with_events(
         println!("ready");
         std::io::stdout().flush()?;
     }
+    let mut cache = cache;
+    let ports = cache.port_names();
     let mut sess = Session::new(cache, live.format, mode, out);
+    sess.ports = ports;
     sess.write_header(command)?;
     let rt = runtime()?;
     let result = rt.block_on(run_events(&tracer, &mut source, &mut sess, deadline(live)));

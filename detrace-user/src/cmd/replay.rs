@@ -28,6 +28,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut packets = Vec::new();
     let mut flows: crate::FastMap<Uuid, detrace_common::FlowStats> = crate::FastMap::default();
     let mut clock = Clock::new();
+    let mut ports = crate::live::print::Ports::new();
     let mut bad = 0u64;
     let mut summary = None;
     for (n, line) in BufReader::new(file).lines().enumerate() {
@@ -39,8 +40,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             Ok(RecordLine::Header {
                 version,
                 clock_offset_ns,
+                ports: recorded_ports,
                 ..
             }) => {
+                ports = recorded_ports;
                 if version > RECORD_VERSION {
                     bail!(
                         "{} is a version {version} recording; this detrace reads up to {RECORD_VERSION}",
@@ -73,6 +76,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let out: Box<dyn std::io::Write> = Box::new(std::io::stdout().lock());
     let mut sess = Session::new(cache, args.format, mode, out);
     sess.clock = clock;
+    sess.ports = ports;
     match args.as_ {
         ReplayAs::Watch | ReplayAs::Drops => {
             for p in &packets {

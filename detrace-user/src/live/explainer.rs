@@ -173,6 +173,17 @@ impl<A: Appctl> ExplainCache<A> {
         lookup
     }
 
+    /// Datapath port names (empty for a recording, or when ovs-vswitchd does not answer).
+    pub fn port_names(&mut self) -> std::collections::BTreeMap<u32, String> {
+        match &mut self.backend {
+            Backend::Live { ovs, .. } => ovs.port_names().unwrap_or_else(|e| {
+                tracing::warn!("no datapath port names: {e}");
+                Default::default()
+            }),
+            Backend::Recorded => Default::default(),
+        }
+    }
+
     /// Every explanation held (for recordings).
     pub fn explained(&self) -> impl Iterator<Item = &Arc<Explained>> {
         self.cache.values().filter_map(|l| match l {

@@ -74,9 +74,19 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-fn verdict_text(v: &Verdict) -> String {
+/// Datapath port numbers -> names.
+pub type Ports = std::collections::BTreeMap<u32, String>;
+
+fn port(ports: &Ports, n: u32) -> String {
+    match ports.get(&n) {
+        Some(name) => format!("{n} ({name})"),
+        None => n.to_string(),
+    }
+}
+
+fn verdict_text(v: &Verdict, ports: &Ports) -> String {
     match v {
-        Verdict::Output { port } => format!("output port {port}"),
+        Verdict::Output { port: p } => format!("output port {}", port(ports, *p)),
         Verdict::Drop { reason_name, .. } => format!("DROP {reason_name}"),
         Verdict::Upcall { cmd: 1 } => "upcall (miss: to ovs-vswitchd)".into(),
         Verdict::Upcall { cmd } => format!("upcall (cmd {cmd}: userspace action)"),
@@ -99,6 +109,10 @@ pub struct PassView<'a> {
 #[derive(Serialize)]
 pub struct PacketView<'a> {
     pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_port_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_port_name: Option<&'a str>,
     #[serde(flatten)]
     pub trace: &'a PacketTrace,
     pub path: Vec<PassView<'a>>,
@@ -118,7 +132,7 @@ fn explained(l: &Lookup) -> Option<&Explained> {
     }
 }
 
-pub fn packet_json(clock: &Clock, t: &PacketTrace, looks: &[Lookup]) -> String {
+pub fn packet_json(clock: &Clock, ports: &Ports, t: &PacketTrace, looks: &[Lookup]) -> String {
     let path = t
         .passes
         .iter()
@@ -143,6 +157,11 @@ pub fn packet_json(clock: &Clock, t: &PacketTrace, looks: &[Lookup]) -> String {
         _ => None,
     };
     let v = PacketView {
+        in_port_name: ports.get(&t.in_port).map(String::as_str),
+        output_port_name: match t.verdict {
+            Verdict::Output { port } => ports.get(&port).map(String::as_str),
+            _ => None,
+        },
         time: clock.format(t.ts_ns),
         trace: t,
         path,
@@ -151,14 +170,14 @@ pub fn packet_json(clock: &Clock, t: &PacketTrace, looks: &[Lookup]) -> String {
     serde_json::to_string(&v).unwrap_or_default()
 }
 
-pub fn packet_text(clock: &Clock, t: &PacketTrace, looks: &[Lookup]) -> String {
+pub fn packet_text(clock: &Clock, ports: &Ports, t: &PacketTrace, looks: &[Lookup]) -> String {
     let mut s = format!(
         "{} in_port {} len {} {}  => {}",
         clock.format(t.ts_ns),
-        t.in_port,
+        port(ports, t.in_port),
         t.len,
         t.packet,
-        verdict_text(&t.verdict)
+        verdict_text(&t.verdict, ports)
     );
     if t.latency_ns > 0 {
         let _ = write!(s, "  ({})", human_ns(t.latency_ns));

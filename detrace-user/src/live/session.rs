@@ -93,6 +93,8 @@ pub enum RecordLine {
         version: u32,
         clock_offset_ns: i64,
         command: String,
+        #[serde(default)]
+        ports: print::Ports,
     },
     Explanation(Box<Explained>),
     Packet(PacketTrace),
@@ -114,6 +116,8 @@ pub const RECORD_VERSION: u32 = 1;
 pub struct Session<A: Appctl> {
     pub cache: ExplainCache<A>,
     pub clock: Clock,
+    /// Datapath port names, for people.
+    pub ports: print::Ports,
     pub asm: PathAssembler,
     pub format: Format,
     pub mode: Mode,
@@ -133,6 +137,7 @@ impl<A: Appctl> Session<A> {
         Self {
             cache,
             clock: Clock::new(),
+            ports: print::Ports::new(),
             // A packet's passes take microseconds; one not finished in 2 s never will be.
             asm: PathAssembler::new(65_536, 2_000_000_000),
             format,
@@ -153,6 +158,7 @@ impl<A: Appctl> Session<A> {
                 version: RECORD_VERSION,
                 clock_offset_ns: self.clock.offset_ns() as i64,
                 command: command.to_string(),
+                ports: self.ports.clone(),
             };
             writeln!(
                 self.out,
@@ -197,8 +203,8 @@ impl<A: Appctl> Session<A> {
             Mode::Watch => {
                 let looks = print::lookups(t, |u| self.cache.get(u));
                 let line = match self.format {
-                    Format::Json => print::packet_json(&self.clock, t, &looks),
-                    Format::Text => print::packet_text(&self.clock, t, &looks),
+                    Format::Json => print::packet_json(&self.clock, &self.ports, t, &looks),
+                    Format::Text => print::packet_text(&self.clock, &self.ports, t, &looks),
                 };
                 writeln!(self.out, "{}", line.trim_end())?;
                 self.packets_shown += 1;

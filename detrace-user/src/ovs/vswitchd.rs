@@ -25,6 +25,16 @@ pub enum VswitchdError {
     BadFlow(#[from] DpFlowError),
 }
 
+/// Parses the `port N: NAME [(type)]` lines of `dpctl/show`.
+pub fn parse_port_names(text: &str) -> std::collections::BTreeMap<u32, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (n, rest) = l.trim().strip_prefix("port ")?.split_once(": ")?;
+            Some((n.parse().ok()?, rest.split_whitespace().next()?.to_string()))
+        })
+        .collect()
+}
+
 /// Bounded retry while the flow's xlate cache is not filled yet ("Cache was not found": the
 /// cache fills at the first revalidation after the flow sees packets, up to ~500 ms).
 #[derive(Clone, Copy, Debug)]
@@ -112,6 +122,11 @@ impl<A: Appctl> Vswitchd<A> {
             return Err(VswitchdError::NoDatapath);
         }
         Ok(dps)
+    }
+
+    /// Datapath port numbers -> names, from `dpctl/show` (`  port 2: v-client`).
+    pub fn port_names(&mut self) -> Result<std::collections::BTreeMap<u32, String>, VswitchdError> {
+        Ok(parse_port_names(&self.ctl.call("dpctl/show", &[])?))
     }
 
     /// Every flow of a datapath, with names (`-m`); malformed lines come back as errors.
@@ -239,5 +254,20 @@ impl<A: Appctl> Vswitchd<A> {
             Err(e) => out.error = Some(e.to_string()),
         }
         out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    #[test]
+    fn port_names_from_the_lab() {
+        let ports = super::parse_port_names(&crate::testutil::fixture_raw(
+            "lab/events-lab-6.12.dpctl-show.txt",
+        ));
+        assert_eq!(ports.get(&2).map(String::as_str), Some("v-client"));
+        assert_eq!(ports.get(&3).map(String::as_str), Some("v-server"));
+        assert_eq!(ports.get(&1).map(String::as_str), Some("br-int"));
+        assert_eq!(ports.len(), 4);
     }
 }
