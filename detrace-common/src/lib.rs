@@ -22,7 +22,9 @@ pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// `ovs_dp_process_packet` entries: one per datapath pass (recirculations included).
+    /// Datapath passes (recirculations included): `ovs_dp_process_packet` entries when events
+    /// are on; without events (that probe is not attached) flow hits plus miss upcalls, which
+    /// is the same number (every pass either hits a flow or misses).
     Passes = 0,
     /// Flow table hits (`ovs_flow_stats_update`).
     Hits = 1,
@@ -206,6 +208,10 @@ pub struct Config {
     /// offsetof(struct sw_flow, id) + offsetof(struct sw_flow_id, ufid_len / ufid).
     pub off_flow_ufid_len: u32,
     pub off_flow_ufid: u32,
+    /// offsetof(struct sw_flow, key): the flow's own (masked) key. Megaflows installed by OVS
+    /// always match recirc_id and in_port exactly (ofproto-dpif-xlate.c xlate_wc_init), so the
+    /// masked key holds the pass's real recirc_id and in_port.
+    pub off_flow_key: u32,
     /// struct sw_flow_key members.
     pub off_key_recirc_id: u32,
     pub off_key_in_port: u32,
@@ -226,7 +232,9 @@ pub struct Config {
     /// Offsets in the skb:kfree_skb tracepoint record (from its tracefs format file).
     pub off_tp_kfree_skbaddr: u32,
     pub off_tp_kfree_reason: u32,
-    /// 1: write per-packet events to the ring buffer.
+    /// 1: write per-packet events to the ring buffer. Also says which probes are attached:
+    /// `ovs_dp_process_packet` only with events (without it, `ovs_flow_stats_update` keeps the
+    /// per-packet state and counts the passes).
     pub events_enabled: u32,
     /// Max events per second per CPU (0: unlimited).
     pub rate_limit: u32,
@@ -240,7 +248,7 @@ pub struct Config {
     pub filter_in_port: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 20 + 32 + 4 + 8);
+const _: () = assert!(size_of::<Config>() == 4 * 21 + 32 + 4 + 8);
 
 #[cfg(feature = "user")]
 mod pod {

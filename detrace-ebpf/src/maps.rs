@@ -16,6 +16,7 @@ use detrace_common::{
 pub static CONFIG: Config = Config {
     off_flow_ufid_len: 0,
     off_flow_ufid: 0,
+    off_flow_key: 0,
     off_key_recirc_id: 0,
     off_key_in_port: 0,
     off_key_eth_type: 0,

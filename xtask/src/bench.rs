@@ -16,6 +16,9 @@ pub struct BenchArgs {
     /// Only the host benchmarks (no VM).
     #[arg(long)]
     host_only: bool,
+    /// Only the datapath benchmark in the lab VM (no host benchmarks).
+    #[arg(long, conflicts_with = "host_only")]
+    vm_only: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -61,8 +64,25 @@ pub fn report(runs: &str) -> String {
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     crate::deps::all()?;
     let root = workspace_root();
+    if !args.vm_only {
+        host_benches(&root)?;
+    }
+    if args.host_only {
+        return Ok(());
+    }
+    eprintln!(
+        "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
+    );
+    let (runs, attach) = crate::lab::run_vm_bench(args.reps, args.seconds)?;
+    println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
+    println!("{}", report(&runs));
+    println!("attach/detach:\n{attach}");
+    Ok(())
+}
+
+fn host_benches(root: &std::path::Path) -> anyhow::Result<()> {
     eprintln!("== replica: load, memory, cookie lookups (100k and 1M logical flows)");
-    run(Command::new("cargo").current_dir(&root).args([
+    run(Command::new("cargo").current_dir(root).args([
         "bench",
         "-q",
         "-p",
@@ -76,7 +96,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "== user-space pipeline: decode + path assembly + cached explanation + aggregation, one core"
     );
-    run(Command::new("cargo").current_dir(&root).args([
+    run(Command::new("cargo").current_dir(root).args([
         "bench",
         "-q",
         "-p",
@@ -87,7 +107,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         "10000",
         "5000000",
     ]))?;
-    run(Command::new("cargo").current_dir(&root).args([
+    run(Command::new("cargo").current_dir(root).args([
         "bench",
         "-q",
         "-p",
@@ -98,16 +118,6 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         "100000",
         "5000000",
     ]))?;
-    if args.host_only {
-        return Ok(());
-    }
-    eprintln!(
-        "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
-    );
-    let (runs, attach) = crate::lab::run_vm_bench(args.reps, args.seconds)?;
-    println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
-    println!("{}", report(&runs));
-    println!("attach/detach:\n{attach}");
     Ok(())
 }
 

@@ -83,6 +83,14 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Result<(), ProbeError> {
         .offset;
     cfg.off_flow_ufid_len = id + get("sw_flow_id", "ufid_len", 4)?;
     cfg.off_flow_ufid = id + get("sw_flow_id", "ufid", 16)?;
+    // struct sw_flow { ... struct sw_flow_key key; ... }: the flow's masked key.
+    cfg.off_flow_key = btf
+        .member("sw_flow", "key")
+        .map_err(|source| ProbeError::BtfMember {
+            what: "sw_flow.key".into(),
+            source,
+        })?
+        .offset;
     for (set, ty, path, size) in MEMBERS {
         set(cfg, get(ty, path, *size)?);
     }
