@@ -22,9 +22,8 @@ pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Datapath passes (recirculations included): `ovs_dp_process_packet` entries when events
-    /// are on; without events (that probe is not attached) flow hits plus miss upcalls, which
-    /// is the same number (every pass either hits a flow or misses).
+    /// Datapath passes (recirculations included): flow hits plus miss upcalls (every pass
+    /// either hits a flow or misses; `ovs_dp_process_packet` itself has no probe).
     Passes = 0,
     /// Flow table hits (`ovs_flow_stats_update`).
     Hits = 1,
@@ -225,6 +224,11 @@ pub struct Config {
     pub off_key_tp_dst: u32,
     /// struct sk_buff.len.
     pub off_skb_len: u32,
+    /// struct sk_buff.head, .network_header and .transport_header (offsets from head): the
+    /// packet's headers, where its real fields are read at each flow hit.
+    pub off_skb_head: u32,
+    pub off_skb_network_header: u32,
+    pub off_skb_transport_header: u32,
     /// struct vport.port_no.
     pub off_vport_port_no: u32,
     /// struct dp_upcall_info.cmd.
@@ -232,9 +236,7 @@ pub struct Config {
     /// Offsets in the skb:kfree_skb tracepoint record (from its tracefs format file).
     pub off_tp_kfree_skbaddr: u32,
     pub off_tp_kfree_reason: u32,
-    /// 1: write per-packet events to the ring buffer. Also says which probes are attached:
-    /// `ovs_dp_process_packet` only with events (without it, `ovs_flow_stats_update` keeps the
-    /// per-packet state and counts the passes).
+    /// 1: write per-packet events to the ring buffer.
     pub events_enabled: u32,
     /// Max events per second per CPU (0: unlimited).
     pub rate_limit: u32,
@@ -248,7 +250,7 @@ pub struct Config {
     pub filter_in_port: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 21 + 32 + 4 + 8);
+const _: () = assert!(size_of::<Config>() == 4 * 24 + 32 + 4 + 8);
 
 #[cfg(feature = "user")]
 mod pod {

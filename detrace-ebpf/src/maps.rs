@@ -28,6 +28,9 @@ pub static CONFIG: Config = Config {
     off_key_tp_src: 0,
     off_key_tp_dst: 0,
     off_skb_len: 0,
+    off_skb_head: 0,
+    off_skb_network_header: 0,
+    off_skb_transport_header: 0,
     off_vport_port_no: 0,
     off_upcall_cmd: 0,
     off_tp_kfree_skbaddr: 0,
@@ -106,14 +109,14 @@ pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16
 /// a packet that left unseen, whose skb address has since been reused.
 pub const INFLIGHT_MAX_AGE_NS: u64 = 1_000_000_000;
 
-/// The pass running on this CPU: set at `ovs_dp_process_packet` entry, read by
-/// `ovs_flow_stats_update` (which gets the flow and skb but not the key) and by outputs of
-/// clones (an skb the datapath cloned for a non-last output action is not in INFLIGHT).
+/// The pass running on this CPU: set at each flow hit (`ovs_flow_stats_update`, before the
+/// flow's actions run), read by the first pass of a recirculated clone (its parent) and by
+/// outputs of clones (an skb the datapath cloned for a non-last output action is not in
+/// INFLIGHT).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Current {
     pub skb: u64,
-    pub key: u64,
 }
 
 #[map(name = "CURRENT")]

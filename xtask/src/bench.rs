@@ -30,17 +30,34 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Medians per mode and their ratio to the run without detrace.
+/// Medians per mode and their ratio to the run without detrace; and the median of the paired
+/// ratios (each run against the base run of the same repetition, taken just before it: the
+/// base drifts by tens of percent across repetitions under TCG, which the ratio of medians
+/// carries and the paired ratios mostly cancel).
 pub fn report(runs: &str) -> String {
     let modes = ["base", "top", "watch-none", "watch-all"];
     let mut out = String::from(
-        "mode         tcp Mbit/s (median)  ratio   udp 64B pps (median)  ratio   runs\n",
+        "mode         tcp Mbit/s (median)  ratio  paired   udp 64B pps (median)  ratio  paired   runs\n",
     );
+    let rows: Vec<Vec<&str>> = runs
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 4)
+        .collect();
     let col = |mode: &str, i: usize| -> Vec<f64> {
-        runs.lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() == 4 && f[0] == mode)
+        rows.iter()
+            .filter(|f| f[0] == mode)
             .filter_map(|f| f[i].parse().ok())
+            .collect()
+    };
+    let paired = |mode: &str, i: usize| -> Vec<f64> {
+        rows.iter()
+            .filter(|f| f[0] == mode)
+            .filter_map(|f| {
+                let base = rows.iter().find(|b| b[0] == "base" && b[1] == f[1])?;
+                let (v, b): (f64, f64) = (f[i].parse().ok()?, base[i].parse().ok()?);
+                (b > 0.0).then(|| v / b)
+            })
             .collect()
     };
     let base_tcp = median(&mut col("base", 2));
@@ -50,8 +67,9 @@ pub fn report(runs: &str) -> String {
         let mut u = col(m, 3);
         let n = t.len();
         let (mt, mu) = (median(&mut t), median(&mut u));
+        let (pt, pu) = (median(&mut paired(m, 2)), median(&mut paired(m, 3)));
         out.push_str(&format!(
-            "{m:<12} {:>19.1}  {:>5.3}   {:>20.0}  {:>5.3}   {n}\n",
+            "{m:<12} {:>19.1}  {:>5.3}  {pt:>6.3}   {:>20.0}  {:>5.3}  {pu:>6.3}   {n}\n",
             mt / 1e6,
             mt / base_tcp,
             mu,
@@ -130,5 +148,7 @@ mod tests {
         );
         let top = r.lines().find(|l| l.starts_with("top")).unwrap_or_default();
         assert!(top.contains("190.0") && top.contains("0.950"), "{r}");
+        // Paired with base 1 (100 Mbit/s): 1.9.
+        assert!(top.contains("1.900"), "{r}");
     }
 }

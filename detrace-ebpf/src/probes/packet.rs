@@ -37,7 +37,7 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// recirc_id and in_port of a `struct sw_flow_key`.
+/// recirc_id and in_port of a `struct sw_flow_key` (the packet's, or a flow's masked one).
 #[inline(always)]
 pub fn read_pass(key: u64) -> Result<(u32, u32), Fail> {
     let recirc: u32 = read(key, conf!(off_key_recirc_id))?;
@@ -72,6 +72,69 @@ pub fn read_key(key: u64, k: &mut PacketKey) -> Result<(), Fail> {
     k.proto = read(key, conf!(off_key_ip_proto))?;
     k.sport = u16::from_be(read::<u16>(key, conf!(off_key_tp_src))?);
     k.dport = u16::from_be(read::<u16>(key, conf!(off_key_tp_dst))?);
+    Ok(())
+}
+
+/// The packet's fields from its headers, at a flow hit: `skb` is the packet, `flow_key` the hit
+/// flow's masked `struct sw_flow_key` (its eth.type is exact: OVS megaflows always match it).
+/// key_extract (net/openvswitch/flow.c) set the skb's network header and, for IP, its transport
+/// header; actions that rewrite the packet (ct nat, set) rewrite those headers. The fields are
+/// those of [`read_key`] on the datapath's own key: ICMP type and code in the ports, no ports
+/// for a later IPv4 fragment. IPv6 with extension headers: the protocol is the flow's (0 when
+/// the megaflow does not match it) and no ports.
+#[inline(always)]
+pub fn read_skb_key(skb: u64, flow_key: u64, k: &mut PacketKey) -> Result<(), Fail> {
+    *k = PacketKey::default();
+    k.eth_type = u16::from_be(read::<u16>(flow_key, conf!(off_key_eth_type))?);
+    if k.eth_type != 0x0800 && k.eth_type != 0x86dd {
+        return Ok(());
+    }
+    let head: u64 = read(skb, conf!(off_skb_head))?;
+    let nh: u16 = read(skb, conf!(off_skb_network_header))?;
+    let th: u16 = read(skb, conf!(off_skb_transport_header))?;
+    let mut ports = true;
+    if k.eth_type == 0x0800 {
+        let h: [u8; 20] = read(head, u32::from(nh))?;
+        k.ip_version = 4;
+        k.proto = h[9];
+        k.src[..4].copy_from_slice(&h[12..16]);
+        k.dst[..4].copy_from_slice(&h[16..20]);
+        // A fragment other than the first has no transport header.
+        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            ports = false;
+        }
+    } else {
+        let h: [u8; 40] = read(head, u32::from(nh))?;
+        k.ip_version = 6;
+        k.src.copy_from_slice(&h[8..24]);
+        k.dst.copy_from_slice(&h[24..40]);
+        k.proto = h[6];
+        // Hop-by-hop, routing, fragment, destination options, AH, ESP: the upper protocol is
+        // further on; take the flow's.
+        if matches!(k.proto, 0 | 43 | 44 | 50 | 51 | 60) {
+            k.proto = read(flow_key, conf!(off_key_ip_proto))?;
+            ports = false;
+        }
+    }
+    // ~0 (typeof(transport_header)) when unset.
+    if !ports || th == u16::MAX {
+        return Ok(());
+    }
+    match k.proto {
+        // TCP, UDP, SCTP: source and destination ports first.
+        6 | 17 | 132 => {
+            let p: [u8; 4] = read(head, u32::from(th))?;
+            k.sport = u16::from_be_bytes([p[0], p[1]]);
+            k.dport = u16::from_be_bytes([p[2], p[3]]);
+        }
+        // ICMP, ICMPv6: the datapath keys type and code as tp.src and tp.dst.
+        1 | 58 => {
+            let t: [u8; 2] = read(head, u32::from(th))?;
+            k.sport = u16::from(t[0]);
+            k.dport = u16::from(t[1]);
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -123,90 +186,6 @@ pub fn matches(k: &PacketKey, in_port: u32) -> bool {
         return false;
     }
     true
-}
-
-/// Whether the packet whose `struct sw_flow_key` is at `key` passes `Config.filter_*`, the
-/// same decision as [`matches`] on the whole key, reading only the fields the filter uses
-/// (cheapest first): for `watch` with a narrow filter, most packets are decided on one or two
-/// small reads instead of the whole key.
-#[inline(always)]
-pub fn filter_key(key: u64, in_port: u32) -> Result<bool, Fail> {
-    let flags = conf!(filter_flags);
-    if flags == 0 {
-        return Ok(true);
-    }
-    if flags & FILTER_IN_PORT != 0 && in_port != conf!(filter_in_port) {
-        return Ok(false);
-    }
-    if flags & (FILTER_SRC | FILTER_DST | FILTER_HOST | FILTER_PORT | FILTER_PROTO) == 0 {
-        return Ok(true);
-    }
-    // Non-IP packets have no addresses, ports or protocol (read_key leaves them zero).
-    let eth_type = u16::from_be(read::<u16>(key, conf!(off_key_eth_type))?);
-    let version = match eth_type {
-        0x0800 => 4u8,
-        0x86dd => 6u8,
-        _ => 0u8,
-    };
-    if flags & (FILTER_SRC | FILTER_DST | FILTER_HOST) != 0 {
-        if version != conf!(filter_ip_version) {
-            return Ok(false);
-        }
-        let want_src = conf!(filter_src);
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        if version == 4 {
-            if flags & (FILTER_SRC | FILTER_HOST) != 0 {
-                let a: [u8; 4] = read(key, conf!(off_key_ipv4_src))?;
-                src[..4].copy_from_slice(&a);
-            }
-            if flags & (FILTER_DST | FILTER_HOST) != 0 {
-                let a: [u8; 4] = read(key, conf!(off_key_ipv4_dst))?;
-                dst[..4].copy_from_slice(&a);
-            }
-        } else {
-            if flags & (FILTER_SRC | FILTER_HOST) != 0 {
-                src = read(key, conf!(off_key_ipv6_src))?;
-            }
-            if flags & (FILTER_DST | FILTER_HOST) != 0 {
-                dst = read(key, conf!(off_key_ipv6_dst))?;
-            }
-        }
-        if flags & FILTER_SRC != 0 && !addr_eq(&src, &want_src) {
-            return Ok(false);
-        }
-        if flags & FILTER_HOST != 0 && !addr_eq(&src, &want_src) && !addr_eq(&dst, &want_src) {
-            return Ok(false);
-        }
-        if flags & FILTER_DST != 0 && !addr_eq(&dst, &conf!(filter_dst)) {
-            return Ok(false);
-        }
-    }
-    if flags & FILTER_PROTO != 0 {
-        let proto: u8 = if version == 0 {
-            0
-        } else {
-            read(key, conf!(off_key_ip_proto))?
-        };
-        if proto != conf!(filter_proto) {
-            return Ok(false);
-        }
-    }
-    if flags & FILTER_PORT != 0 {
-        let (sport, dport) = if version == 0 {
-            (0, 0)
-        } else {
-            (
-                u16::from_be(read::<u16>(key, conf!(off_key_tp_src))?),
-                u16::from_be(read::<u16>(key, conf!(off_key_tp_dst))?),
-            )
-        };
-        let p = conf!(filter_port);
-        if sport != p && dport != p {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Token bucket of one-second windows per CPU: true when one more event may go out now.

@@ -123,6 +123,10 @@ impl Blob {
 pub struct Btf {
     base: Blob,
     split: Option<Blob>,
+    /// Struct name -> type id, of the structs already looked up: finding one scans the types,
+    /// and the probes' offsets ask for the same few structs many times (sk_buff, deep in
+    /// vmlinux, four times).
+    found: std::cell::RefCell<std::collections::HashMap<String, u32>>,
 }
 
 /// A member found by [`Btf::member`]: byte offset from the start of the outer struct, and size.
@@ -148,6 +152,7 @@ impl Btf {
         Ok(Self {
             base: Blob::parse(base)?,
             split: None,
+            found: Default::default(),
         })
     }
 
@@ -155,6 +160,7 @@ impl Btf {
         Ok(Self {
             base: Blob::parse(base)?,
             split: Some(Blob::parse(split)?),
+            found: Default::default(),
         })
     }
 
@@ -204,6 +210,15 @@ impl Btf {
 
     /// Type id of the struct named `name`, looked up in the split BTF first.
     fn find_struct(&self, name: &str) -> Result<u32, BtfError> {
+        if let Some(&id) = self.found.borrow().get(name) {
+            return Ok(id);
+        }
+        let id = self.scan_struct(name)?;
+        self.found.borrow_mut().insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    fn scan_struct(&self, name: &str) -> Result<u32, BtfError> {
         let base_count = self.base_count();
         let split_ids = self
             .split

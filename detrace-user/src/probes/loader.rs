@@ -35,15 +35,12 @@ const BTF_OPENVSWITCH: &str = "/sys/kernel/btf/openvswitch";
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_OLD: &str = "/sys/kernel/debug/tracing";
 
-/// The kprobes, in attach order: (program name in detrace-ebpf, kernel function, only with
-/// per-packet events). Without events, `ovs_dp_process_packet` is neither loaded nor attached:
-/// `ovs_flow_stats_update` keeps the per-packet state from the hit flow's key, one probe per
-/// datapath pass instead of two (see detrace-ebpf/src/probes/datapath.rs).
-const KPROBES: &[(&str, &str, bool)] = &[
-    ("ovs_dp_process_packet", "ovs_dp_process_packet", true),
-    ("ovs_flow_stats_update", "ovs_flow_stats_update", false),
-    ("ovs_dp_upcall", "ovs_dp_upcall", false),
-    ("ovs_vport_send", "ovs_vport_send", false),
+/// The kprobes, in attach order: (program name in detrace-ebpf, kernel function). One probe per
+/// datapath pass (`ovs_flow_stats_update`, see detrace-ebpf/src/probes/datapath.rs).
+const KPROBES: &[(&str, &str)] = &[
+    ("ovs_flow_stats_update", "ovs_flow_stats_update"),
+    ("ovs_dp_upcall", "ovs_dp_upcall"),
+    ("ovs_vport_send", "ovs_vport_send"),
 ];
 const TP_PROGRAM: &str = "kfree_skb";
 
@@ -348,10 +345,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
         mark("object", &mut phases);
-        for &(name, target, events_only) in KPROBES {
-            if events_only && !opts.events {
-                continue;
-            }
+        for &(name, target) in KPROBES {
             let prog: &mut KProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::NoProgram { name })?

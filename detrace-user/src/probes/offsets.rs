@@ -51,6 +51,19 @@ const MEMBERS: &[(Setter, &str, &str, u32)] = &[
     (|c, v| c.off_key_tp_src = v, "sw_flow_key", "tp.src", 2),
     (|c, v| c.off_key_tp_dst = v, "sw_flow_key", "tp.dst", 2),
     (|c, v| c.off_skb_len = v, "sk_buff", "len", 4),
+    (|c, v| c.off_skb_head = v, "sk_buff", "head", 8),
+    (
+        |c, v| c.off_skb_network_header = v,
+        "sk_buff",
+        "network_header",
+        2,
+    ),
+    (
+        |c, v| c.off_skb_transport_header = v,
+        "sk_buff",
+        "transport_header",
+        2,
+    ),
     (|c, v| c.off_vport_port_no = v, "vport", "port_no", 2),
     (|c, v| c.off_upcall_cmd = v, "dp_upcall_info", "cmd", 1),
 ];
@@ -151,6 +164,34 @@ mod tests {
 
     /// /sys/kernel/tracing/events/skb/kfree_skb/format, captured in the lab guest (6.12.117).
     const FORMAT_6_12: &str = include_str!("../../../tests/fixtures/lab/kfree_skb-6.12.format");
+
+    /// Every offset the probes read, from the lab kernel's BTF (6.12.117).
+    #[test]
+    fn offsets_of_the_lab_kernel() {
+        use std::io::Read as _;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/btf");
+        let read = |name: &str| std::fs::read(format!("{dir}/{name}")).expect("BTF fixture");
+        let mut vmlinux = Vec::new();
+        ruzstd::decoding::StreamingDecoder::new(&read("vmlinux-6.12.117.btf.zst")[..])
+            .expect("zstd frame")
+            .read_to_end(&mut vmlinux)
+            .expect("decompressing vmlinux BTF");
+        let btf = Btf::parse_split(vmlinux, read("openvswitch-6.12.117.btf")).expect("lab BTF");
+        let mut cfg = Config::default();
+        from_btf(&btf, &mut cfg).expect("offsets");
+        // sw_flow: rcu_head (16) + 2 x { hlist_node[2], u32 } (2 x 40) + int = 100, key at 104.
+        assert_eq!(cfg.off_flow_key, 104);
+        assert!(cfg.off_flow_ufid_len > cfg.off_flow_key);
+        // sk_buff: head and the header offsets are distinct members of one struct.
+        let skb = [
+            cfg.off_skb_len,
+            cfg.off_skb_head,
+            cfg.off_skb_network_header,
+            cfg.off_skb_transport_header,
+        ];
+        assert!(skb.iter().all(|&o| o > 0), "{skb:?}");
+        assert_eq!(cfg.off_skb_network_header, cfg.off_skb_transport_header + 2);
+    }
 
     #[test]
     fn kfree_skb_format() {
