@@ -13,7 +13,10 @@ topology; mark topology-up
 # No background traffic loop here: only the benchmark's own packets.
 ip netns exec server iperf3 -s -D -I /tmp/iperf3.pid || die "iperf3 server"
 for i in $(seq 60); do ip netns exec client nc -z -w1 $SERVER_IP 5201 && break; sleep 1; done
-ip netns exec client iperf3 -c $SERVER_IP -t 2 >/dev/null || die "iperf3 warm-up"
+# Warm-up: the first seconds of traffic in a fresh guest run far slower under TCG (code
+# translation caches, conntrack and megaflows being set up), so both tests once, unrecorded.
+ip netns exec client iperf3 -c $SERVER_IP -t $SECS >/dev/null || die "iperf3 warm-up"
+ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS >/dev/null || die "iperf3 udp warm-up"
 
 tcp() { ip netns exec client iperf3 -c $SERVER_IP -t $SECS -J | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]))'; }
 udp() { ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J | python3 -c '
@@ -34,8 +37,13 @@ start_mode() {
 stop_mode() { [ "$1" = base ] && return 0; kill -INT $DPID; wait $DPID; }
 
 : > $R/bench.txt
+# Modes alternate A B C D, and the order rotates by one each repetition (B C D A, ...) so that
+# no mode always runs right after the same other one (the guest's speed drifts over a run).
+MODES="base top watch-none watch-all"
 for rep in $(seq $REPS); do
-  for mode in base top watch-none watch-all; do
+  set -- $MODES
+  for i in $(seq $(( (rep - 1) % 4 ))); do set -- "$@" "$1"; shift; done
+  for mode in "$@"; do
     mark bench mode=$mode rep=$rep
     start_mode $mode
     t=$(tcp); u=$(udp)
