@@ -99,7 +99,7 @@ ok "watch shows $M VIP packets with recirculations, ct/NAT and LB lb-udp's VIP -
 
 # --- top: the VIP flows count M
 warm $UDPVIP 5000
-"$D" top --ready --format json --interval 2 --duration 5 >$T/top.out 2>$T/top.err &
+"$D" top --ready --format json --interval 2 --duration 5 --sort packets --limit 500 >$T/top.out 2>$T/top.err &
 P=$!
 wait_ready $T/top.out top
 send $UDPVIP 5000 $M
