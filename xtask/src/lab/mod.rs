@@ -339,28 +339,8 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
         names.len(),
         console_log.display()
     ));
-    let end = qemu::boot(
-        &qemu::Boot {
-            image: &image,
-            share: &share.dir,
-            mode: "test",
-            console_log: console_log.clone(),
-            interactive: false,
-            boot_timeout: Duration::from_secs(120),
-            timeout,
-        },
-        |_, line| match line.split(MARK).nth(1) {
-            Some(m) => progress(&format!("guest: {m}")),
-            None => println!("{line}"),
-        },
-    )?;
-    // Keep the results after the share is gone.
-    let kept = lab_target().join("vm-test-results");
-    let _ = fs::remove_dir_all(&kept);
-    fs::create_dir_all(&kept)?;
-    for e in fs::read_dir(share.results())?.filter_map(Result::ok) {
-        let _ = fs::copy(e.path(), kept.join(e.file_name()));
-    }
+    let end = boot_batch(&image, &share, "test", &console_log, timeout)?;
+    let kept = keep_results(&share, "vm-test-results")?;
     let report = guest::collect(&kept, &names);
     for (n, why) in &report.failed {
         eprintln!("\n===== FAILED {n}: {why}; its log ({}):", kept.display());
@@ -433,30 +413,11 @@ pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)>
         "running the datapath benchmark (console log {})",
         console_log.display()
     ));
-    let end = qemu::boot(
-        &qemu::Boot {
-            image: &image,
-            share: &share.dir,
-            mode: "bench",
-            console_log: console_log.clone(),
-            interactive: false,
-            boot_timeout: Duration::from_secs(120),
-            timeout,
-        },
-        |_, line| match line.split(MARK).nth(1) {
-            Some(m) => progress(&format!("guest: {m}")),
-            None => println!("{line}"),
-        },
-    )?;
+    let end = boot_batch(&image, &share, "bench", &console_log, timeout)?;
     let results = share.results();
     let runs = fs::read_to_string(results.join("bench.txt")).unwrap_or_default();
     let attach = fs::read_to_string(results.join("attach.txt")).unwrap_or_default();
-    let kept = lab_target().join("bench-results");
-    let _ = fs::remove_dir_all(&kept);
-    fs::create_dir_all(&kept)?;
-    for e in fs::read_dir(&results)?.filter_map(Result::ok) {
-        let _ = fs::copy(e.path(), kept.join(e.file_name()));
-    }
+    keep_results(&share, "bench-results")?;
     finish(end, &console_log)?;
     if !results.join("done").exists() {
         bail!(
@@ -465,4 +426,41 @@ pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)>
         );
     }
     Ok((runs, attach))
+}
+
+/// Boots the guest in a non-interactive mode, guest progress lines shown as progress and the
+/// rest of the console echoed.
+fn boot_batch(
+    image: &image::Image,
+    share: &guest::Share,
+    mode: &str,
+    console_log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<End> {
+    qemu::boot(
+        &qemu::Boot {
+            image,
+            share: &share.dir,
+            mode,
+            console_log: console_log.to_path_buf(),
+            interactive: false,
+            boot_timeout: Duration::from_secs(120),
+            timeout,
+        },
+        |_, line| match line.split(MARK).nth(1) {
+            Some(m) => progress(&format!("guest: {m}")),
+            None => println!("{line}"),
+        },
+    )
+}
+
+/// Copies the share's results to target/lab/<name>, kept after the share is removed.
+fn keep_results(share: &guest::Share, name: &str) -> anyhow::Result<PathBuf> {
+    let kept = lab_target().join(name);
+    let _ = fs::remove_dir_all(&kept);
+    fs::create_dir_all(&kept)?;
+    for e in fs::read_dir(share.results())?.filter_map(Result::ok) {
+        let _ = fs::copy(e.path(), kept.join(e.file_name()));
+    }
+    Ok(kept)
 }
