@@ -7,12 +7,7 @@
 //! recirculations), 5% dropped, the rest output; flows drawn from N_FLOWS UFIDs with a skewed
 //! (hot/cold) distribution; up to 64 packets in flight at once, interleaved.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    hint::black_box,
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Instant,
-};
+use std::{hint::black_box, time::Instant};
 
 use detrace::{
     aggregate::FlowTable,
@@ -24,23 +19,10 @@ use detrace::{
 };
 use detrace_common::{Event, EventKind, PacketKey};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-// SAFETY: forwards to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        // SAFETY: p was allocated by System with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-}
+mod common;
+
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::Counting = common::Counting;
 
 struct Rng(u64);
 impl Rng {
@@ -173,18 +155,18 @@ fn main() {
     let n_events = args.get(1).copied().unwrap_or(5_000_000) as usize;
     let records = stream(n_flows, n_events);
 
-    let live0 = LIVE.load(Ordering::Relaxed);
+    let live0 = common::live();
     let mut cache = ExplainCache::<UnixctlClient>::new(Backend::Recorded, 1.0);
     for f in 0..n_flows * 3 {
         cache.insert(summary(Uuid::from_words(ufid_words(f))));
     }
-    let cache_bytes = LIVE.load(Ordering::Relaxed) - live0;
+    let cache_bytes = common::live() - live0;
 
     let mut asm = PathAssembler::new(65_536, 2_000_000_000);
     let mut table = FlowTable::default();
     let mut traces = Vec::new();
     let (mut explained, mut decode_errors) = (0u64, 0u64);
-    let live1 = LIVE.load(Ordering::Relaxed);
+    let live1 = common::live();
     let t = Instant::now();
     for rec in &records {
         match PacketEvent::decode_bytes(rec) {
@@ -201,7 +183,7 @@ fn main() {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let table_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(live1);
+    let table_bytes = common::live().saturating_sub(live1);
     assert_eq!(decode_errors, 0);
     assert!(explained > 0);
     println!(

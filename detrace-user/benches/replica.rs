@@ -6,12 +6,7 @@
 //! added by the replica, and lookups per second: the prefix index next to a linear scan of the
 //! same replica (the side-by-side ratio), and full resolution (SB row + stage-hint -> NB object).
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    hint::black_box,
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Instant,
-};
+use std::{hint::black_box, time::Instant};
 
 use detrace::{
     ovn::{
@@ -38,29 +33,10 @@ impl Gen {
     }
 }
 
-/// Counts live heap bytes (and their peak), so the replica's own size is measured exactly,
-/// not blurred by freed JSON buffers the allocator keeps.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        // SAFETY: p was allocated by System with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::Counting = common::Counting;
 
 /// A `monitor` reply body for SB with `n` logical flows over 200 datapaths, one in 20 with a
 /// stage-hint to one of `n / 20` NB ACLs; and the NB reply holding those ACLs.
@@ -121,14 +97,13 @@ fn load(db: &'static str, specs: &'static [detrace::ovsdb::TableSpec], text: &st
 
 fn bench(n: usize) {
     let (sb_json, nb_json, uuids) = synth(n);
-    let live0 = LIVE.load(Ordering::Relaxed);
-    PEAK.store(live0, Ordering::Relaxed);
+    let live0 = common::reset_peak();
     let t = Instant::now();
     let sb = load(SB_DB, SB_TABLES, &sb_json);
     let nb = load(NB_DB, NB_TABLES, &nb_json);
     let load_s = t.elapsed().as_secs_f64();
-    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(live0);
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(live0);
+    let kept = common::live().saturating_sub(live0);
+    let peak = common::peak().saturating_sub(live0);
     drop((sb_json, nb_json));
     assert_eq!(sb.lflows.len(), n);
 
