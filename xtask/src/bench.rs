@@ -100,43 +100,21 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
 fn host_benches(root: &std::path::Path) -> anyhow::Result<()> {
     eprintln!("== replica: load, memory, cookie lookups (100k and 1M logical flows)");
-    run(Command::new("cargo").current_dir(root).args([
-        "bench",
-        "-q",
-        "-p",
-        "detrace-user",
-        "--bench",
-        "replica",
-        "--",
-        "100000",
-        "1000000",
-    ]))?;
+    cargo_bench(root, "replica", &["100000", "1000000"])?;
     eprintln!(
         "== user-space pipeline: decode + path assembly + cached explanation + aggregation, one core"
     );
-    run(Command::new("cargo").current_dir(root).args([
-        "bench",
-        "-q",
-        "-p",
-        "detrace-user",
-        "--bench",
-        "pipeline",
-        "--",
-        "10000",
-        "5000000",
-    ]))?;
-    run(Command::new("cargo").current_dir(root).args([
-        "bench",
-        "-q",
-        "-p",
-        "detrace-user",
-        "--bench",
-        "pipeline",
-        "--",
-        "100000",
-        "5000000",
-    ]))?;
+    cargo_bench(root, "pipeline", &["10000", "5000000"])?;
+    cargo_bench(root, "pipeline", &["100000", "5000000"])?;
     Ok(())
+}
+
+/// `cargo bench -q -p detrace-user --bench NAME -- ARGS...`
+fn cargo_bench(root: &std::path::Path, name: &str, args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["bench", "-q", "-p", "detrace-user", "--bench", name, "--"])
+        .args(args))
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{
-    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, read, scratch_event,
-};
+use super::packet::{End, copy_inflight, count_end, emit_end, events_enabled, has_ufid, now, read};
 use crate::maps::{INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
 
 /// SKB_CONSUMED (include/net/dropreason-core.h): not a drop (6.12 routes it to
@@ -51,19 +49,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         count_end(&e.ufid, End::Drop(reason), latency);
     }
     if events_enabled() && e.matched != 0 {
-        let ev = scratch_event()?;
-        ev.kind = EventKind::Drop as u32;
-        ev.cpu = cpu();
-        ev.ts_ns = ts;
-        ev.skb = e.id;
-        ev.ufid = e.ufid;
-        ev.recirc_id = e.recirc_id;
-        ev.in_port = e.in_port;
-        ev.reason = reason;
-        ev.len = read(skb, conf!(off_skb_len)).unwrap_or(0);
-        ev.latency_ns = latency;
-        ev.key = e.key;
-        emit(ev);
+        let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
+        emit_end(EventKind::Drop, e, ts, reason, len, latency)?;
     }
     Ok(0)
 }

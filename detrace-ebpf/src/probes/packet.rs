@@ -6,8 +6,9 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
 };
 use detrace_common::{
-    Counter, DROP_REASON_SLOTS, Event, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT,
-    FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS, OVS_DROP_REASON_BASE, PacketKey,
+    Counter, DROP_REASON_SLOTS, Event, EventKind, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
+    FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS, OVS_DROP_REASON_BASE,
+    PacketKey,
 };
 
 use crate::maps::{
@@ -232,6 +233,33 @@ pub fn copy_inflight(p: *const Inflight) -> Result<&'static Inflight, Fail> {
         core::ptr::copy_nonoverlapping(p, e, 1);
         Ok(&*e)
     }
+}
+
+/// Emits the event that ends a packet (drop or output) from its in-flight state: the fields
+/// both end hooks share, plus their own `reason` (drop reason / port) and `len`.
+#[inline(always)]
+pub fn emit_end(
+    kind: EventKind,
+    e: &Inflight,
+    ts: u64,
+    reason: u32,
+    len: u32,
+    latency: u64,
+) -> Result<(), Fail> {
+    let ev = scratch_event()?;
+    ev.kind = kind as u32;
+    ev.cpu = cpu();
+    ev.ts_ns = ts;
+    ev.skb = e.id;
+    ev.ufid = e.ufid;
+    ev.recirc_id = e.recirc_id;
+    ev.in_port = e.in_port;
+    ev.reason = reason;
+    ev.len = len;
+    ev.latency_ns = latency;
+    ev.key = e.key;
+    emit(ev);
+    Ok(())
 }
 
 /// Writes one event to the ring buffer (the caller checked `events_enabled` and the filter).

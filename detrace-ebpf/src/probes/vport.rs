@@ -3,9 +3,7 @@
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{
-    End, copy_inflight, count_end, cpu, emit, events_enabled, has_ufid, now, read, scratch_event,
-};
+use super::packet::{End, copy_inflight, count_end, emit_end, events_enabled, has_ufid, now, read};
 use crate::maps::{CURRENT, INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
 
 /// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
@@ -52,19 +50,7 @@ fn try_vport_send(ctx: &ProbeContext) -> Result<u32, u32> {
         // struct vport.port_no is a u16 (checked by the loader).
         let port: u16 = read(vport, conf!(off_vport_port_no))?;
         let len: u32 = read(skb, conf!(off_skb_len))?;
-        let ev = scratch_event()?;
-        ev.kind = EventKind::Output as u32;
-        ev.cpu = cpu();
-        ev.ts_ns = ts;
-        ev.skb = e.id;
-        ev.ufid = e.ufid;
-        ev.recirc_id = e.recirc_id;
-        ev.in_port = e.in_port;
-        ev.reason = u32::from(port);
-        ev.len = len;
-        ev.latency_ns = latency;
-        ev.key = e.key;
-        emit(ev);
+        emit_end(EventKind::Output, e, ts, u32::from(port), len, latency)?;
     }
     Ok(0)
 }
