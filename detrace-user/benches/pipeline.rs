@@ -13,7 +13,7 @@ use detrace::{
     aggregate::FlowTable,
     events::{PacketEvent, path::PathAssembler},
     explain::{FlowSummary, culprit::Culprit},
-    live::explainer::{Backend, ExplainCache, Explained, Lookup},
+    live::explainer::{Backend, ExplainCache, Explained, LookupRef},
     ovs::unixctl::UnixctlClient,
     uuid::Uuid,
 };
@@ -175,7 +175,7 @@ fn main() {
         }
         for tr in traces.drain(..) {
             for p in &tr.passes {
-                if let Lookup::Explained(e) = cache.get(p.ufid) {
+                if let LookupRef::Explained(e) = cache.lookup(p.ufid) {
                     explained += black_box(e.summary.label.len() as u64).min(1);
                 }
             }

@@ -1,6 +1,8 @@
 //! Aggregation: per-flow counters (from the kernel's per-CPU FLOW_STATS, or rebuilt from
 //! recorded packets), per-OVN-object sums, latency percentiles, and drops by culprit.
 
+pub mod counters;
+
 use std::collections::{BTreeMap, HashMap};
 
 use detrace_common::{DROP_REASON_SLOTS, FlowStats, LATENCY_BUCKETS, OVS_DROP_REASON_BASE};
@@ -9,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     FastMap,
+    aggregate::counters::FlowCounters,
     events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
     explain::{ObjectName, culprit::Culprit},
     uuid::Uuid,
@@ -165,11 +168,12 @@ fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
     }
 }
 
-/// Per-flow counters with rates between snapshots.
+/// Per-flow counters with rates between snapshots. A flow costs one compact 64-byte
+/// [`FlowCounters`] (plus its key) rather than the kernel's 424-byte [`FlowStats`].
 #[derive(Default)]
 pub struct FlowTable {
-    pub flows: FastMap<Uuid, FlowStats>,
-    prev: FastMap<Uuid, FlowStats>,
+    pub flows: FastMap<Uuid, FlowCounters>,
+    prev: FastMap<Uuid, FlowCounters>,
 }
 
 impl FlowTable {
@@ -177,28 +181,42 @@ impl FlowTable {
     /// for rates.
     pub fn snapshot(&mut self, now: impl IntoIterator<Item = (Uuid, FlowStats)>) {
         self.prev = std::mem::take(&mut self.flows);
-        self.flows = now.into_iter().collect();
+        self.flows = now
+            .into_iter()
+            .map(|(u, s)| (u, FlowCounters::from_stats(&s)))
+            .collect();
     }
 
     /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
+    /// One table lookup per pass: the last pass's entry also takes the end.
     pub fn add_trace(&mut self, t: &PacketTrace) {
-        for p in &t.passes {
-            let s = self.flows.entry(p.ufid).or_default();
-            s.packets += 1;
-            s.bytes += u64::from(t.len);
+        let last = t.passes.len().wrapping_sub(1);
+        for (i, p) in t.passes.iter().enumerate() {
+            let c = self.flows.entry(p.ufid).or_default();
+            c.add_pass(t.len);
+            if i == last {
+                c.record_end(&t.verdict, t.latency_ns);
+            }
         }
-        if let Some(u) = t.last_ufid() {
-            record_end(self.flows.entry(u).or_default(), &t.verdict, t.latency_ns);
-        }
+    }
+
+    /// Every flow's counters in the kernel's layout (what drop grouping takes).
+    pub fn stats(&self) -> FastMap<Uuid, FlowStats> {
+        self.flows.iter().map(|(u, c)| (*u, c.to_stats())).collect()
     }
 
     /// Rows per flow; `label` names a flow (e.g. its OVN objects).
     pub fn rows(&self, secs: f64, label: impl Fn(&Uuid) -> String) -> Vec<Row> {
         self.flows
             .iter()
-            .map(|(u, s)| {
-                let d = self.prev.get(u).map(|p| sub_stats(s, p)).unwrap_or(*s);
-                row(format!("ufid:{u}"), label(u), s, Some(&d), secs)
+            .map(|(u, c)| {
+                let s = c.to_stats();
+                let d = self
+                    .prev
+                    .get(u)
+                    .map(|p| sub_stats(&s, &p.to_stats()))
+                    .unwrap_or(s);
+                row(format!("ufid:{u}"), label(u), &s, Some(&d), secs)
             })
             .collect()
     }
@@ -206,8 +224,13 @@ impl FlowTable {
     /// Rows per OVN object: a flow counts for every object it traces back to.
     pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
         let mut sums: HashMap<ObjectName, (FlowStats, FlowStats)> = HashMap::new();
-        for (u, s) in &self.flows {
-            let d = self.prev.get(u).map(|p| sub_stats(s, p)).unwrap_or(*s);
+        for (u, c) in &self.flows {
+            let s = &c.to_stats();
+            let d = self
+                .prev
+                .get(u)
+                .map(|p| sub_stats(s, &p.to_stats()))
+                .unwrap_or(*s);
             for o in objects(u) {
                 let e = sums.entry(o).or_default();
                 add_stats(&mut e.0, s);
@@ -338,7 +361,7 @@ mod tests {
             detail: String::new(),
         };
         let groups = group_drops(
-            &t.flows,
+            &t.stats(),
             |_| acl.clone(),
             |u| (*u == u2).then(Packet::default),
         );
@@ -388,9 +411,10 @@ mod tests {
         let assembled: u64 = traces.iter().map(|tr| tr.passes.len() as u64).sum();
         assert_eq!(counted, assembled);
         assert!(counted <= passes);
-        let drops: Vec<(&Uuid, &FlowStats)> = t.flows.iter().filter(|(_, s)| s.drops > 0).collect();
+        let drops: Vec<(&Uuid, &FlowCounters)> =
+            t.flows.iter().filter(|(_, s)| s.drops > 0).collect();
         assert_eq!(drops.len(), 1, "one dropping flow in the capture");
-        assert_eq!(drops[0].1.drop_reasons[3], 1, "OVS_DROP_EXPLICIT");
+        assert_eq!(drops[0].1.drop_reasons()[3], 1, "OVS_DROP_EXPLICIT");
         let outputs: u64 = t.flows.values().map(|s| s.outputs).sum();
         let output_traces = traces
             .iter()
@@ -398,7 +422,7 @@ mod tests {
             .count() as u64;
         assert_eq!(outputs, output_traces);
         let p = percentiles(&t.flows.values().fold(FlowStats::default(), |mut acc, s| {
-            add_stats(&mut acc, s);
+            add_stats(&mut acc, &s.to_stats());
             acc
         }));
         assert_eq!(p.count, outputs + 1);

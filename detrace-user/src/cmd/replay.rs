@@ -87,7 +87,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     // An interrupted recording has no counters: rebuild them from its packets.
                     let mut t = FlowTable::default();
                     packets.iter().for_each(|p| t.add_trace(p));
-                    flows = t.flows;
+                    flows = t.stats();
                 }
                 sess.print_drops(&flows)?;
             }

@@ -52,6 +52,10 @@ pub struct AssemblyStats {
     pub orphan_ends: u64,
 }
 
+/// Passes a packet's trace has room for from its first: a first pass and two recirculations
+/// (conntrack, then NAT or a load balancer) without growing.
+const PASSES_RESERVED: usize = 3;
+
 struct Open {
     trace: PacketTrace,
     last_ts: u64,
@@ -90,6 +94,7 @@ impl PathAssembler {
                 {
                     self.finish(prev.trace, Verdict::Unknown, 0, out);
                     self.stats.unfinished += 1;
+                    self.trim_order();
                 }
                 let pass = Pass {
                     ufid,
@@ -104,6 +109,10 @@ impl PathAssembler {
                     }
                     None => {
                         self.make_room(out);
+                        // Room for the usual passes (conntrack recirculations) at once: no
+                        // reallocation while the packet is in flight.
+                        let mut passes = Vec::with_capacity(PASSES_RESERVED);
+                        passes.push(pass);
                         self.open.insert(
                             e.skb,
                             Open {
@@ -112,7 +121,7 @@ impl PathAssembler {
                                     in_port: e.in_port,
                                     len: e.len,
                                     packet: e.packet.clone(),
-                                    passes: vec![pass],
+                                    passes,
                                     verdict: Verdict::Unknown,
                                     latency_ns: 0,
                                 },
@@ -133,7 +142,10 @@ impl PathAssembler {
                     _ => Verdict::Upcall { cmd: e.reason },
                 };
                 match self.open.remove(&e.skb) {
-                    Some(o) => self.finish(o.trace, verdict, e.latency_ns, out),
+                    Some(o) => {
+                        self.finish(o.trace, verdict, e.latency_ns, out);
+                        self.trim_order();
+                    }
                     // A miss on a packet's first pass: the upcall is its whole trip.
                     None if e.kind == Kind::Upcall => {
                         let t = PacketTrace {
@@ -164,6 +176,33 @@ impl PathAssembler {
         t.latency_ns = latency_ns;
         self.stats.traces += 1;
         out.push(t);
+    }
+
+    /// Whether an `order` entry still names an open packet (not one finished since).
+    fn is_open(&self, skb: u64, ts: u64) -> bool {
+        self.open.get(&skb).is_some_and(|o| o.trace.ts_ns == ts)
+    }
+
+    /// Keeps `order` bounded by the open packets: entries of finished packets are dropped from
+    /// its front as they come up, and all at once when a long-open packet holds the front and
+    /// they pile up behind it (amortized O(1) per packet).
+    fn trim_order(&mut self) {
+        while let Some(&(skb, ts)) = self.order.front() {
+            if self.is_open(skb, ts) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        if self.order.len() > 2 * self.max_open {
+            let open = &self.open;
+            self.order
+                .retain(|&(skb, ts)| open.get(&skb).is_some_and(|o| o.trace.ts_ns == ts));
+        }
+    }
+
+    /// Entries in the start order (bounded by twice the open packets' bound).
+    pub fn order_len(&self) -> usize {
+        self.order.len()
     }
 
     fn make_room(&mut self, out: &mut Vec<PacketTrace>) {
@@ -289,6 +328,33 @@ pub(crate) mod tests {
         a.expire(10_000, &mut out);
         assert_eq!(a.open_len(), 0);
         assert_eq!(a.stats.traces as usize, out.len() + 1);
+    }
+
+    /// A packet whose end never comes holds the front of the start order while thousands of
+    /// others come and go behind it: the order stays bounded, and both the old packet and the
+    /// eviction bound still work.
+    #[test]
+    fn start_order_stays_bounded_behind_a_stuck_packet() {
+        let mut a = PathAssembler::new(8, u64::MAX);
+        let mut out = Vec::new();
+        a.push(&ev(EventKind::Pass, 1, 10, 0xa, 0, 0), &mut out);
+        for i in 0..10_000u64 {
+            let skb = 100 + i % 5;
+            a.push(&ev(EventKind::Pass, skb, 20 + 2 * i, 0xb, 0, 0), &mut out);
+            a.push(&ev(EventKind::Output, skb, 21 + 2 * i, 0, 0, 2), &mut out);
+            assert!(a.order_len() <= 16, "{} at {i}", a.order_len());
+        }
+        assert_eq!(out.len(), 10_000);
+        assert!(out.iter().all(|t| t.verdict == Verdict::Output { port: 2 }));
+        assert_eq!(a.open_len(), 1);
+        // The stuck packet is still the oldest: the next packets over the bound evict it first.
+        for skb in 200..208 {
+            a.push(&ev(EventKind::Pass, skb, 50_000 + skb, 0xc, 0, 0), &mut out);
+        }
+        assert_eq!(a.stats.evicted, 1);
+        let evicted = out.last().unwrap();
+        assert_eq!((evicted.ts_ns, &evicted.verdict), (10, &Verdict::Unknown));
+        assert_eq!(a.open_len(), 8);
     }
 
     /// Raw events recorded in the lab (Linux 6.12, OVS 3.5 kernel datapath): tests/fixtures/lab.

@@ -30,6 +30,54 @@ pub enum Lookup {
     Pending,
 }
 
+/// [`Lookup`] borrowed from the cache: what the per-pass hot path takes (no reference count
+/// touched, nothing copied).
+#[derive(Clone, Copy, Debug)]
+pub enum LookupRef<'a> {
+    Explained(&'a Arc<Explained>),
+    Failed { error: &'a str, retry_at: Instant },
+    Pending,
+}
+
+impl LookupRef<'_> {
+    pub fn to_owned(self) -> Lookup {
+        match self {
+            Self::Explained(e) => Lookup::Explained(e.clone()),
+            Self::Failed { error, retry_at } => Lookup::Failed {
+                error: error.to_string(),
+                retry_at,
+            },
+            Self::Pending => Lookup::Pending,
+        }
+    }
+}
+
+/// What the cache holds per UFID: 16 bytes (the rare failure boxed), so a map slot with its
+/// key is 32 bytes, two to a cache line.
+enum Entry {
+    Explained(Arc<Explained>),
+    Failed(Box<Failure>),
+}
+
+struct Failure {
+    error: String,
+    retry_at: Instant,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 16);
+
+impl Entry {
+    fn as_lookup(&self) -> LookupRef<'_> {
+        match self {
+            Self::Explained(e) => LookupRef::Explained(e),
+            Self::Failed(f) => LookupRef::Failed {
+                error: &f.error,
+                retry_at: f.retry_at,
+            },
+        }
+    }
+}
+
 /// A flow's explanation: the summary the commands use, and the full chain when it was
 /// resolved live (recordings keep it as JSON).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -65,7 +113,7 @@ pub enum Backend<A: Appctl> {
 
 pub struct ExplainCache<A: Appctl> {
     backend: Backend<A>,
-    cache: FastMap<Uuid, Lookup>,
+    cache: FastMap<Uuid, Entry>,
     /// Token bucket over unixctl requests.
     budget: f64,
     per_sec: f64,
@@ -94,12 +142,12 @@ impl<A: Appctl> ExplainCache<A> {
     /// Adds an explanation obtained elsewhere (a recording).
     pub fn insert(&mut self, e: Explained) {
         self.cache
-            .insert(e.summary.ufid, Lookup::Explained(Arc::new(e)));
+            .insert(e.summary.ufid, Entry::Explained(Arc::new(e)));
     }
 
     pub fn cached(&self, ufid: &Uuid) -> Option<&Arc<Explained>> {
         match self.cache.get(ufid) {
-            Some(Lookup::Explained(e)) => Some(e),
+            Some(Entry::Explained(e)) => Some(e),
             _ => None,
         }
     }
@@ -113,27 +161,42 @@ impl<A: Appctl> ExplainCache<A> {
 
     /// The explanation of `ufid`, resolving it now if the request budget allows.
     pub fn get(&mut self, ufid: Uuid) -> Lookup {
-        match self.cache.get(&ufid) {
-            Some(Lookup::Explained(e)) => return Lookup::Explained(e.clone()),
-            Some(l @ Lookup::Failed { retry_at, .. }) if Instant::now() < *retry_at => {
-                return l.clone();
-            }
-            _ => {}
+        self.lookup(ufid).to_owned()
+    }
+
+    /// As [`Self::get`], borrowed: the hot path (a hit is one hash probe, plus a second on the
+    /// entry just touched, and no reference count).
+    pub fn lookup(&mut self, ufid: Uuid) -> LookupRef<'_> {
+        let settled = match self.cache.get(&ufid) {
+            Some(Entry::Explained(_)) => true,
+            Some(Entry::Failed(f)) => Instant::now() < f.retry_at,
+            None => false,
+        };
+        if !settled && !self.try_resolve(ufid) {
+            return LookupRef::Pending;
         }
+        self.cache
+            .get(&ufid)
+            .map_or(LookupRef::Pending, Entry::as_lookup)
+    }
+
+    /// Resolves `ufid` if the backend and the request budget allow; false when deferred.
+    fn try_resolve(&mut self, ufid: Uuid) -> bool {
         if matches!(self.backend, Backend::Recorded) {
-            return Lookup::Pending;
+            return false;
         }
         self.refill();
         if self.budget < 2.0 {
             self.stats.deferred += 1;
-            return Lookup::Pending;
+            return false;
         }
-        self.resolve(ufid)
+        self.resolve(ufid);
+        true
     }
 
-    fn resolve(&mut self, ufid: Uuid) -> Lookup {
+    fn resolve(&mut self, ufid: Uuid) {
         let Backend::Live { ovs, ovn } = &mut self.backend else {
-            return Lookup::Pending;
+            return;
         };
         let t = Instant::now();
         let before = ovs.requests();
@@ -156,21 +219,20 @@ impl<A: Appctl> ExplainCache<A> {
             self.stats.resolve_p50_us = h.value_at_quantile(0.5);
             self.stats.resolve_max_us = h.max();
         }
-        let lookup = match result {
+        let entry = match result {
             Ok(e) => {
                 self.stats.explained += 1;
-                Lookup::Explained(Arc::new(e))
+                Entry::Explained(Arc::new(e))
             }
             Err(err) => {
                 self.stats.failed += 1;
-                Lookup::Failed {
+                Entry::Failed(Box::new(Failure {
                     error: err.to_string(),
                     retry_at: Instant::now() + self.retry_after,
-                }
+                }))
             }
         };
-        self.cache.insert(ufid, lookup.clone());
-        lookup
+        self.cache.insert(ufid, entry);
     }
 
     /// Datapath port names (empty for a recording, or when ovs-vswitchd does not answer).
@@ -187,8 +249,8 @@ impl<A: Appctl> ExplainCache<A> {
     /// Every explanation held (for recordings).
     pub fn explained(&self) -> impl Iterator<Item = &Arc<Explained>> {
         self.cache.values().filter_map(|l| match l {
-            Lookup::Explained(e) => Some(e),
-            _ => None,
+            Entry::Explained(e) => Some(e),
+            Entry::Failed(_) => None,
         })
     }
 }
@@ -221,6 +283,107 @@ mod tests {
                 other => panic!("unexpected {other}"),
             })
         }
+    }
+
+    fn summary(ufid: Uuid, label: &str) -> Explained {
+        Explained {
+            summary: crate::explain::FlowSummary {
+                ufid,
+                datapath: "system@ovs-system".into(),
+                match_compact: "recirc_id(0)".into(),
+                actions: "drop".into(),
+                label: label.into(),
+                objects: Vec::new(),
+                stages: Vec::new(),
+                drop_culprit: crate::explain::culprit::Culprit {
+                    kind: "ACL".into(),
+                    id: "x".into(),
+                    name: "a".into(),
+                    detail: String::new(),
+                },
+                details: Vec::new(),
+                rules_error: None,
+            },
+            full: serde_json::Value::Null,
+        }
+    }
+
+    /// A recording's explanations: served borrowed (no reference taken) or owned, the same
+    /// ones; unknown UFIDs stay pending and are never asked for.
+    #[test]
+    fn recorded_lookups_borrow_or_share_the_same_explanation() {
+        let mut cache = ExplainCache::<Busy>::new(Backend::Recorded, 1.0);
+        let (a, b) = (Uuid(0xa << 96 | 1), Uuid(0xb << 96 | 1));
+        cache.insert(summary(a, "LB lb0"));
+        cache.insert(summary(b, "ACL drop"));
+        let held = match cache.get(a) {
+            Lookup::Explained(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(Arc::strong_count(&held), 2, "get shares the cached one");
+        match cache.lookup(a) {
+            LookupRef::Explained(e) => {
+                assert!(Arc::ptr_eq(e, &held));
+                assert_eq!(Arc::strong_count(e), 2, "lookup takes no reference");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(cache.lookup(b), LookupRef::Explained(e) if e.summary.label == "ACL drop")
+        );
+        assert!(matches!(cache.lookup(Uuid(7)), LookupRef::Pending));
+        assert!(matches!(cache.get(Uuid(7)), Lookup::Pending));
+        assert_eq!(cache.explained().count(), 2);
+        assert_eq!(cache.stats.deferred, 0, "a recording defers nothing");
+    }
+
+    /// An ovs-vswitchd where every flow is gone: the failure is kept (borrowed by `lookup`,
+    /// copied by `get`) and not asked again before its retry time.
+    struct Gone {
+        calls: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+    impl Appctl for Gone {
+        fn call(&mut self, method: &str, _: &[&str]) -> Result<String, UnixctlError> {
+            self.calls.set(self.calls.get() + 1);
+            Ok(match method {
+                "list-commands" => "The available commands are:\n  ofproto/detrace UFID\n".into(),
+                "dpctl/dump-dps" => "system@ovs-system\n".into(),
+                _ => String::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn failures_are_kept_until_their_retry_time() {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let ovs = Vswitchd::new(Gone {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let ovn = OvnReplicas::from_replicas(
+            Replica::new(SB_DB, SB_TABLES),
+            Replica::new(NB_DB, NB_TABLES),
+        );
+        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+        let u = Uuid(0xdead << 96 | 1);
+        let first = match cache.lookup(u) {
+            LookupRef::Failed { error, retry_at } => {
+                assert!(retry_at > Instant::now());
+                error.to_string()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(!first.is_empty());
+        assert_eq!(cache.stats.failed, 1);
+        let asked = calls.get();
+        match cache.get(u) {
+            Lookup::Failed { error, .. } => assert_eq!(error, first),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(cache.lookup(u), LookupRef::Failed { .. }));
+        assert_eq!(calls.get(), asked, "not asked again before retry_at");
+        assert_eq!(cache.stats.failed, 1);
+        assert!(cache.cached(&u).is_none());
     }
 
     /// Flow churn: a new UFID on every lookup, as fast as the loop goes. The requests sent to

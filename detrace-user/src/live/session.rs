@@ -2,7 +2,7 @@
 //! test, a recording): decode -> assemble paths -> explain (cached) -> show / aggregate / record.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io::Write,
     time::{Duration, Instant},
 };
@@ -11,7 +11,7 @@ use detrace_common::{Event, FlowStats};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    explainer::{ExplainCache, ExplainStats, Explained, Lookup},
+    explainer::{ExplainCache, ExplainStats, Explained, Lookup, LookupRef},
     print::{self, Clock},
     source::{EventSource, LossReport, Tracer},
 };
@@ -110,6 +110,15 @@ pub enum RecordLine {
     },
 }
 
+/// The per-packet lines of a recording, serialized from borrows (the same JSON as
+/// [`RecordLine`]'s variants): a packet or an explanation is written without being cloned.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum RecordLineRef<'a> {
+    Explanation(&'a Explained),
+    Packet(&'a PacketTrace),
+}
+
 pub const RECORD_VERSION: u32 = 1;
 
 /// State of one live run.
@@ -123,9 +132,9 @@ pub struct Session<A: Appctl> {
     pub mode: Mode,
     pub out: Box<dyn Write>,
     /// A dropped packet per last flow (drops).
-    samples: HashMap<Uuid, Packet>,
+    samples: FastMap<Uuid, Packet>,
     /// UFIDs whose explanation is already in the recording.
-    recorded: HashSet<Uuid>,
+    recorded: rustc_hash::FxHashSet<Uuid>,
     pub decode_errors: u64,
     pub packets_shown: u64,
     batch: Vec<Event>,
@@ -143,8 +152,8 @@ impl<A: Appctl> Session<A> {
             format,
             mode,
             out,
-            samples: HashMap::new(),
-            recorded: HashSet::new(),
+            samples: FastMap::default(),
+            recorded: rustc_hash::FxHashSet::default(),
             decode_errors: 0,
             packets_shown: 0,
             batch: Vec::with_capacity(1024),
@@ -219,11 +228,11 @@ impl<A: Appctl> Session<A> {
                     if self.recorded.contains(&p.ufid) {
                         continue;
                     }
-                    if let Lookup::Explained(e) = self.cache.get(p.ufid) {
+                    if let LookupRef::Explained(e) = self.cache.lookup(p.ufid) {
                         writeln!(
                             self.out,
                             "{}",
-                            serde_json::to_string(&RecordLine::Explanation(Box::new((*e).clone())))
+                            serde_json::to_string(&RecordLineRef::Explanation(e))
                                 .unwrap_or_default()
                         )?;
                         self.recorded.insert(p.ufid);
@@ -232,7 +241,7 @@ impl<A: Appctl> Session<A> {
                 writeln!(
                     self.out,
                     "{}",
-                    serde_json::to_string(&RecordLine::Packet(t.clone())).unwrap_or_default()
+                    serde_json::to_string(&RecordLineRef::Packet(t)).unwrap_or_default()
                 )?;
                 self.packets_shown += 1;
             }
@@ -502,6 +511,43 @@ mod tests {
         ) -> Result<String, crate::ovs::unixctl::UnixctlError> {
             unreachable!()
         }
+    }
+
+    /// The borrowed record lines write exactly what the owned ones do (and read back).
+    #[test]
+    fn borrowed_record_lines_are_the_recorded_format() {
+        let mut a = PathAssembler::new(16, u64::MAX);
+        let mut traces = Vec::new();
+        for e in [
+            ev(EventKind::Pass, 1, 0xa, 0, 0),
+            ev(EventKind::Pass, 1, 0xb, 0x5, 0),
+            ev(EventKind::Drop, 1, 0xb, 0, 0x30003),
+        ] {
+            a.push(&PacketEvent::decode(&e).unwrap(), &mut traces);
+        }
+        let t = &traces[0];
+        let owned = serde_json::to_string(&RecordLine::Packet(t.clone())).unwrap();
+        let borrowed = serde_json::to_string(&RecordLineRef::Packet(t)).unwrap();
+        assert_eq!(borrowed, owned);
+        assert!(borrowed.starts_with(r#"{"type":"packet","#), "{borrowed}");
+        let e: Explained = serde_json::from_value(serde_json::json!({
+            "summary": {
+                "ufid": Uuid(0xb << 96 | 1), "datapath": "system@ovs-system",
+                "match": "recirc_id(0x5)", "actions": "drop", "label": "ACL drop-9999",
+                "objects": [], "stages": ["ls_out_acl"],
+                "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
+                "details": []
+            },
+            "full": {"rules": []}
+        }))
+        .unwrap();
+        let owned = serde_json::to_string(&RecordLine::Explanation(Box::new(e.clone()))).unwrap();
+        let borrowed = serde_json::to_string(&RecordLineRef::Explanation(&e)).unwrap();
+        assert_eq!(borrowed, owned);
+        assert!(matches!(
+            serde_json::from_str::<RecordLine>(&borrowed).unwrap(),
+            RecordLine::Explanation(x) if x.summary.label == "ACL drop-9999"
+        ));
     }
 
     #[test]
