@@ -70,6 +70,8 @@ fn run_with_events(
         std::io::stdout().flush()?;
     }
     let mut cache = cache;
+    // Only a recording writes the full chain of each explanation: the others keep the summary.
+    cache.keep_full = matches!(mode, Mode::Record);
     let ports = cache.port_names();
     let mut sess = Session::new(cache, live.format, mode, out);
     sess.ports = ports;
@@ -157,6 +159,7 @@ fn sort_rows(rows: &mut [crate::aggregate::Row], key: SortKey) {
 
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let mut cache = explainer(&args.live)?;
+    cache.keep_full = false;
     let no_events = EventArgs {
         filter: Default::default(),
         ring_size: 4096,

@@ -121,6 +121,10 @@ pub struct ExplainCache<A: Appctl> {
     retry_after: Duration,
     pub stats: ExplainStats,
     latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Keep each live explanation's full chain (as JSON, 3-5 KB of text per flow in the
+    /// fixtures, several times that as a tree) next to its summary. Only a recording writes
+    /// it: watch, drops and top turn this off and keep the summary alone.
+    pub keep_full: bool,
 }
 
 impl<A: Appctl> ExplainCache<A> {
@@ -136,6 +140,7 @@ impl<A: Appctl> ExplainCache<A> {
             retry_after: Duration::from_secs(5),
             stats: ExplainStats::default(),
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+            keep_full: true,
         }
     }
 
@@ -200,13 +205,18 @@ impl<A: Appctl> ExplainCache<A> {
         };
         let t = Instant::now();
         let before = ovs.requests();
+        let keep_full = self.keep_full;
         let result = ovs.get_flow(ufid).map(|(dp, flow)| {
             let rules = ovs.rules(&dp, &flow);
             let (sb, nb) = (ovn.sb(), ovn.nb());
             let e = explain(&dp, &flow, rules, &Resolver { sb: &sb, nb: &nb });
             Explained {
                 summary: FlowSummary::of(&e),
-                full: serde_json::to_value(&e).unwrap_or_default(),
+                full: if keep_full {
+                    serde_json::to_value(&e).unwrap_or_default()
+                } else {
+                    serde_json::Value::Null
+                },
             }
         });
         // Every request made counts against the budget (get-flow, detrace and its retries, the
@@ -384,6 +394,28 @@ mod tests {
         assert_eq!(calls.get(), asked, "not asked again before retry_at");
         assert_eq!(cache.stats.failed, 1);
         assert!(cache.cached(&u).is_none());
+    }
+
+    /// The full chain is kept for recordings only; the summary either way.
+    #[test]
+    fn full_chain_only_when_kept() {
+        for keep in [true, false] {
+            let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+            let ovs = Vswitchd::new(Busy { calls }).unwrap();
+            let ovn = OvnReplicas::from_replicas(
+                Replica::new(SB_DB, SB_TABLES),
+                Replica::new(NB_DB, NB_TABLES),
+            );
+            let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 100.0);
+            cache.keep_full = keep;
+            let u = Uuid(0xfeed << 96 | 1);
+            let LookupRef::Explained(e) = cache.lookup(u) else {
+                panic!("not explained")
+            };
+            assert_eq!(e.summary.ufid, u);
+            assert_eq!(e.summary.actions, "3");
+            assert_eq!(e.full.is_object(), keep, "{keep}");
+        }
     }
 
     /// Flow churn: a new UFID on every lookup, as fast as the loop goes. The requests sent to
