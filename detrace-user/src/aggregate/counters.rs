@@ -243,7 +243,7 @@ mod tests {
     fn drop(reason: u32) -> Verdict {
         Verdict::Drop {
             reason,
-            reason_name: String::new(),
+            reason_name: "".into(),
         }
     }
 

@@ -322,7 +322,7 @@ mod tests {
                 &mut s,
                 &Verdict::Drop {
                     reason: 0x30003,
-                    reason_name: String::new(),
+                    reason_name: "".into(),
                 },
                 1_000_000,
             );

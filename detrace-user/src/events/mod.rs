@@ -4,7 +4,10 @@
 
 pub mod path;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use detrace_common::{Event, EventKind, OVS_DROP_REASON_BASE};
 use serde::{Deserialize, Serialize};
@@ -90,7 +93,8 @@ pub enum Verdict {
     },
     Drop {
         reason: u32,
-        reason_name: String,
+        /// Static for the named reasons: a dropped packet allocates nothing for it.
+        reason_name: Cow<'static, str>,
     },
     /// Sent to ovs-vswitchd (cmd 1: a miss, 2: a userspace() action).
     Upcall {
@@ -175,6 +179,11 @@ impl PacketEvent {
 /// Names of OVS's drop reasons (net/openvswitch/drop.h, SKB_DROP_REASON_SUBSYS_OPENVSWITCH)
 /// and of the core reasons a datapath drop most often carries.
 pub fn drop_reason_name(reason: u32) -> String {
+    drop_reason(reason).into_owned()
+}
+
+/// [`drop_reason_name`], without allocating for the named reasons.
+pub fn drop_reason(reason: u32) -> Cow<'static, str> {
     const OVS: [&str; 12] = [
         "OVS_DROP_REASON_0",
         "OVS_DROP_LAST_ACTION",
@@ -192,14 +201,14 @@ pub fn drop_reason_name(reason: u32) -> String {
     if reason & 0xffff_0000 == OVS_DROP_REASON_BASE {
         return OVS
             .get((reason & 0xffff) as usize)
-            .map_or_else(|| format!("OVS_DROP_0x{reason:x}"), |s| (*s).to_string());
+            .map_or_else(|| format!("OVS_DROP_0x{reason:x}").into(), |s| (*s).into());
     }
     // include/net/dropreason-core.h (Linux 6.12); numbering changes between kernels, so only
     // the stable first entries are named.
     match reason {
         1 => "SKB_DROP_REASON_NOT_SPECIFIED".into(),
         2 => "SKB_DROP_REASON_NO_SOCKET".into(),
-        other => format!("skb_drop_reason {other}"),
+        other => format!("skb_drop_reason {other}").into(),
     }
 }
 
@@ -272,5 +281,12 @@ mod tests {
         assert_eq!(drop_reason_name(0x30003), "OVS_DROP_EXPLICIT");
         assert_eq!(drop_reason_name(0x3000b), "OVS_DROP_IP_TTL");
         assert_eq!(drop_reason_name(0x30099), "OVS_DROP_0x30099");
+        assert_eq!(drop_reason_name(1), "SKB_DROP_REASON_NOT_SPECIFIED");
+        assert_eq!(drop_reason_name(77), "skb_drop_reason 77");
+        assert!(matches!(
+            drop_reason(0x30003),
+            Cow::Borrowed("OVS_DROP_EXPLICIT")
+        ));
+        assert!(matches!(drop_reason(0x30099), Cow::Owned(_)));
     }
 }

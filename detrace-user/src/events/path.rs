@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Kind, Packet, PacketEvent, Verdict, drop_reason_name};
+use super::{Kind, Packet, PacketEvent, Verdict, drop_reason};
 use crate::{FastMap, uuid::Uuid};
 
 /// One datapath pass: the flow it hit and the packet as that pass saw it.
@@ -137,7 +137,7 @@ impl PathAssembler {
                     Kind::Output => Verdict::Output { port: e.reason },
                     Kind::Drop => Verdict::Drop {
                         reason: e.reason,
-                        reason_name: drop_reason_name(e.reason),
+                        reason_name: drop_reason(e.reason),
                     },
                     _ => Verdict::Upcall { cmd: e.reason },
                 };
