@@ -43,9 +43,13 @@ pub enum Counter {
     ProbeErrors = 8,
     /// Per-flow stats not recorded because FLOW_STATS was full.
     FlowStatsFull = 9,
+    /// In-flight slots taken over from a packet seen less than a second before (per-CPU
+    /// table, slots by skb address): that packet had left by a path without a hook (e.g.
+    /// kept by conntrack), or, rarely, was still in flight and lost its tracking.
+    InflightReplaced = 10,
 }
 
-pub const COUNTER_SLOTS: u32 = 10;
+pub const COUNTER_SLOTS: u32 = 11;
 
 impl TryFrom<u32> for Counter {
     type Error = u32;
@@ -61,6 +65,7 @@ impl TryFrom<u32> for Counter {
             7 => Self::EventsRateLimited,
             8 => Self::ProbeErrors,
             9 => Self::FlowStatsFull,
+            10 => Self::InflightReplaced,
             other => return Err(other),
         })
     }

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
     COUNTER_SLOTS, Config, Counter, FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey,
@@ -77,10 +77,12 @@ pub static FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats> =
 #[map(name = "ZERO_STATS")]
 pub static ZERO_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the probes remember about a packet between its datapath passes, keyed by skb address.
+/// What the probes remember about a packet between its datapath passes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
+    /// The skb this slot belongs to (0: free). A slot belongs to one skb at a time.
+    pub skb: u64,
     /// The packet's identity in events: the skb address at its first pass (a clone made for a
     /// recirculation inherits its parent's, see probes/datapath.rs).
     pub id: u64,
@@ -100,14 +102,64 @@ pub struct Inflight {
     pub key: PacketKey,
 }
 
-/// Packets in the datapath right now. LRU: a packet that leaves by a path we do not hook
-/// (consume_skb after a conntrack steal, ...) is evicted instead of filling the map.
+/// Slots of [`INFLIGHT`] per CPU (a power of two).
+pub const INFLIGHT_SLOTS: u32 = 256;
+
+/// Packets in the datapath right now, per CPU, in slots chosen by a hash of the skb address.
+///
+/// Per CPU because a packet's whole datapath journey runs on one CPU: ovs_vport_receive (or
+/// the EXECUTE of an upcalled packet, with bottom halves off) runs its passes, recirculations
+/// (deferred ones included) and outputs or drop synchronously, and BPF programs of these hooks
+/// do not nest on a CPU. So the table needs no lock and no allocation, and a lookup is an array
+/// index: it used to be a shared LRU hash map, whose insert and delete per packet (bucket and
+/// LRU-list locks) were most of the cost of counting.
+///
+/// Few packets are in flight on a CPU at once (one, plus clones awaiting deferred actions),
+/// so 256 slots rarely collide. A packet that leaves by a path without a hook (conntrack
+/// keeping it, ...) leaves its slot behind; the next packet hashed there takes it over. Taking
+/// over a slot touched less than [`INFLIGHT_MAX_AGE_NS`] ago is counted
+/// (`Counter::InflightReplaced`): its packet either left unseen or, rarely, is still in flight
+/// and loses its tracking.
 #[map(name = "INFLIGHT")]
-pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: PerCpuArray<Inflight> = PerCpuArray::with_max_entries(INFLIGHT_SLOTS, 0);
 
 /// A datapath pass lasts micro-seconds; an INFLIGHT entry not touched for this long belongs to
 /// a packet that left unseen, whose skb address has since been reused.
 pub const INFLIGHT_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// This CPU's INFLIGHT slot for an skb address. skbs are slab objects (256-byte aligned in
+/// practice): the multiplicative hash spreads them over the slots.
+#[inline(always)]
+fn inflight_slot(skb: u64) -> Option<&'static mut Inflight> {
+    let i = ((skb >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u32 & (INFLIGHT_SLOTS - 1);
+    let p = INFLIGHT.get_ptr_mut(i)?;
+    // SAFETY: this CPU's value of a per-CPU array slot, valid for the program's run; programs
+    // of these hooks do not nest on a CPU.
+    Some(unsafe { &mut *p })
+}
+
+/// The in-flight entry of `skb` on this CPU, if it has one.
+#[inline(always)]
+pub fn inflight_get(skb: u64) -> Option<&'static mut Inflight> {
+    if skb == 0 {
+        return None;
+    }
+    let e = inflight_slot(skb)?;
+    if e.skb == skb { Some(e) } else { None }
+}
+
+/// The slot a new entry of `skb` goes to, taken from whichever packet held it (counted when
+/// that packet was seen less than [`INFLIGHT_MAX_AGE_NS`] before `ts`). The caller fills it
+/// and sets `skb` last.
+#[inline(always)]
+pub fn inflight_claim(skb: u64, ts: u64) -> Option<&'static mut Inflight> {
+    let e = inflight_slot(skb)?;
+    if e.skb != 0 && e.skb != skb && ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS {
+        bump(Counter::InflightReplaced);
+    }
+    e.skb = 0;
+    Some(e)
+}
 
 /// The pass running on this CPU: set at each flow hit (`ovs_flow_stats_update`, before the
 /// flow's actions run), read by the first pass of a recirculated clone (its parent) and by

@@ -10,7 +10,7 @@
 //! upcalls, and `ovs_dp_process_packet` itself needs no probe (it used to have one: two probes
 //! per pass).
 //!
-//! Per-packet state lives in INFLIGHT, keyed by skb address:
+//! Per-packet state lives in INFLIGHT (per CPU, slots by skb address, see maps.rs):
 //! - a pass with recirc_id == 0 is a packet entering the datapath from a vport: a new entry
 //!   (replacing a stale one whose skb address was reused);
 //! - a pass with recirc_id != 0 continues the entry of its skb;
@@ -25,10 +25,12 @@ use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use detrace_common::{Counter, EventKind};
 
 use super::packet::{
-    Fail, count_hit, cpu, emit, events_enabled, matches, now, read, read_key, read_pass,
-    read_skb_key, scratch_event,
+    Fail, copy_inflight, count_hit, cpu, emit, events_enabled, matches, now, read, read_key,
+    read_pass, read_skb_key, scratch_event,
 };
-use crate::maps::{CURRENT, Current, INFLIGHT, INFLIGHT_MAX_AGE_NS, SCRATCH_INFLIGHT, bump, conf};
+use crate::maps::{
+    CURRENT, Current, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_claim, inflight_get,
+};
 
 /// OVS_PACKET_CMD_MISS (include/uapi/linux/openvswitch.h): the packet is consumed after it is
 /// queued to ovs-vswitchd (datapath.c ovs_dp_process_packet), so its datapath journey ends here.
@@ -62,11 +64,18 @@ fn try_flow_stats_update(ctx: &ProbeContext) -> Result<u32, u32> {
     let skb = arg(ctx, 2)?;
     // struct sw_flow_id: ufid_len == 0 means the union holds the unmasked key pointer instead
     // (a flow installed without a UFID): the packet is still followed, nothing is counted.
-    let ufid_len: u32 = read(flow, conf!(off_flow_ufid_len))?;
+    // ufid_len and the ufid in one read: the ufid follows 4 or 8 bytes later (the loader
+    // checks).
+    let id: [u32; 6] = read(flow, conf!(off_flow_ufid_len))?;
+    let ufid_len = id[0];
     let (ufid, len) = if ufid_len == 0 {
         ([0; 4], 0)
     } else {
-        let ufid: [u32; 4] = read(flow, conf!(off_flow_ufid))?;
+        let ufid = if conf!(off_flow_ufid) - conf!(off_flow_ufid_len) == 4 {
+            [id[1], id[2], id[3], id[4]]
+        } else {
+            [id[2], id[3], id[4], id[5]]
+        };
         let len: u32 = read(skb, conf!(off_skb_len))?;
         count_hit(&ufid, len);
         (ufid, len)
@@ -121,9 +130,7 @@ fn track_pass(
     *slot = Current { skb };
 
     if recirc_id != 0 {
-        if let Some(e) = INFLIGHT.get_ptr_mut(skb) {
-            // SAFETY: a pointer into an INFLIGHT value, valid for the program's run.
-            let e = unsafe { &mut *e };
+        if let Some(e) = inflight_get(skb) {
             if ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS {
                 e.last_ts = ts;
                 e.recirc_id = recirc_id;
@@ -136,20 +143,17 @@ fn track_pass(
             }
         }
         // A clone's first pass: inherit from the pass running on this CPU.
-        if parent != 0 && parent != skb {
-            if let Some(p) = INFLIGHT.get_ptr(parent) {
-                let e = SCRATCH_INFLIGHT.get_ptr_mut(0).ok_or(0u32)?;
-                // SAFETY: p points into an INFLIGHT value and e to this CPU's scratch slot,
-                // both valid for the program's run; copied before the insert below.
-                let e = unsafe {
+        if parent != skb {
+            if let Some(p) = inflight_get(parent) {
+                if ts.wrapping_sub(p.last_ts) < INFLIGHT_MAX_AGE_NS {
+                    // Copied first: the clone's slot may be the parent's own.
+                    let p = copy_inflight(p)?;
+                    let e = inflight_claim(skb, ts).ok_or(0u32)?;
                     *e = *p;
-                    &mut *e
-                };
-                if ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS {
                     e.last_ts = ts;
                     e.recirc_id = recirc_id;
                     e.ufid = ufid;
-                    let _ = INFLIGHT.insert(skb, &*e, 0);
+                    e.skb = skb;
                     return Ok(Pass {
                         id: e.id,
                         first_ts: e.first_ts,
@@ -159,9 +163,7 @@ fn track_pass(
             }
         }
     }
-    let e = SCRATCH_INFLIGHT.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: this CPU's scratch slot, valid for the program's run.
-    let e = unsafe { &mut *e };
+    let e = inflight_claim(skb, ts).ok_or(0u32)?;
     e.id = skb;
     e.first_ts = ts;
     e.last_ts = ts;
@@ -176,10 +178,7 @@ fn track_pass(
     } else {
         e.key = Default::default();
     }
-    // An LRU map makes room by itself; an error here is a kernel allocation failure.
-    if INFLIGHT.insert(skb, &*e, 0).is_err() {
-        bump(Counter::ProbeErrors);
-    }
+    e.skb = skb;
     Ok(Pass {
         id: skb,
         first_ts: ts,
@@ -203,14 +202,13 @@ fn try_upcall(ctx: &ProbeContext) -> Result<u32, u32> {
     let info = arg(ctx, 3)?;
     let cmd: u8 = read(info, conf!(off_upcall_cmd))?;
     let ts = now();
-    let entry = INFLIGHT.get_ptr(skb);
+    let mut entry = inflight_get(skb);
     if events_enabled() {
         let (recirc_id, in_port) = read_pass(key)?;
         let ev = scratch_event()?;
         read_key(key, &mut ev.key)?;
-        let (matched, id, first_ts, ufid) = match entry {
-            // SAFETY: a pointer into an INFLIGHT value, valid for the program's run.
-            Some(p) => unsafe { ((*p).matched != 0, (*p).id, (*p).first_ts, (*p).ufid) },
+        let (matched, id, first_ts, ufid) = match &entry {
+            Some(e) => (e.matched != 0, e.id, e.first_ts, e.ufid),
             None => (matches(&ev.key, in_port), skb, ts, [0; 4]),
         };
         if matched {
@@ -231,8 +229,8 @@ fn try_upcall(ctx: &ProbeContext) -> Result<u32, u32> {
     if cmd == OVS_PACKET_CMD_MISS {
         // A miss is a pass that hit no flow (MISS upcalls come from ovs_dp_process_packet only).
         bump(Counter::Passes);
-        if entry.is_some() {
-            let _ = INFLIGHT.remove(skb);
+        if let Some(e) = entry.as_mut() {
+            e.skb = 0;
         }
     }
     Ok(0)

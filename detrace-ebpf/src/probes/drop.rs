@@ -1,13 +1,13 @@
 //! The skb:kfree_skb tracepoint: a packet the datapath was handling is freed with a drop reason
 //! (`enum skb_drop_reason`; OVS's own are 0x30000 + n, net/openvswitch/drop.h).
 //!
-//! The tracepoint fires for every drop on the host: only skbs in INFLIGHT count.
+//! The tracepoint fires for every drop on the host: only skbs in INFLIGHT (on this CPU) count.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{End, copy_inflight, count_end, emit_end, events_enabled, has_ufid, now, read};
-use crate::maps::{INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
+use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
+use crate::maps::{INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
 /// SKB_CONSUMED (include/net/dropreason-core.h): not a drop (6.12 routes it to
 /// skb:consume_skb anyway; kept for safety across kernels).
@@ -29,11 +29,12 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         bump(Counter::ProbeErrors);
         0u32
     })?;
-    let Some(p) = INFLIGHT.get_ptr(skb) else {
+    let Some(e) = inflight_get(skb) else {
         return Ok(0);
     };
-    let e = copy_inflight(p)?;
-    let _ = INFLIGHT.remove(skb);
+    // The slot is free from now on; its other fields stay readable in this run.
+    e.skb = 0;
+    let e = &*e;
     // SAFETY: as above.
     let reason: u32 = unsafe { ctx.read_at(off_reason) }.map_err(|_| {
         bump(Counter::ProbeErrors);

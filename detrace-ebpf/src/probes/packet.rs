@@ -2,7 +2,9 @@
 //! the rate-limited ring buffer writer and the per-UFID aggregates.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
 };
 use detrace_common::{
@@ -41,6 +43,15 @@ pub fn now() -> u64 {
 /// recirc_id and in_port of a `struct sw_flow_key` (the packet's, or a flow's masked one).
 #[inline(always)]
 pub fn read_pass(key: u64) -> Result<(u32, u32), Fail> {
+    let (in_port, recirc) = (conf!(off_key_in_port), conf!(off_key_recirc_id));
+    if recirc.wrapping_sub(in_port) == 8 {
+        // The usual layout (phy.in_port, mac_proto, tun_proto, ovs_flow_hash, recirc_id): one
+        // read for both.
+        let b: [u8; 12] = read(key, in_port)?;
+        let port = u16::from_ne_bytes([b[0], b[1]]);
+        let recirc = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        return Ok((recirc, u32::from(port)));
+    }
     let recirc: u32 = read(key, conf!(off_key_recirc_id))?;
     // sw_flow_key.phy.in_port is a u16 (checked by the loader).
     let in_port: u16 = read(key, conf!(off_key_in_port))?;
@@ -223,14 +234,14 @@ pub fn scratch_event() -> Result<&'static mut Event, Fail> {
     Ok(unsafe { &mut *p })
 }
 
-/// Copies an INFLIGHT value into this CPU's scratch slot (the entry may be removed next).
+/// Copies an INFLIGHT entry into this CPU's scratch slot (its slot may be taken over next).
 #[inline(always)]
-pub fn copy_inflight(p: *const Inflight) -> Result<&'static Inflight, Fail> {
+pub fn copy_inflight(p: &Inflight) -> Result<&'static Inflight, Fail> {
     let e = SCRATCH_INFLIGHT.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: p comes from an INFLIGHT lookup in this program run, e is this CPU's scratch
-    // slot; both valid and not overlapping.
+    // SAFETY: e is this CPU's scratch slot, valid for the program's run and not overlapping
+    // an INFLIGHT slot.
     unsafe {
-        core::ptr::copy_nonoverlapping(p, e, 1);
+        *e = *p;
         Ok(&*e)
     }
 }
@@ -269,8 +280,19 @@ pub fn emit(ev: &Event) {
         bump(Counter::EventsRateLimited);
         return;
     }
+    // Wake the reader only once a batch waits (a sixteenth of the ring): the default wakes it
+    // for every record it has caught up with, which under load is a reschedule of the reader
+    // per event. User space also polls (EventReader, every few ms), so a lone event is not
+    // left waiting for the next batch.
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
+        >= EVENTS.query(u64::from(BPF_RB_RING_SIZE)) / 16
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     // bpf_ringbuf_output copies from map memory: nothing big on the stack.
-    match EVENTS.output::<Event>(ev, 0) {
+    match EVENTS.output::<Event>(ev, u64::from(flags)) {
         Ok(()) => bump(Counter::EventsSent),
         Err(_) => bump(Counter::EventsLost),
     }

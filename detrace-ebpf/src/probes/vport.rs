@@ -3,8 +3,8 @@
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{End, copy_inflight, count_end, emit_end, events_enabled, has_ufid, now, read};
-use crate::maps::{CURRENT, INFLIGHT, INFLIGHT_MAX_AGE_NS, bump, conf};
+use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
+use crate::maps::{CURRENT, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
 /// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
 #[kprobe]
@@ -23,20 +23,22 @@ fn try_vport_send(ctx: &ProbeContext) -> Result<u32, u32> {
     // An output action that is not the last one sends a clone (actions.c do_execute_actions:
     // skb_clone + do_output): that skb is unknown, the packet is the pass running on this CPU,
     // and it goes on after this output.
-    let (owner, last) = if INFLIGHT.get_ptr(skb).is_some() {
-        (skb, true)
-    } else {
-        let slot = CURRENT.get_ptr(0).ok_or(0u32)?;
-        // SAFETY: this CPU's slot of a per-CPU array.
-        (unsafe { (*slot).skb }, false)
+    let (e, last) = match inflight_get(skb) {
+        Some(e) => (e, true),
+        None => {
+            let slot = CURRENT.get_ptr(0).ok_or(0u32)?;
+            // SAFETY: this CPU's slot of a per-CPU array.
+            let Some(e) = inflight_get(unsafe { (*slot).skb }) else {
+                return Ok(0);
+            };
+            (e, false)
+        }
     };
-    let Some(p) = INFLIGHT.get_ptr(owner) else {
-        return Ok(0);
-    };
-    let e = copy_inflight(p)?;
     if last {
-        let _ = INFLIGHT.remove(skb);
+        // The slot is free from now on; its other fields stay readable in this run.
+        e.skb = 0;
     }
+    let e = &*e;
     let ts = now();
     if ts.wrapping_sub(e.last_ts) >= INFLIGHT_MAX_AGE_NS {
         // A stale entry of a packet that left unseen.

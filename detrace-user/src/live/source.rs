@@ -36,6 +36,9 @@ pub struct LossReport {
     pub events_rate_limited: u64,
     pub probe_errors: u64,
     pub flow_stats_full: u64,
+    /// Absent from recordings made before the counter existed.
+    #[serde(default)]
+    pub inflight_replaced: u64,
 }
 
 impl LossReport {
@@ -52,6 +55,7 @@ impl LossReport {
             events_rate_limited: g(Counter::EventsRateLimited),
             probe_errors: g(Counter::ProbeErrors),
             flow_stats_full: g(Counter::FlowStatsFull),
+            inflight_replaced: g(Counter::InflightReplaced),
         }
     }
 
@@ -80,6 +84,14 @@ impl LossReport {
             s.push_str(&format!(
                 "; {} flow updates not counted (flow table full)",
                 self.flow_stats_full
+            ));
+        }
+        if self.inflight_replaced > 0 {
+            s.push_str(&format!(
+                "; {} packets' in-flight state taken over by a later packet (they left the \
+                 datapath without an output or drop the probes see, or collided in the \
+                 per-CPU table)",
+                self.inflight_replaced
             ));
         }
         s

@@ -96,6 +96,16 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Result<(), ProbeError> {
         .offset;
     cfg.off_flow_ufid_len = id + get("sw_flow_id", "ufid_len", 4)?;
     cfg.off_flow_ufid = id + get("sw_flow_id", "ufid", 16)?;
+    // The probe reads ufid_len and the ufid in one 24-byte read from ufid_len: the ufid must
+    // follow it within 8 bytes (it does: 8, the union holding it also holds a pointer).
+    let gap = cfg.off_flow_ufid.wrapping_sub(cfg.off_flow_ufid_len);
+    if gap != 4 && gap != 8 {
+        return Err(ProbeError::Layout {
+            what: "the gap from sw_flow_id.ufid_len to sw_flow_id.ufid".into(),
+            size: gap,
+            want: 8,
+        });
+    }
     // struct sw_flow { ... struct sw_flow_key key; ... }: the flow's masked key.
     cfg.off_flow_key = btf
         .member("sw_flow", "key")
@@ -182,6 +192,10 @@ mod tests {
         // sw_flow: rcu_head (16) + 2 x { hlist_node[2], u32 } (2 x 40) + int = 100, key at 104.
         assert_eq!(cfg.off_flow_key, 104);
         assert!(cfg.off_flow_ufid_len > cfg.off_flow_key);
+        // The probes' one-read paths: the ufid 8 bytes after ufid_len (union with a pointer),
+        // recirc_id 8 bytes after phy.in_port (mac_proto, tun_proto, ovs_flow_hash between).
+        assert_eq!(cfg.off_flow_ufid - cfg.off_flow_ufid_len, 8);
+        assert_eq!(cfg.off_key_recirc_id - cfg.off_key_in_port, 8);
         // sk_buff: head and the header offsets are distinct members of one struct.
         let skb = [
             cfg.off_skb_len,
