@@ -222,6 +222,10 @@ pub struct ProbesArgs {
     /// Read no events for the first SECS seconds (checks that a full ring is counted as lost).
     #[arg(long, value_name = "SECS")]
     pub hold: Option<f64>,
+    /// Also print what each eBPF program cost: runs and average time per run, as the kernel
+    /// measures it (BPF run-time statistics, enabled for this run only).
+    #[arg(long)]
+    pub cost: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -13,6 +13,11 @@ pub struct BenchArgs {
     /// Seconds of each iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Virtual CPUs of the guest. Under TCG each is a host thread: with 2 on a 2-core host,
+    /// the guest competes with QEMU's own I/O thread and anything else running, and its
+    /// speed drifts between runs; 1 leaves a core free and steadies the figures.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
     /// Only the host benchmarks (no VM).
     #[arg(long)]
     host_only: bool,
@@ -91,10 +96,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
     );
-    let (runs, attach) = crate::lab::run_vm_bench(args.reps, args.seconds)?;
+    let (runs, attach, cost) = crate::lab::run_vm_bench(args.reps, args.seconds, args.cpus)?;
     println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
     println!("{}", report(&runs));
     println!("attach/detach:\n{attach}");
+    println!("probe cost (kernel BPF run-time statistics, 64-byte UDP):\n{cost}");
     Ok(())
 }
 

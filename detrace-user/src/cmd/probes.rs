@@ -44,7 +44,7 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-const COUNTER_NAMES: [(Counter, &str); 10] = [
+const COUNTER_NAMES: [(Counter, &str); 11] = [
     (Counter::Passes, "passes"),
     (Counter::Hits, "hits"),
     (Counter::Upcalls, "upcalls"),
@@ -55,6 +55,7 @@ const COUNTER_NAMES: [(Counter, &str); 10] = [
     (Counter::EventsRateLimited, "events_rate_limited"),
     (Counter::ProbeErrors, "probe_errors"),
     (Counter::FlowStatsFull, "flow_stats_full"),
+    (Counter::InflightReplaced, "inflight_replaced"),
 ];
 
 /// An Event with every wire field under its wire name (what `--events-out` writes): a
@@ -125,6 +126,7 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
         rate_limit: args.rate_limit,
         filter: f.to_filter(),
+        cost: args.cost,
     };
     let mut out_file = match &args.events_out {
         Some(p) => Some(BufWriter::new(
@@ -219,6 +221,19 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
     );
     c.insert("stopped_by".into(), json!(why));
     writeln!(stdout, "{}", Value::Object(c))?;
+    for p in probes.program_costs()? {
+        let avg_ns = if p.runs == 0 {
+            0.0
+        } else {
+            p.time.as_nanos() as f64 / p.runs as f64
+        };
+        writeln!(
+            stdout,
+            "{}",
+            json!({"type": "cost", "program": p.name, "runs": p.runs,
+                   "time_ns": p.time.as_nanos() as u64, "avg_ns": avg_ns})
+        )?;
+    }
     let mut flows = probes.flow_stats()?;
     flows.sort_by_key(|f| std::cmp::Reverse(f.1.packets));
     for (ufid, s) in &flows {

@@ -47,6 +47,7 @@ pub fn attach_live(
         ring_bytes: args.ring_size,
         rate_limit: args.rate_limit,
         filter: args.filter.to_filter(),
+        cost: false,
     };
     let mut probes = Probes::attach(&opts)?;
     let reader = probes.take_events();

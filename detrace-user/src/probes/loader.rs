@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{KProbe, ProgramError, TracePoint},
+    programs::{KProbe, Program, ProgramError, TracePoint},
 };
 use detrace_common::{
     COUNTER_SLOTS, Config, Event, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT,
@@ -43,6 +43,11 @@ const KPROBES: &[(&str, &str)] = &[
     ("ovs_vport_send", "ovs_vport_send"),
 ];
 const TP_PROGRAM: &str = "kfree_skb";
+
+/// How often the event reader looks at the ring buffer when it was not woken: the probes wake
+/// it only once a sixteenth of the ring is filled (detrace-ebpf probes/packet.rs `emit`), so
+/// this bounds how long a lone event can wait.
+const EVENT_POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -88,6 +93,10 @@ pub enum ProbeError {
     SymbolMissing { symbol: &'static str },
     #[error("loading the eBPF object")]
     Object { source: aya::EbpfError },
+    #[error("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")]
+    CostStats { source: aya::sys::SyscallError },
+    #[error("a thread loading the probes panicked")]
+    LoaderPanic,
     #[error("the embedded eBPF object has no program {name}")]
     NoProgram { name: &'static str },
     #[error("loading eBPF program {program} (rejected by the kernel)")]
@@ -114,6 +123,14 @@ pub enum ProbeError {
     Filter { why: String },
 }
 
+/// One program's cost, from the kernel's BPF run-time statistics.
+#[derive(Clone, Debug)]
+pub struct ProgramCost {
+    pub name: String,
+    pub runs: u64,
+    pub time: Duration,
+}
+
 /// What to trace and how.
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -124,6 +141,9 @@ pub struct ProbeOptions {
     /// Max events per second per CPU; 0: unlimited.
     pub rate_limit: u32,
     pub filter: Filter,
+    /// Have the kernel time every program run ([`Probes::program_costs`]); this costs two
+    /// clock reads per run, so it is off unless asked for.
+    pub cost: bool,
 }
 
 impl Default for ProbeOptions {
@@ -133,6 +153,7 @@ impl Default for ProbeOptions {
             ring_bytes: 1 << 20,
             rate_limit: 0,
             filter: Filter::default(),
+            cost: false,
         }
     }
 }
@@ -213,6 +234,8 @@ pub struct Probes {
     // nothing else; the Ebpf owns the programs and their links.
     events: Option<EventReader>,
     ebpf: Ebpf,
+    /// While open, the kernel times every BPF program run (BPF_ENABLE_STATS).
+    cost_stats: Option<std::os::fd::OwnedFd>,
     attach_time: Duration,
     phases: Vec<(&'static str, Duration)>,
 }
@@ -333,18 +356,45 @@ impl Probes {
             }
         };
         mark("checks", &mut phases);
-        let cfg = config(opts, &tracefs)?;
+        // aya's EbpfLoader::new parses the kernel's BTF (for CO-RE, which these programs do not
+        // use, but it cannot be skipped); our offsets need a parse of their own (with the
+        // module's split BTF). Both run at once: on a 2-CPU guest that hides one of them.
+        let (loader, cfg) = std::thread::scope(|s| {
+            let aya = s.spawn(EbpfLoader::new);
+            let cfg = config(opts, &tracefs);
+            (aya.join(), cfg)
+        });
+        let cfg = cfg?;
+        let mut loader = loader.map_err(|_| ProbeError::LoaderPanic)?;
         tracing::debug!(?cfg, "probe configuration");
-        mark("offsets", &mut phases);
-
-        let mut loader = EbpfLoader::new();
-        mark("aya_kernel_btf", &mut phases);
+        mark("offsets+aya_kernel_btf", &mut phases);
         let mut ebpf = loader
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
         mark("object", &mut phases);
+        // Every program is loaded (verified) at once: the verifier runs in the loading thread
+        // and the programs do not depend on each other.
+        let wanted = |n: &str| {
+            KPROBES
+                .iter()
+                .map(|&(p, _)| p)
+                .chain([TP_PROGRAM])
+                .find(|p| *p == n)
+        };
+        std::thread::scope(|s| -> Result<(), ProbeError> {
+            let jobs: Vec<_> = ebpf
+                .programs_mut()
+                .filter_map(|(name, prog)| wanted(name).map(|name| (name, prog)))
+                .map(|(name, prog)| s.spawn(move || load_program(name, prog)))
+                .collect();
+            for job in jobs {
+                job.join().map_err(|_| ProbeError::LoaderPanic)??;
+            }
+            Ok(())
+        })?;
+        mark("load_verify", &mut phases);
         for &(name, target) in KPROBES {
             let prog: &mut KProbe = ebpf
                 .program_mut(name)
@@ -354,11 +404,6 @@ impl Probes {
                     program: name,
                     source,
                 })?;
-            prog.load().map_err(|source| ProbeError::Load {
-                program: name,
-                source,
-            })?;
-            mark(name, &mut phases);
             prog.attach(target, 0).map_err(|source| {
                 if !kallsyms_has(target) {
                     ProbeError::SymbolMissing { symbol: target }
@@ -370,6 +415,7 @@ impl Probes {
                     }
                 }
             })?;
+            mark(target, &mut phases);
         }
         let tp: &mut TracePoint = ebpf
             .program_mut(TP_PROGRAM)
@@ -379,17 +425,13 @@ impl Probes {
                 program: TP_PROGRAM,
                 source,
             })?;
-        tp.load().map_err(|source| ProbeError::Load {
-            program: TP_PROGRAM,
-            source,
-        })?;
-        mark(TP_PROGRAM, &mut phases);
         tp.attach("skb", "kfree_skb")
             .map_err(|source| ProbeError::Attach {
                 program: TP_PROGRAM,
                 target: "skb:kfree_skb",
                 source,
             })?;
+        mark("skb:kfree_skb", &mut phases);
 
         let events = if opts.events {
             let map = ebpf
@@ -403,10 +445,18 @@ impl Probes {
         } else {
             None
         };
-        mark("attach_kfree_skb", &mut phases);
+        let cost_stats = if opts.cost {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .map_err(|source| ProbeError::CostStats { source })?,
+            )
+        } else {
+            None
+        };
         Ok(Probes {
             events,
             ebpf,
+            cost_stats,
             attach_time: start.elapsed(),
             phases,
         })
@@ -428,6 +478,29 @@ impl Probes {
         let start = Instant::now();
         drop(self);
         start.elapsed()
+    }
+
+    /// What each program has cost so far (attached with [`ProbeOptions::cost`]): runs and
+    /// the CPU time the kernel measured inside the program (not counting the kprobe or
+    /// tracepoint dispatch around it).
+    pub fn program_costs(&self) -> Result<Vec<ProgramCost>, ProbeError> {
+        if self.cost_stats.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (name, prog) in self.ebpf.programs() {
+            let info = prog.info().map_err(|source| ProbeError::Load {
+                program: "(program info)",
+                source,
+            })?;
+            out.push(ProgramCost {
+                name: name.to_string(),
+                runs: info.run_count(),
+                time: info.run_time(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Per-UFID aggregates, summed over CPUs.
@@ -470,6 +543,19 @@ impl Probes {
     /// The event stream, once; None when the probes were attached without `events`.
     pub fn take_events(&mut self) -> Option<EventReader> {
         self.events.take()
+    }
+}
+
+/// Loads (the kernel verifies) one of the programs [`Probes::attach`] attaches.
+fn load_program(name: &'static str, prog: &mut Program) -> Result<(), ProbeError> {
+    let err = |source| ProbeError::Load {
+        program: name,
+        source,
+    };
+    match prog {
+        Program::KProbe(p) => p.load().map_err(err),
+        Program::TracePoint(p) => p.load().map_err(err),
+        _ => Err(err(ProgramError::UnexpectedProgramType)),
     }
 }
 
@@ -553,7 +639,7 @@ impl EventReader {
     }
 
     /// Waits until the ring buffer has records, then appends everything available to `out`.
-    /// Must run inside a tokio runtime (with the `net` reactor enabled).
+    /// Must run inside a tokio runtime with its I/O and time drivers enabled.
     pub async fn read_batch(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         if let Ring::Idle(_) = self.ring {
             let Ring::Idle(r) = std::mem::replace(&mut self.ring, Ring::Gone) else {
@@ -580,7 +666,12 @@ impl EventReader {
             if Self::drain(fd.get_mut(), &mut self.malformed, out) > 0 {
                 return Ok(());
             }
-            let mut guard = fd.readable_mut().await?;
+            // The probes wake us only once a batch is waiting; below that, records are picked
+            // up when the poll interval ends.
+            let Ok(guard) = tokio::time::timeout(EVENT_POLL, fd.readable_mut()).await else {
+                continue;
+            };
+            let mut guard = guard?;
             if Self::drain(guard.get_inner_mut(), &mut self.malformed, out) > 0 {
                 return Ok(());
             }

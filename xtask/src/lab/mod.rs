@@ -244,6 +244,7 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<()> {
             interactive: args.shell,
             boot_timeout: Duration::from_secs(120),
             timeout,
+            cpus: 2,
         },
         |_, line| {
             if let Some(m) = line.split(MARK).nth(1) {
@@ -339,7 +340,7 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
         names.len(),
         console_log.display()
     ));
-    let end = boot_batch(&image, &share, "test", &console_log, timeout)?;
+    let end = boot_batch(&image, &share, "test", &console_log, timeout, 2)?;
     let kept = keep_results(&share, "vm-test-results")?;
     let report = guest::collect(&kept, &names);
     for (n, why) in &report.failed {
@@ -398,8 +399,13 @@ pub fn ensure_free_space(path: &Path, need: u64) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask bench`'s datapath part: boots the guest in bench mode (xtask/guest/bench.sh) and
-/// returns the per-run lines (`mode rep tcp_bps udp_pps`) and the attach/detach lines.
-pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)> {
+/// returns the per-run lines (`mode rep tcp_bps udp_pps`), the attach/detach lines and the probe
+/// cost lines.
+pub fn run_vm_bench(
+    reps: u32,
+    seconds: u32,
+    cpus: u32,
+) -> anyhow::Result<(String, String, String)> {
     let (image, detrace) = prepare()?;
     let share = guest::Share::new(&detrace)?;
     share.write_config(&[
@@ -407,16 +413,19 @@ pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)>
         ("BENCH_SECONDS", seconds.to_string()),
     ])?;
     let console_log = lab_target().join("bench-console.log");
-    // 4 modes x 2 tests per repetition, plus attach/detach and setup.
-    let timeout = Duration::from_secs(300 + u64::from(reps) * 4 * (2 * u64::from(seconds) + 15));
+    // 4 modes x 2 tests per repetition, plus attach/detach and setup, then 4 cost runs.
+    let timeout = Duration::from_secs(
+        300 + (u64::from(reps) + 1) * 4 * (2 * u64::from(seconds) + 15),
+    );
     progress(&format!(
         "running the datapath benchmark (console log {})",
         console_log.display()
     ));
-    let end = boot_batch(&image, &share, "bench", &console_log, timeout)?;
+    let end = boot_batch(&image, &share, "bench", &console_log, timeout, cpus)?;
     let results = share.results();
     let runs = fs::read_to_string(results.join("bench.txt")).unwrap_or_default();
     let attach = fs::read_to_string(results.join("attach.txt")).unwrap_or_default();
+    let cost = fs::read_to_string(results.join("cost.txt")).unwrap_or_default();
     keep_results(&share, "bench-results")?;
     finish(end, &console_log)?;
     if !results.join("done").exists() {
@@ -425,7 +434,7 @@ pub fn run_vm_bench(reps: u32, seconds: u32) -> anyhow::Result<(String, String)>
             console_log.display()
         );
     }
-    Ok((runs, attach))
+    Ok((runs, attach, cost))
 }
 
 /// Boots the guest in a non-interactive mode, guest progress lines shown as progress and the
@@ -436,6 +445,7 @@ fn boot_batch(
     mode: &str,
     console_log: &Path,
     timeout: Duration,
+    cpus: u32,
 ) -> anyhow::Result<End> {
     qemu::boot(
         &qemu::Boot {
@@ -446,6 +456,7 @@ fn boot_batch(
             interactive: false,
             boot_timeout: Duration::from_secs(120),
             timeout,
+            cpus,
         },
         |_, line| match line.split(MARK).nth(1) {
             Some(m) => progress(&format!("guest: {m}")),

@@ -53,6 +53,8 @@ pub struct Boot<'a> {
     pub boot_timeout: Duration,
     /// For the whole run.
     pub timeout: Duration,
+    /// Virtual CPUs (each one a host thread under TCG).
+    pub cpus: u32,
 }
 
 #[derive(Debug)]
@@ -111,9 +113,9 @@ pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Res
     }
     let mut cmd = Command::new(qemu_binary());
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "3072"])
+        .arg("-smp")
+        .arg(spec.cpus.to_string())
         .args([
-            "-smp",
-            "2",
             "-display",
             "none",
             "-no-reboot",
