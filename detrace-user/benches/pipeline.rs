@@ -11,7 +11,7 @@ use std::{hint::black_box, time::Instant};
 
 use detrace::{
     aggregate::FlowTable,
-    events::{PacketEvent, path::PathAssembler},
+    events::{Kind, PacketEvent, path::PathAssembler},
     explain::{FlowSummary, culprit::Culprit},
     live::explainer::{Backend, ExplainCache, Explained, LookupRef},
     ovs::unixctl::UnixctlClient,
@@ -170,7 +170,15 @@ fn main() {
     let t = Instant::now();
     for rec in &records {
         match PacketEvent::decode_bytes(rec) {
-            Ok(e) => asm.push(&e, &mut traces),
+            Ok(e) => {
+                // A pass's explanation and counters are fetched while its packet is still in
+                // flight (as the live session does for explanations).
+                if let (Kind::Pass, Some(u)) = (e.kind, e.ufid) {
+                    cache.warm(u);
+                    table.warm(&u);
+                }
+                asm.push(&e, &mut traces);
+            }
             Err(_) => decode_errors += 1,
         }
         for tr in traces.drain(..) {

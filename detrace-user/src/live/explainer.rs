@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    FastMap,
+    aggregate::ufid_map::{UfidMap, prefetch},
     explain::{FlowSummary, explain},
     ovn::{OvnReplicas, Resolver},
     ovs::{unixctl::Appctl, vswitchd::Vswitchd},
@@ -101,6 +101,9 @@ pub struct ExplainStats {
     pub resolve_max_us: u64,
 }
 
+/// How many UFIDs [`ExplainCache::warm`] keeps between prefetching a slot and reading it.
+const WARM_DEPTH: usize = 4;
+
 /// Where explanations come from: live daemons, or a recording.
 pub enum Backend<A: Appctl> {
     Live {
@@ -113,7 +116,11 @@ pub enum Backend<A: Appctl> {
 
 pub struct ExplainCache<A: Appctl> {
     backend: Backend<A>,
-    cache: FastMap<Uuid, Entry>,
+    /// None: never asked (the map's empty value).
+    cache: UfidMap<Option<Entry>>,
+    /// Pass UFIDs whose slot was prefetched most recently (see [`Self::warm`]).
+    warming: [Uuid; WARM_DEPTH],
+    warm_next: usize,
     /// Token bucket over unixctl requests.
     budget: f64,
     per_sec: f64,
@@ -133,7 +140,9 @@ impl<A: Appctl> ExplainCache<A> {
     pub fn new(backend: Backend<A>, per_sec: f64) -> Self {
         Self {
             backend,
-            cache: FastMap::default(),
+            cache: UfidMap::default(),
+            warming: [Uuid(0); WARM_DEPTH],
+            warm_next: 0,
             budget: per_sec.max(1.0),
             per_sec: per_sec.max(0.1),
             last: Instant::now(),
@@ -147,12 +156,12 @@ impl<A: Appctl> ExplainCache<A> {
     /// Adds an explanation obtained elsewhere (a recording).
     pub fn insert(&mut self, e: Explained) {
         self.cache
-            .insert(e.summary.ufid, Entry::Explained(Arc::new(e)));
+            .insert(e.summary.ufid, Some(Entry::Explained(Arc::new(e))));
     }
 
     pub fn cached(&self, ufid: &Uuid) -> Option<&Arc<Explained>> {
         match self.cache.get(ufid) {
-            Some(Entry::Explained(e)) => Some(e),
+            Some(Some(Entry::Explained(e))) => Some(e),
             _ => None,
         }
     }
@@ -173,16 +182,35 @@ impl<A: Appctl> ExplainCache<A> {
     /// entry just touched, and no reference count).
     pub fn lookup(&mut self, ufid: Uuid) -> LookupRef<'_> {
         let settled = match self.cache.get(&ufid) {
-            Some(Entry::Explained(_)) => true,
-            Some(Entry::Failed(f)) => Instant::now() < f.retry_at,
-            None => false,
+            Some(Some(Entry::Explained(_))) => true,
+            Some(Some(Entry::Failed(f))) => Instant::now() < f.retry_at,
+            _ => false,
         };
         if !settled && !self.try_resolve(ufid) {
             return LookupRef::Pending;
         }
-        self.cache
-            .get(&ufid)
-            .map_or(LookupRef::Pending, Entry::as_lookup)
+        match self.cache.get(&ufid) {
+            Some(Some(e)) => e.as_lookup(),
+            _ => LookupRef::Pending,
+        }
+    }
+
+    /// Prepares a lookup of `ufid` that will come a little later (a pass's UFID is known when
+    /// its event arrives; it is looked up when its packet ends): its cache slot is prefetched
+    /// now, and the explanation of the UFID warmed [`WARM_DEPTH`] calls ago (whose slot has
+    /// arrived since) is prefetched in turn. Never waits for memory, changes nothing.
+    #[inline]
+    pub fn warm(&mut self, ufid: Uuid) {
+        self.cache.prefetch(&ufid);
+        let earlier = std::mem::replace(&mut self.warming[self.warm_next], ufid);
+        self.warm_next = (self.warm_next + 1) % WARM_DEPTH;
+        if let Some(Some(Entry::Explained(e))) = self.cache.get(&earlier) {
+            let p = Arc::as_ptr(e).cast::<u8>();
+            // The summary the printers read: its first lines.
+            for off in (0..std::mem::size_of::<Explained>().min(4 * 64)).step_by(64) {
+                prefetch(p.wrapping_add(off));
+            }
+        }
     }
 
     /// Resolves `ufid` if the backend and the request budget allow; false when deferred.
@@ -242,7 +270,7 @@ impl<A: Appctl> ExplainCache<A> {
                 }))
             }
         };
-        self.cache.insert(ufid, entry);
+        self.cache.insert(ufid, Some(entry));
     }
 
     /// Datapath port names (empty for a recording, or when ovs-vswitchd does not answer).
@@ -259,8 +287,8 @@ impl<A: Appctl> ExplainCache<A> {
     /// Every explanation held (for recordings).
     pub fn explained(&self) -> impl Iterator<Item = &Arc<Explained>> {
         self.cache.values().filter_map(|l| match l {
-            Entry::Explained(e) => Some(e),
-            Entry::Failed(_) => None,
+            Some(Entry::Explained(e)) => Some(e),
+            _ => None,
         })
     }
 }
@@ -345,6 +373,14 @@ mod tests {
         assert!(matches!(cache.get(Uuid(7)), Lookup::Pending));
         assert_eq!(cache.explained().count(), 2);
         assert_eq!(cache.stats.deferred, 0, "a recording defers nothing");
+        // Warming (prefetching) answers nothing and changes nothing, known or not.
+        for n in 0..100 {
+            cache.warm(if n % 2 == 0 { a } else { Uuid(n) });
+        }
+        assert!(matches!(cache.lookup(a), LookupRef::Explained(e) if Arc::ptr_eq(e, &held)));
+        assert_eq!(Arc::strong_count(&held), 2);
+        assert!(matches!(cache.lookup(Uuid(7)), LookupRef::Pending));
+        assert_eq!(cache.explained().count(), 2);
     }
 
     /// An ovs-vswitchd where every flow is gone: the failure is kept (borrowed by `lookup`,
@@ -391,8 +427,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(cache.lookup(u), LookupRef::Failed { .. }));
+        // Warming never asks ovs-vswitchd, even for a UFID it has never seen.
+        cache.warm(u);
+        for n in 1..20u128 {
+            cache.warm(Uuid(0xbeef << 96 | n));
+        }
         assert_eq!(calls.get(), asked, "not asked again before retry_at");
-        assert_eq!(cache.stats.failed, 1);
+        assert_eq!(cache.stats.ovs_requests + 1, calls.get());
+        assert!(matches!(
+            cache.lookup(Uuid(0xbeef << 96 | 1)),
+            LookupRef::Failed { .. }
+        ));
+        assert!(calls.get() > asked, "a lookup asks");
+        assert_eq!(cache.stats.ovs_requests + 1, calls.get());
+        assert_eq!(cache.stats.failed, 2);
         assert!(cache.cached(&u).is_none());
     }
 

@@ -20,7 +20,7 @@ use crate::{
     aggregate::{DropGroup, FlowTable, group_drops},
     cli::Format,
     events::{
-        Packet, PacketEvent, Verdict,
+        Kind, Packet, PacketEvent, Verdict,
         path::{AssemblyStats, PacketTrace, PathAssembler},
     },
     explain::culprit::Culprit,
@@ -180,9 +180,17 @@ impl<A: Appctl> Session<A> {
 
     /// Decodes and assembles a batch of raw events; handles finished packets.
     pub fn ingest(&mut self, events: &[Event]) -> std::io::Result<()> {
+        // Watch and record look up every pass's explanation when its packet ends: fetch it
+        // from memory while the packet is still in flight.
+        let warm = matches!(self.mode, Mode::Watch | Mode::Record);
         for e in events {
             match PacketEvent::decode(e) {
-                Ok(pe) => self.asm.push(&pe, &mut self.traces),
+                Ok(pe) => {
+                    if let (true, Kind::Pass, Some(u)) = (warm, pe.kind, pe.ufid) {
+                        self.cache.warm(u);
+                    }
+                    self.asm.push(&pe, &mut self.traces);
+                }
                 Err(err) => {
                     self.decode_errors += 1;
                     tracing::warn!("undecodable event: {err}");
