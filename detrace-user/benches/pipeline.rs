@@ -171,11 +171,10 @@ fn main() {
     for rec in &records {
         match PacketEvent::decode_bytes(rec) {
             Ok(e) => {
-                // A pass's explanation and counters are fetched while its packet is still in
-                // flight (as the live session does for explanations).
+                // As the live session does: a pass's explanation is fetched from memory while
+                // its packet is still in flight.
                 if let (Kind::Pass, Some(u)) = (e.kind, e.ufid) {
                     cache.warm(u);
-                    table.warm(&u);
                 }
                 asm.push(&e, &mut traces);
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     FastMap,
-    aggregate::{counters::FlowCounters, ufid_map::UfidMap},
+    aggregate::counters::FlowCounters,
     events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
     explain::{ObjectName, culprit::Culprit},
     uuid::Uuid,
@@ -170,12 +170,11 @@ fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
 }
 
 /// Per-flow counters with rates between snapshots. A flow costs one compact 64-byte
-/// [`FlowCounters`] (plus its key and a tag byte) rather than the kernel's 424-byte
-/// [`FlowStats`], in a table that can be prefetched ([`FlowTable::warm`]).
+/// [`FlowCounters`] (plus its key) rather than the kernel's 424-byte [`FlowStats`].
 #[derive(Default)]
 pub struct FlowTable {
-    pub flows: UfidMap<FlowCounters>,
-    prev: UfidMap<FlowCounters>,
+    pub flows: FastMap<Uuid, FlowCounters>,
+    prev: FastMap<Uuid, FlowCounters>,
 }
 
 impl FlowTable {
@@ -194,18 +193,12 @@ impl FlowTable {
     pub fn add_trace(&mut self, t: &PacketTrace) {
         let last = t.passes.len().wrapping_sub(1);
         for (i, p) in t.passes.iter().enumerate() {
-            let c = self.flows.entry_or_default(p.ufid);
+            let c = self.flows.entry(p.ufid).or_default();
             c.add_pass(t.len);
             if i == last {
                 c.record_end(&t.verdict, t.latency_ns);
             }
         }
-    }
-
-    /// Prefetches `ufid`'s counters: a pass seen now is counted when its packet ends.
-    #[inline]
-    pub fn warm(&self, ufid: &Uuid) {
-        self.flows.prefetch(ufid);
     }
 
     /// Every flow's counters in the kernel's layout (what drop grouping takes).
@@ -232,7 +225,7 @@ impl FlowTable {
     /// Rows per OVN object: a flow counts for every object it traces back to.
     pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
         let mut sums: HashMap<ObjectName, (FlowStats, FlowStats)> = HashMap::new();
-        for (u, c) in self.flows.iter() {
+        for (u, c) in &self.flows {
             let s = &c.to_stats();
             let d = self
                 .prev
@@ -378,11 +371,6 @@ mod tests {
         assert_eq!(groups[0].flows, vec![u1, u2]);
         assert_eq!(groups[0].reasons["OVS_DROP_EXPLICIT"], 12);
         assert!(groups[0].sample.is_some());
-        // Prefetching a flow counts nothing and adds no flow.
-        t.warm(&Uuid(77 << 96));
-        t.warm(&u1);
-        assert_eq!(t.flows.len(), 3);
-        assert!(!t.flows.contains_key(&Uuid(77 << 96)));
         let rows = t.rows(2.0, |_| String::new());
         let r1 = rows.iter().find(|r| r.key == format!("ufid:{u1}")).unwrap();
         assert_eq!(r1.pps, 5.0);
