@@ -1,7 +1,7 @@
-//! A hash map keyed by UFID that can be prefetched: the per-UFID tables of the event pipeline
-//! are far larger than the CPU caches at 100k flows, and a lookup that waits for memory costs
-//! more than the rest of an event. A pass's UFID is known as soon as its event arrives while its
-//! lookups come when the packet ends, so the pipeline asks for the slot's cache line early
+//! A hash map keyed by UFID that can be prefetched (the explanation cache's): at 100k flows the
+//! cache is far larger than the CPU caches, and a lookup that waits for memory costs more than
+//! the rest of an event. A pass's UFID is known as soon as its event arrives while its lookup
+//! comes when the packet ends, so the pipeline asks for the slot's cache line early
 //! ([`UfidMap::prefetch`]) and finds it there later.
 //!
 //! Open addressing with linear probing: a byte per slot (empty, or 7 bits of the hash) so a
