@@ -110,7 +110,8 @@ pub const INFLIGHT_SLOTS: u32 = 256;
 /// Per CPU because a packet's whole datapath journey runs on one CPU: ovs_vport_receive (or
 /// the EXECUTE of an upcalled packet, with bottom halves off) runs its passes, recirculations
 /// (deferred ones included) and outputs or drop synchronously, and BPF programs of these hooks
-/// do not nest on a CPU. So the table needs no lock and no allocation, and a lookup is an array
+/// do not nest on a CPU (see [`crate::probes::packet::scratch_event`]). So the table needs no
+/// lock and no allocation, and a lookup is an array
 /// index: it used to be a shared LRU hash map, whose insert and delete per packet (bucket and
 /// LRU-list locks) were most of the cost of counting.
 ///

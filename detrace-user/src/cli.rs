@@ -109,6 +109,10 @@ pub struct LiveArgs {
     /// Write a line on stdout once the probes are attached (for scripts and tests).
     #[arg(long)]
     pub ready: bool,
+    /// Hook the datapath with kprobes even where fentry attaches (fentry costs less per
+    /// packet; this is for comparison, or for a kernel where fentry misbehaves).
+    #[arg(long)]
+    pub kprobes: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -226,6 +230,9 @@ pub struct ProbesArgs {
     /// measures it (BPF run-time statistics, enabled for this run only).
     #[arg(long)]
     pub cost: bool,
+    /// Hook the datapath with kprobes even where fentry attaches.
+    #[arg(long)]
+    pub kprobes: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -27,6 +27,7 @@ start_mode() {
   case $1 in
     base) return 0 ;;
     top) $DETRACE top --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    top-kprobes) $DETRACE top --kprobes --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-none) $DETRACE watch --ready --dst 10.244.9.9 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-all) $DETRACE watch --ready --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
   esac
@@ -38,7 +39,7 @@ stop_mode() { [ "$1" = base ] && return 0; kill -INT $DPID; wait $DPID; }
 
 # Where the attach time goes, on a quiet guest (no traffic yet): phases of three attaches.
 for i in 1 2 3; do
-  $DETRACE probes --attach 0.5 | python3 -c '
+  $DETRACE probes --attach 0.5 2>>$R/detrace-probes.err | python3 -c '
 import json, sys
 a = [json.loads(l) for l in sys.stdin if "\"attached\"" in l][0]
 print(f"attach {a[\"attach_ms\"]:.0f} ms:", ", ".join(f"{k} {v:.0f}" for k, v in a["phases_ms"].items()))'
@@ -46,10 +47,12 @@ done > $R/phases.txt
 : > $R/bench.txt
 # Modes alternate A B C D, and the order rotates by one each repetition (B C D A, ...) so that
 # no mode always runs right after the same other one (the guest's speed drifts over a run).
-MODES="base top watch-none watch-all"
+# top-kprobes: top with the datapath hooked by kprobes instead of fentry, side by side.
+MODES="base top watch-none watch-all top-kprobes"
+NMODES=$(echo $MODES | wc -w)
 for rep in $(seq $REPS); do
   set -- $MODES
-  for i in $(seq $(( (rep - 1) % 4 ))); do set -- "$@" "$1"; shift; done
+  for i in $(seq $(( (rep - 1) % NMODES ))); do set -- "$@" "$1"; shift; done
   for mode in "$@"; do
     mark bench mode=$mode rep=$rep
     start_mode $mode
@@ -71,9 +74,10 @@ b0=$(busy); pps=$(udp); b1=$(busy)
 python3 -c "
 hz, secs, pps, b = $(getconf CLK_TCK), $SECS, $pps, $b1 - $b0
 print(f'base udp-64B {pps} pps, guest CPU {b / hz * 1e9 / (pps * secs):.0f} ns per packet')" | tee -a $R/cost.txt
-for mode in top watch-none watch-all; do
+for mode in top watch-none watch-all top-kprobes; do
   case $mode in
     top) flags= ;; watch-none) flags="--events --dst 10.244.9.9" ;; watch-all) flags=--events ;;
+    top-kprobes) flags=--kprobes ;;
   esac
   ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J > /tmp/cost-udp.json &
   IPID=$!

@@ -40,7 +40,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// base drifts by tens of percent across repetitions under TCG, which the ratio of medians
 /// carries and the paired ratios mostly cancel).
 pub fn report(runs: &str) -> String {
-    let modes = ["base", "top", "watch-none", "watch-all"];
+    let modes = ["base", "top", "watch-none", "watch-all", "top-kprobes"];
     let mut out = String::from(
         "mode         tcp Mbit/s (median)  ratio  paired   udp 64B pps (median)  ratio  paired   runs\n",
     );

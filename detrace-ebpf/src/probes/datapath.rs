@@ -21,12 +21,15 @@
 //!   decision and first-pass key. Without a live parent (the packet came back from an upcall
 //!   through OVS_PACKET_CMD_EXECUTE, or probes were attached mid-flight) the clone starts afresh.
 
-use aya_ebpf::{macros::kprobe, programs::ProbeContext};
-use detrace_common::{Counter, EventKind};
+use aya_ebpf::{
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
+};
+use detrace_common::{Counter, EventKind, PacketKey};
 
 use super::packet::{
-    Fail, copy_inflight, count_hit, cpu, emit, events_enabled, matches, now, read, read_key,
-    read_pass, read_skb_key, scratch_event,
+    copy_inflight, count_hit, cpu, emit, events_enabled, fentry_args, matches, nonzero, now, read,
+    read_key, read_pass, read_skb_key, scratch_event,
 };
 use crate::maps::{
     CURRENT, Current, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_claim, inflight_get,
@@ -36,32 +39,35 @@ use crate::maps::{
 /// queued to ovs-vswitchd (datapath.c ovs_dp_process_packet), so its datapath journey ends here.
 const OVS_PACKET_CMD_MISS: u8 = 1;
 
-#[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> Result<u64, Fail> {
-    match ctx.arg::<u64>(n) {
-        Some(v) if v != 0 => Ok(v),
-        _ => {
-            bump(Counter::ProbeErrors);
-            Err(0)
-        }
-    }
-}
-
 /// `void ovs_flow_stats_update(struct sw_flow *flow, __be16 tcp_flags, const struct sk_buff
 /// *skb)`: called by ovs_dp_process_packet right after a flow table hit, once per pass that hits.
+/// The kprobe, for kernels where the fentry below cannot attach.
 #[kprobe]
 pub fn ovs_flow_stats_update(ctx: ProbeContext) -> u32 {
-    match try_flow_stats_update(&ctx) {
-        Ok(r) | Err(r) => r,
+    match nonzero(ctx.arg(0)).and_then(|flow| Ok((flow, nonzero(ctx.arg(2))?))) {
+        Ok((flow, skb)) => flow_hit(flow, skb).unwrap_or_else(|r| r),
+        Err(r) => r,
     }
 }
 
-fn try_flow_stats_update(ctx: &ProbeContext) -> Result<u32, u32> {
+/// The same hook as an fentry program (a BPF trampoline: no breakpoint or ftrace handler, no
+/// register save, no perf event around it). Loaded by user space itself (probes/fentry.rs):
+/// the target lives in the openvswitch module's BTF.
+#[fentry(function = "ovs_flow_stats_update")]
+pub fn fentry_flow_stats_update(ctx: FEntryContext) -> u32 {
+    let args =
+        fentry_args::<3>(&ctx).and_then(|a| Ok((nonzero(Some(a[0]))?, nonzero(Some(a[2]))?)));
+    match args {
+        Ok((flow, skb)) => flow_hit(flow, skb).unwrap_or_else(|r| r),
+        Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     bump(Counter::Hits);
     // A pass is a hit or a miss; misses are counted by ovs_dp_upcall.
     bump(Counter::Passes);
-    let flow = arg(ctx, 0)?;
-    let skb = arg(ctx, 2)?;
     // struct sw_flow_id: ufid_len == 0 means the union holds the unmasked key pointer instead
     // (a flow installed without a UFID): the packet is still followed, nothing is counted.
     // ufid_len and the ufid in one read: the ufid follows 4 or 8 bytes later (the loader
@@ -88,8 +94,12 @@ fn try_flow_stats_update(ctx: &ProbeContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let ev = scratch_event()?;
-    // This pass's fields (a later pass may see NAT-rewritten addresses).
-    read_skb_key(skb, flow_key, &mut ev.key)?;
+    // This pass's fields (a later pass may see NAT-rewritten addresses); a packet's first
+    // pass has just read them into its in-flight entry.
+    match pass.first_key {
+        Some(k) => ev.key = *k,
+        None => read_skb_key(skb, flow_key, &mut ev.key)?,
+    }
     ev.kind = EventKind::Pass as u32;
     ev.cpu = cpu();
     ev.ts_ns = ts;
@@ -109,6 +119,8 @@ struct Pass {
     id: u64,
     first_ts: u64,
     matched: bool,
+    /// On a packet's first pass with events on: the fields just read from its headers.
+    first_key: Option<&'static PacketKey>,
 }
 
 /// The in-flight bookkeeping of one pass that hit `ufid` (see the module doc): continues the
@@ -139,6 +151,7 @@ fn track_pass(
                     id: e.id,
                     first_ts: e.first_ts,
                     matched: e.matched != 0,
+                    first_key: None,
                 });
             }
         }
@@ -158,6 +171,7 @@ fn track_pass(
                         id: e.id,
                         first_ts: e.first_ts,
                         matched: e.matched != 0,
+                        first_key: None,
                     });
                 }
             }
@@ -171,7 +185,8 @@ fn track_pass(
     e.matched = 0;
     e.in_port = in_port;
     e.recirc_id = recirc_id;
-    if events_enabled() {
+    let events = events_enabled();
+    if events {
         // Decided once, on the first pass: later passes may see NAT-rewritten addresses.
         read_skb_key(skb, flow_key, &mut e.key)?;
         e.matched = u32::from(matches(&e.key, in_port));
@@ -179,10 +194,12 @@ fn track_pass(
         e.key = Default::default();
     }
     e.skb = skb;
+    let e = &*e;
     Ok(Pass {
         id: skb,
         first_ts: ts,
         matched: e.matched != 0,
+        first_key: events.then_some(&e.key),
     })
 }
 
@@ -190,16 +207,37 @@ fn track_pass(
 /// const struct dp_upcall_info *upcall_info, uint32_t cutlen)`: a miss, or a userspace() action.
 #[kprobe]
 pub fn ovs_dp_upcall(ctx: ProbeContext) -> u32 {
-    match try_upcall(&ctx) {
-        Ok(r) | Err(r) => r,
+    let args = (|| {
+        Ok((
+            nonzero(ctx.arg(1))?,
+            nonzero(ctx.arg(2))?,
+            nonzero(ctx.arg(3))?,
+        ))
+    })();
+    match args {
+        Ok((skb, key, info)) => upcall(skb, key, info).unwrap_or_else(|r| r),
+        Err(r) => r,
     }
 }
 
-fn try_upcall(ctx: &ProbeContext) -> Result<u32, u32> {
+#[fentry(function = "ovs_dp_upcall")]
+pub fn fentry_dp_upcall(ctx: FEntryContext) -> u32 {
+    let args = fentry_args::<4>(&ctx).and_then(|a| {
+        Ok((
+            nonzero(Some(a[1]))?,
+            nonzero(Some(a[2]))?,
+            nonzero(Some(a[3]))?,
+        ))
+    });
+    match args {
+        Ok((skb, key, info)) => upcall(skb, key, info).unwrap_or_else(|r| r),
+        Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn upcall(skb: u64, key: u64, info: u64) -> Result<u32, u32> {
     bump(Counter::Upcalls);
-    let skb = arg(ctx, 1)?;
-    let key = arg(ctx, 2)?;
-    let info = arg(ctx, 3)?;
     let cmd: u8 = read(info, conf!(off_upcall_cmd))?;
     let ts = now();
     let mut entry = inflight_get(skb);

@@ -2,10 +2,12 @@
 //! the rate-limited ring buffer writer and the per-UFID aggregates.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
         BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
     },
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::FEntryContext,
 };
 use detrace_common::{
     Counter, DROP_REASON_SLOTS, Event, EventKind, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
@@ -28,6 +30,27 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, Fail> {
     match unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) } {
         Ok(v) => Ok(v),
         Err(_) => {
+            bump(Counter::ProbeErrors);
+            Err(0)
+        }
+    }
+}
+
+/// The first `N` arguments of an fentry program's function, as plain numbers. Read from the
+/// context directly, the verifier types pointer arguments by BTF (`ptr_sk_buff`, ...) and
+/// refuses the arithmetic the probes do on them (offsets from Config, the in-flight slot
+/// hash); one kernel read of the context array gives integers, as a kprobe's registers are.
+#[inline(always)]
+pub fn fentry_args<const N: usize>(ctx: &FEntryContext) -> Result<[u64; N], Fail> {
+    read::<[u64; N]>(ctx.as_ptr() as u64, 0)
+}
+
+/// A pointer argument of a hooked function; missing or NULL is counted as a probe error.
+#[inline(always)]
+pub fn nonzero(v: Option<u64>) -> Result<u64, Fail> {
+    match v {
+        Some(v) if v != 0 => Ok(v),
+        _ => {
             bump(Counter::ProbeErrors);
             Err(0)
         }
@@ -229,8 +252,12 @@ fn rate_ok(ts: u64) -> bool {
 pub fn scratch_event() -> Result<&'static mut Event, Fail> {
     let p = SCRATCH_EVENT.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; one program
-    // at a time uses it on a CPU (BPF programs do not nest for these hooks: kprobes and the
-    // tracepoint run with recursion protection).
+    // at a time uses it on a CPU. kprobes and the tracepoint share the kernel's per-CPU
+    // bpf_prog_active guard, so they never nest. An fentry program has only its own recursion
+    // guard: the tracepoint could run inside it only if an skb were freed with a drop reason
+    // from a hard interrupt on that CPU while the datapath (which runs with bottom halves
+    // off) is in one of its hooks; drivers free skbs from interrupts through
+    // dev_kfree_skb_irq, which defers the free to a softirq.
     Ok(unsafe { &mut *p })
 }
 

@@ -1,28 +1,39 @@
 //! `ovs_vport_send` (net/openvswitch/vport.c): the packet leaves the datapath through a port.
 
-use aya_ebpf::{macros::kprobe, programs::ProbeContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe},
+    programs::{FEntryContext, ProbeContext},
+};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
+use super::packet::{
+    End, count_end, emit_end, events_enabled, fentry_args, has_ufid, nonzero, now, read,
+};
 use crate::maps::{CURRENT, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
 /// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
 #[kprobe]
 pub fn ovs_vport_send(ctx: ProbeContext) -> u32 {
-    match try_vport_send(&ctx) {
-        Ok(r) | Err(r) => r,
+    match nonzero(ctx.arg(0)).and_then(|vport| Ok((vport, nonzero(ctx.arg(1))?))) {
+        Ok((vport, skb)) => vport_send(vport, skb).unwrap_or_else(|r| r),
+        Err(r) => r,
     }
 }
 
-fn try_vport_send(ctx: &ProbeContext) -> Result<u32, u32> {
+/// The same hook as an fentry program (see probes/datapath.rs).
+#[fentry(function = "ovs_vport_send")]
+pub fn fentry_vport_send(ctx: FEntryContext) -> u32 {
+    let args =
+        fentry_args::<2>(&ctx).and_then(|a| Ok((nonzero(Some(a[0]))?, nonzero(Some(a[1]))?)));
+    match args {
+        Ok((vport, skb)) => vport_send(vport, skb).unwrap_or_else(|r| r),
+        Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn vport_send(vport: u64, skb: u64) -> Result<u32, u32> {
     bump(Counter::Outputs);
-    let (Some(vport), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
-        bump(Counter::ProbeErrors);
-        return Err(0);
-    };
-    // An output action that is not the last one sends a clone (actions.c do_execute_actions:
-    // skb_clone + do_output): that skb is unknown, the packet is the pass running on this CPU,
-    // and it goes on after this output.
     let (e, last) = match inflight_get(skb) {
         Some(e) => (e, true),
         None => {

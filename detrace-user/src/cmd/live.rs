@@ -63,7 +63,8 @@ fn run_with_events(
     command: &str,
 ) -> anyhow::Result<()> {
     let cache = explainer(live)?;
-    let (tracer, mut source, attach_time) = crate::live::kernel::attach_live(events, true)?;
+    let (tracer, mut source, attach_time) =
+        crate::live::kernel::attach_live(events, true, live.kprobes)?;
     eprintln!("detrace: probes attached in {attach_time:?}");
     if live.ready {
         println!("ready");
@@ -165,7 +166,8 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
         ring_size: 4096,
         rate_limit: 0,
     };
-    let (tracer, _source, attach_time) = crate::live::kernel::attach_live(&no_events, false)?;
+    let (tracer, _source, attach_time) =
+        crate::live::kernel::attach_live(&no_events, false, args.live.kprobes)?;
     eprintln!("detrace: probes attached in {attach_time:?}");
     if args.live.ready {
         println!("ready");

@@ -127,6 +127,7 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         rate_limit: args.rate_limit,
         filter: f.to_filter(),
         cost: args.cost,
+        kprobes_only: args.kprobes,
     };
     let mut out_file = match &args.events_out {
         Some(p) => Some(BufWriter::new(
@@ -147,6 +148,9 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         "{}",
         json!({"type": "attached", "attach_ms": probes.attach_time().as_secs_f64() * 1e3,
                "events": opts.events,
+               "hooks": probes.hook_kinds().iter()
+                   .map(|(f, k)| ((*f).to_string(), json!(k)))
+                   .collect::<serde_json::Map<_, _>>(),
                "phases_ms": probes.attach_phases().iter()
                    .map(|(k, d)| ((*k).to_string(), json!(d.as_secs_f64() * 1e3)))
                    .collect::<serde_json::Map<_, _>>()})

@@ -41,6 +41,7 @@ impl EventSource for KernelEvents {
 pub fn attach_live(
     args: &EventArgs,
     events: bool,
+    kprobes_only: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
     let opts = ProbeOptions {
         events,
@@ -48,9 +49,16 @@ pub fn attach_live(
         rate_limit: args.rate_limit,
         filter: args.filter.to_filter(),
         cost: false,
+        kprobes_only,
     };
     let mut probes = Probes::attach(&opts)?;
     let reader = probes.take_events();
     let t = probes.attach_time();
+    let kinds: Vec<String> = probes
+        .hook_kinds()
+        .iter()
+        .map(|(f, k)| format!("{f}:{k}"))
+        .collect();
+    tracing::info!("datapath hooks: {}", kinds.join(" "));
     Ok((KernelTracer(probes), KernelEvents(reader), t))
 }

@@ -303,6 +303,22 @@ impl Btf {
         Ok(None)
     }
 
+    /// Type id of the function named `name` in the split (module) BTF: the target id an fentry
+    /// program on that module function is loaded with.
+    pub fn split_func(&self, name: &str) -> Result<Option<u32>, BtfError> {
+        let Some(split) = &self.split else {
+            return Ok(None);
+        };
+        let base_count = self.base_count();
+        for id in base_count..base_count + split.types.len() {
+            let t = self.ty(id as u32)?;
+            if t.kind == KIND_FUNC && self.name(t.name_off)? == name.as_bytes() {
+                return Ok(Some(id as u32));
+            }
+        }
+        Ok(None)
+    }
+
     /// Byte offset and size of `path` (dot-separated, e.g. `ipv4.addr.src`) in struct `ty`.
     /// Anonymous structs and unions on the way are looked through, as C does.
     pub fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {
@@ -409,6 +425,28 @@ mod tests {
         .map(|(t, p)| m(t, p).offset)
         .collect();
         assert_eq!(offsets, [328, 336, 360, 364, 370, 376, 112, 24, 32]);
+    }
+
+    #[test]
+    fn module_functions_for_fentry() {
+        let btf = lab_btf();
+        let ids: Vec<u32> = ["ovs_flow_stats_update", "ovs_dp_upcall", "ovs_vport_send"]
+            .iter()
+            .map(|f| btf.split_func(f).expect("parse").expect(f))
+            .collect();
+        // Ids in the split numbering (after vmlinux's), distinct, and each a FUNC of that name.
+        for (id, f) in ids
+            .iter()
+            .zip(["ovs_flow_stats_update", "ovs_dp_upcall", "ovs_vport_send"])
+        {
+            assert!(*id as usize >= btf.base_count(), "{f}: {id}");
+            let t = btf.ty(*id).expect("type");
+            assert_eq!(t.kind, KIND_FUNC);
+            assert_eq!(btf.name(t.name_off).expect("name"), f.as_bytes());
+        }
+        assert_eq!(btf.split_func("no_such_function").expect("parse"), None);
+        // A vmlinux function is not the module's.
+        assert_eq!(btf.split_func("kfree_skb").expect("parse"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use super::{
     EBPF_OBJECT,
     btf::{Btf, BtfError},
-    offsets,
+    fentry, offsets,
 };
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -35,12 +35,31 @@ const BTF_OPENVSWITCH: &str = "/sys/kernel/btf/openvswitch";
 const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_OLD: &str = "/sys/kernel/debug/tracing";
 
-/// The kprobes, in attach order: (program name in detrace-ebpf, kernel function). One probe per
-/// datapath pass (`ovs_flow_stats_update`, see detrace-ebpf/src/probes/datapath.rs).
-const KPROBES: &[(&str, &str)] = &[
-    ("ovs_flow_stats_update", "ovs_flow_stats_update"),
-    ("ovs_dp_upcall", "ovs_dp_upcall"),
-    ("ovs_vport_send", "ovs_vport_send"),
+/// The datapath hooks, in attach order: one program per way of attaching (fentry first, the
+/// kprobe when fentry cannot attach) on one openvswitch function. One probe per datapath pass
+/// (`ovs_flow_stats_update`, see detrace-ebpf/src/probes/datapath.rs).
+struct Hook {
+    function: &'static str,
+    fentry: &'static str,
+    kprobe: &'static str,
+}
+
+const HOOKS: &[Hook] = &[
+    Hook {
+        function: "ovs_flow_stats_update",
+        fentry: "fentry_flow_stats_update",
+        kprobe: "ovs_flow_stats_update",
+    },
+    Hook {
+        function: "ovs_dp_upcall",
+        fentry: "fentry_dp_upcall",
+        kprobe: "ovs_dp_upcall",
+    },
+    Hook {
+        function: "ovs_vport_send",
+        fentry: "fentry_vport_send",
+        kprobe: "ovs_vport_send",
+    },
 ];
 const TP_PROGRAM: &str = "kfree_skb";
 
@@ -144,6 +163,8 @@ pub struct ProbeOptions {
     /// Have the kernel time every program run ([`Probes::program_costs`]); this costs two
     /// clock reads per run, so it is off unless asked for.
     pub cost: bool,
+    /// Hook the datapath with kprobes even where fentry would attach.
+    pub kprobes_only: bool,
 }
 
 impl Default for ProbeOptions {
@@ -154,6 +175,7 @@ impl Default for ProbeOptions {
             rate_limit: 0,
             filter: Filter::default(),
             cost: false,
+            kprobes_only: false,
         }
     }
 }
@@ -233,6 +255,10 @@ pub struct Probes {
     // Field order is drop order: the reader (which holds the ring buffer map) may outlive
     // nothing else; the Ebpf owns the programs and their links.
     events: Option<EventReader>,
+    /// Closing them detaches the fentry programs.
+    fentries: Vec<fentry::Attached>,
+    /// How each hooked function is probed: (function, "fentry" | "kprobe").
+    hook_kinds: Vec<(&'static str, &'static str)>,
     ebpf: Ebpf,
     /// While open, the kernel times every BPF program run (BPF_ENABLE_STATS).
     cost_stats: Option<std::os::fd::OwnedFd>,
@@ -301,8 +327,12 @@ fn kallsyms_has(symbol: &str) -> bool {
     })
 }
 
-/// Builds the load-time configuration: offsets from BTF and tracefs, filter, rate limit.
-pub fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<Config, ProbeError> {
+/// Builds the load-time configuration (offsets from BTF and tracefs, filter, rate limit), and
+/// finds each hook's function in the module's BTF (its fentry target; None: not there).
+pub fn config(
+    opts: &ProbeOptions,
+    tracefs: &Path,
+) -> Result<(Config, Vec<Option<u32>>), ProbeError> {
     let vmlinux = read_btf(
         BTF_VMLINUX,
         "this kernel was built without CONFIG_DEBUG_INFO_BTF",
@@ -321,7 +351,11 @@ pub fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<Config, ProbeError>
     cfg.events_enabled = u32::from(opts.events);
     cfg.rate_limit = opts.rate_limit;
     opts.filter.apply(&mut cfg)?;
-    Ok(cfg)
+    let funcs = HOOKS
+        .iter()
+        .map(|h| btf.split_func(h.function).ok().flatten())
+        .collect();
+    Ok((cfg, funcs))
 }
 
 impl Probes {
@@ -364,7 +398,7 @@ impl Probes {
             let cfg = config(opts, &tracefs);
             (aya.join(), cfg)
         });
-        let cfg = cfg?;
+        let (cfg, funcs) = cfg?;
         let mut loader = loader.map_err(|_| ProbeError::LoaderPanic)?;
         tracing::debug!(?cfg, "probe configuration");
         mark("offsets+aya_kernel_btf", &mut phases);
@@ -374,12 +408,62 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
         mark("object", &mut phases);
-        // Every program is loaded (verified) at once: the verifier runs in the loading thread
-        // and the programs do not depend on each other.
+
+        // fentry where it attaches; each hook that cannot gets its kprobe instead.
+        let mut fentries = Vec::new();
+        let mut kinds: Vec<(&'static str, &'static str)> = Vec::new();
+        let mut need_kprobe = Vec::new();
+        let setup = if opts.kprobes_only {
+            Err("--kprobes asked for".to_string())
+        } else {
+            fentry::module_btf("openvswitch")
+                .map_err(|e| format!("the openvswitch module's BTF object: {e}"))
+                .and_then(|btf| Ok((btf, fentry::Relocated::new(EBPF_OBJECT, &ebpf)?)))
+        };
+        match &setup {
+            Ok((btf, code)) => {
+                // Loaded (verified) in parallel: the verifier runs in the loading thread.
+                let results: Vec<_> = std::thread::scope(|s| {
+                    let jobs: Vec<_> = HOOKS
+                        .iter()
+                        .zip(&funcs)
+                        .map(|(h, id)| {
+                            s.spawn(move || match id {
+                                Some(id) => code.attach(h.fentry, btf, *id),
+                                None => Err("not in the module's BTF".to_string()),
+                            })
+                        })
+                        .collect();
+                    jobs.into_iter()
+                        .map(|j| j.join().unwrap_or_else(|_| Err("panicked".to_string())))
+                        .collect()
+                });
+                for (h, r) in HOOKS.iter().zip(results) {
+                    match r {
+                        Ok(a) => {
+                            fentries.push(a);
+                            kinds.push((h.function, "fentry"));
+                        }
+                        Err(e) => {
+                            tracing::warn!("fentry on {}: {e}; using a kprobe", h.function);
+                            need_kprobe.push(h);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !opts.kprobes_only {
+                    tracing::warn!("fentry unavailable ({e}): using kprobes");
+                }
+                need_kprobe.extend(HOOKS.iter());
+            }
+        }
+        mark("fentry", &mut phases);
+        // The kprobes needed and the tracepoint, loaded (verified) in parallel.
         let wanted = |n: &str| {
-            KPROBES
+            need_kprobe
                 .iter()
-                .map(|&(p, _)| p)
+                .map(|h| h.kprobe)
                 .chain([TP_PROGRAM])
                 .find(|p| *p == n)
         };
@@ -395,7 +479,8 @@ impl Probes {
             Ok(())
         })?;
         mark("load_verify", &mut phases);
-        for &(name, target) in KPROBES {
+        for h in &need_kprobe {
+            let (name, target) = (h.kprobe, h.function);
             let prog: &mut KProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::NoProgram { name })?
@@ -415,6 +500,7 @@ impl Probes {
                     }
                 }
             })?;
+            kinds.push((target, "kprobe"));
             mark(target, &mut phases);
         }
         let tp: &mut TracePoint = ebpf
@@ -455,11 +541,18 @@ impl Probes {
         };
         Ok(Probes {
             events,
+            fentries,
+            hook_kinds: kinds,
             ebpf,
             cost_stats,
             attach_time: start.elapsed(),
             phases,
         })
+    }
+
+    /// How each hooked openvswitch function is probed: (function, "fentry" | "kprobe").
+    pub fn hook_kinds(&self) -> &[(&'static str, &'static str)] {
+        &self.hook_kinds
     }
 
     /// From the start of [`Probes::attach`] to the last probe attached.
@@ -489,6 +582,11 @@ impl Probes {
         }
         let mut out = Vec::new();
         for (name, prog) in self.ebpf.programs() {
+            // Programs of the object that were not loaded (a hook's kprobe when its fentry
+            // attached) have no info and no cost.
+            if prog.fd().is_err() {
+                continue;
+            }
             let info = prog.info().map_err(|source| ProbeError::Load {
                 program: "(program info)",
                 source,
@@ -497,6 +595,23 @@ impl Probes {
                 name: name.to_string(),
                 runs: info.run_count(),
                 time: info.run_time(),
+            });
+        }
+        for (f, kind) in self
+            .fentries
+            .iter()
+            .zip(self.hook_kinds.iter().filter(|(_, kind)| *kind == "fentry"))
+        {
+            let (runs, time) = f.cost().map_err(|source| ProbeError::CostStats {
+                source: aya::sys::SyscallError {
+                    call: "bpf_obj_get_info_by_fd",
+                    io_error: source,
+                },
+            })?;
+            out.push(ProgramCost {
+                name: format!("fentry:{}", kind.0),
+                runs,
+                time,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

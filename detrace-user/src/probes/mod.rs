@@ -8,6 +8,7 @@
 //! offset is hard-coded.
 
 pub mod btf;
+mod fentry;
 pub mod loader;
 mod offsets;
 

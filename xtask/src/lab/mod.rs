@@ -413,10 +413,9 @@ pub fn run_vm_bench(
         ("BENCH_SECONDS", seconds.to_string()),
     ])?;
     let console_log = lab_target().join("bench-console.log");
-    // 4 modes x 2 tests per repetition, plus attach/detach and setup, then 4 cost runs.
-    let timeout = Duration::from_secs(
-        300 + (u64::from(reps) + 1) * 4 * (2 * u64::from(seconds) + 15),
-    );
+    // 5 modes x 2 tests per repetition, plus attach/detach and setup, then 5 cost runs.
+    let timeout =
+        Duration::from_secs(300 + (u64::from(reps) + 1) * 5 * (2 * u64::from(seconds) + 15));
     progress(&format!(
         "running the datapath benchmark (console log {})",
         console_log.display()

@@ -115,13 +115,7 @@ pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Res
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "3072"])
         .arg("-smp")
         .arg(spec.cpus.to_string())
-        .args([
-            "-display",
-            "none",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
+        .args(["-display", "none", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&spec.image.kernel)
         .arg("-initrd")
