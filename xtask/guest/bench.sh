@@ -35,16 +35,24 @@ start_mode() {
   for i in $(seq 100); do grep -q '^ready' /tmp/d.out 2>/dev/null && return 0; sleep 0.1; done
   die "detrace $1 did not attach: $(tail -3 $R/detrace-$1.err)"
 }
-stop_mode() { [ "$1" = base ] && return 0; kill -INT $DPID; wait $DPID; }
+# detrace's own CPU time (utime + stime, clock ticks) during the mode's runs: from once it is
+# attached (startup and attach excluded) to the end of its runs.
+ticks() { [ -n "${DPID:-}" ] && awk '{print $14 + $15}' /proc/$DPID/stat || echo 0; }
+stop_mode() {
+  [ "$1" = base ] && return 0
+  echo "$1 $2 $(( $(ticks) - TICKS0 )) $(getconf CLK_TCK) $(( $(date +%s%N) - T0 ))" >> $R/cpu.txt
+  kill -INT $DPID; wait $DPID
+}
 
 # Where the attach time goes, on a quiet guest (no traffic yet): phases of three attaches.
 for i in 1 2 3; do
   $DETRACE probes --attach 0.5 2>>$R/detrace-probes.err | python3 -c '
 import json, sys
-a = [json.loads(l) for l in sys.stdin if "\"attached\"" in l][0]
-print(f"attach {a[\"attach_ms\"]:.0f} ms:", ", ".join(f"{k} {v:.0f}" for k, v in a["phases_ms"].items()))'
+a = [json.loads(l) for l in sys.stdin if "attached" in l][0]
+ms, hooks = a["attach_ms"], " ".join(f"{k}:{v}" for k, v in a["hooks"].items())
+print(f"attach {ms:.0f} ms ({hooks}):", ", ".join(f"{k} {v:.0f}" for k, v in a["phases_ms"].items()))'
 done > $R/phases.txt
-: > $R/bench.txt
+: > $R/bench.txt; : > $R/cpu.txt
 # Modes alternate A B C D, and the order rotates by one each repetition (B C D A, ...) so that
 # no mode always runs right after the same other one (the guest's speed drifts over a run).
 # top-kprobes: top with the datapath hooked by kprobes instead of fentry, side by side.
@@ -55,13 +63,25 @@ for rep in $(seq $REPS); do
   for i in $(seq $(( (rep - 1) % NMODES ))); do set -- "$@" "$1"; shift; done
   for mode in "$@"; do
     mark bench mode=$mode rep=$rep
+    DPID=
     start_mode $mode
+    T0=$(date +%s%N) TICKS0=$(ticks)
     t=$(tcp); u=$(udp)
-    stop_mode $mode
+    stop_mode $mode $rep
     echo "$mode $rep $t $u" | tee -a $R/bench.txt
   done
 done
 { cat $R/phases.txt; grep -h 'attached in\|detached in' $R/detrace-*.err; } > $R/attach.txt
+# detrace's user-space share of one (guest) CPU during its runs, median per mode.
+python3 - $R/cpu.txt >> $R/attach.txt <<'PY'
+import statistics, sys
+by = {}
+for l in open(sys.argv[1]):
+    mode, rep, ticks, hz, ns = l.split()
+    by.setdefault(mode, []).append(int(ticks) / int(hz) / (int(ns) / 1e9))
+for mode, v in by.items():
+    print(f"detrace process CPU during {mode} runs (once attached): median {100 * statistics.median(v):.1f}% of one CPU")
+PY
 
 # Probe cost, a figure TCG's drift does not blur: the kernel's BPF run-time statistics
 # (`detrace probes --attach --cost`, the same programs in each mode's configuration) give the

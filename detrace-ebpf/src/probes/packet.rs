@@ -125,8 +125,17 @@ pub fn read_skb_key(skb: u64, flow_key: u64, k: &mut PacketKey) -> Result<(), Fa
         return Ok(());
     }
     let head: u64 = read(skb, conf!(off_skb_head))?;
-    let nh: u16 = read(skb, conf!(off_skb_network_header))?;
-    let th: u16 = read(skb, conf!(off_skb_transport_header))?;
+    let (off_th, off_nh) = (
+        conf!(off_skb_transport_header),
+        conf!(off_skb_network_header),
+    );
+    let (nh, th) = if off_nh.wrapping_sub(off_th) == 2 {
+        // Adjacent (transport_header, network_header, mac_header): one read.
+        let h: [u16; 2] = read(skb, off_th)?;
+        (h[1], h[0])
+    } else {
+        (read::<u16>(skb, off_nh)?, read::<u16>(skb, off_th)?)
+    };
     let mut ports = true;
     if k.eth_type == 0x0800 {
         let h: [u8; 20] = read(head, u32::from(nh))?;

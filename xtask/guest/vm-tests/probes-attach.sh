@@ -1,6 +1,7 @@
 #!/bin/bash
 # The kernel side in the lab guest (run by `cargo xtask integration-test vm`, lab topology and
-# traffic up): `detrace probes --attach` loads and attaches the eBPF programs with offsets from
+# traffic up): `detrace probes --attach` loads and attaches the eBPF programs (fentry on this
+# kernel, and kprobes with --kprobes) with offsets from
 # this kernel's BTF, counts passes/hits/drops/outputs in the kernel, aggregates per UFID (UFIDs
 # that OVS itself lists), attributes the ACL drop (reason 0x30003 OVS_DROP_EXPLICIT) to the
 # dropping flow, streams filtered events, and counts what the rate limit and a tiny ring buffer
@@ -41,6 +42,9 @@ assert 0 < att["attach_ms"] < 30000 and 0 < det["detach_ms"] < 30000, (att, det)
 for k in ("passes", "hits", "outputs", "drops"):
     assert c[k] > 0, f"counter {k} is 0: {c}"
 assert c["probe_errors"] == 0, f"probe errors: {c}"
+# This kernel has module BTF and BPF trampolines: every datapath hook is an fentry program.
+assert att["hooks"] == {"ovs_flow_stats_update": "fentry", "ovs_dp_upcall": "fentry",
+                        "ovs_vport_send": "fentry"}, att["hooks"]
 assert c["events_sent"] == 0, "events sent without --events"
 assert flows, "no per-UFID stats"
 known = [f for f in flows if "ufid:" + f["ufid"] in flows_txt]
@@ -55,6 +59,21 @@ assert any(f["outputs"] > 0 and sum(f["latency"].values()) > 0 for f in flows), 
 print(f"attach {att['attach_ms']:.0f} ms, detach {det['detach_ms']:.0f} ms, counters {c}")
 EOF
 ok "counting: passes/hits/outputs/drops, per-UFID stats known to OVS, 0x30003 on the tcp/9999 flow"
+
+# --- 1b. the kprobe fallback (--kprobes) counts the same way
+"$D" probes --attach 3 --kprobes > $T/kp.jsonl 2> $T/kp.err || { cat $T/kp.err; fail "probes --attach --kprobes exited $?"; }
+python3 - $T/kp.jsonl <<'EOF' || fail "kprobe run"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+att = [l for l in lines if l["type"] == "attached"][0]
+c = [l for l in lines if l["type"] == "counters"][0]
+assert set(att["hooks"].values()) == {"kprobe"}, att["hooks"]
+for k in ("passes", "hits", "outputs"):
+    assert c[k] > 0, f"counter {k} is 0 with kprobes: {c}"
+assert c["probe_errors"] == 0, c
+print("kprobes:", att["hooks"], c)
+EOF
+ok "kprobe fallback: --kprobes hooks and counts"
 
 # --- 2. events, all fields, captured for the fixtures (the client's traffic: VIP, direct, ping, 9999)
 "$D" probes --attach 3 --host $CLIENT --max-events 5 --events-out $R/events-lab.jsonl > $T/ev.jsonl 2> $T/ev.err ||
