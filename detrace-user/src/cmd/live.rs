@@ -112,7 +112,12 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
         &args.live,
         &args.events,
         Mode::Watch,
-        Box::new(std::io::stdout()),
+        // Buffered: one write per batch of events (the session flushes after each batch and
+        // every 500 ms), not one per packet line as stdout's own line buffering does.
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )),
         "watch",
     )
 }
@@ -125,7 +130,10 @@ pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
         &args.live,
         &args.events,
         mode,
-        Box::new(std::io::stdout()),
+        Box::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )),
         "drops",
     )
 }

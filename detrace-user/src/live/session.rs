@@ -387,6 +387,8 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
                 sess.ingest(&batch)?;
                 sess.batch = batch;
                 sess.batch.clear();
+                // What this batch printed goes out now (the output may be buffered).
+                sess.out.flush()?;
             }
             _ = tick.tick() => {
                 sess.expire()?;
