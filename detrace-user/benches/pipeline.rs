@@ -143,6 +143,7 @@ fn summary(u: Uuid) -> Explained {
             rules_error: None,
         },
         full: serde_json::Value::Null,
+        summary_json: Default::default(),
     }
 }
 

@@ -85,6 +85,31 @@ pub struct Explained {
     pub summary: FlowSummary,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub full: serde_json::Value,
+    /// `summary` as JSON text, made the first time it is asked for: `watch --format json`
+    /// prints it for every pass of every packet, and serializing it anew each time was the
+    /// larger part of watch's own CPU.
+    #[serde(skip)]
+    pub summary_json: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+}
+
+impl Explained {
+    pub fn new(summary: FlowSummary, full: serde_json::Value) -> Self {
+        Self {
+            summary,
+            full,
+            summary_json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// [`Explained::summary`] as JSON text (the same text serializing it gives), made once.
+    pub fn summary_json(&self) -> &serde_json::value::RawValue {
+        self.summary_json.get_or_init(|| {
+            serde_json::value::to_raw_value(&self.summary).unwrap_or_else(|e| {
+                serde_json::value::to_raw_value(&format!("(summary not serializable: {e})"))
+                    .expect("a string serializes")
+            })
+        })
+    }
 }
 
 /// Counts the user sees next to the results.
@@ -238,14 +263,14 @@ impl<A: Appctl> ExplainCache<A> {
             let rules = ovs.rules(&dp, &flow);
             let (sb, nb) = (ovn.sb(), ovn.nb());
             let e = explain(&dp, &flow, rules, &Resolver { sb: &sb, nb: &nb });
-            Explained {
-                summary: FlowSummary::of(&e),
-                full: if keep_full {
+            Explained::new(
+                FlowSummary::of(&e),
+                if keep_full {
                     serde_json::to_value(&e).unwrap_or_default()
                 } else {
                     serde_json::Value::Null
                 },
-            }
+            )
         });
         // Every request made counts against the budget (get-flow, detrace and its retries, the
         // trace fallback): the long-run rate stays at `per_sec` whatever a lookup costs.
@@ -343,11 +368,26 @@ mod tests {
                 rules_error: None,
             },
             full: serde_json::Value::Null,
+            summary_json: Default::default(),
         }
     }
 
     /// A recording's explanations: served borrowed (no reference taken) or owned, the same
     /// ones; unknown UFIDs stay pending and are never asked for.
+    #[test]
+    fn summary_json_is_the_summary_serialized_once() {
+        let e = summary(Uuid(7), "ACL drop-9999");
+        let text = e.summary_json().get().to_string();
+        assert_eq!(text, serde_json::to_string(&e.summary).unwrap());
+        assert!(text.contains("ACL drop-9999"), "{text}");
+        // Made once: the second call hands out the same text.
+        assert!(std::ptr::eq(e.summary_json(), e.summary_json()));
+        // A recording (serialized Explained) does not carry it; read back, it is made again.
+        let back: Explained = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert!(!serde_json::to_string(&e).unwrap().contains("summary_json"));
+        assert_eq!(back.summary_json().get(), text);
+    }
+
     #[test]
     fn recorded_lookups_borrow_or_share_the_same_explanation() {
         let mut cache = ExplainCache::<Busy>::new(Backend::Recorded, 1.0);

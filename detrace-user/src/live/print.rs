@@ -101,7 +101,7 @@ pub struct PassView<'a> {
     pub recirc_id: u32,
     pub packet: &'a Packet,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub explanation: Option<&'a crate::explain::FlowSummary>,
+    pub explanation: Option<&'a serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain_error: Option<String>,
 }
@@ -141,7 +141,7 @@ pub fn packet_json(clock: &Clock, ports: &Ports, t: &PacketTrace, looks: &[Looku
             ufid: p.ufid,
             recirc_id: p.recirc_id,
             packet: &p.packet,
-            explanation: explained(l).map(|e| &e.summary),
+            explanation: explained(l).map(|e| e.summary_json()),
             explain_error: match l {
                 Lookup::Failed { error, .. } => Some(error.clone()),
                 Lookup::Pending => Some("not resolved yet (request budget)".into()),
