@@ -32,7 +32,7 @@ use super::packet::{
     read_key, read_pass, read_skb_key, scratch_event,
 };
 use crate::maps::{
-    CURRENT, Current, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_claim, inflight_get,
+    CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, bump, conf, inflight_claim, inflight_get,
 };
 
 /// OVS_PACKET_CMD_MISS (include/uapi/linux/openvswitch.h): the packet is consumed after it is
@@ -123,6 +123,21 @@ struct Pass {
     first_key: Option<&'static PacketKey>,
 }
 
+/// A later pass of a packet whose in-flight entry is `e` (its own, or its parent's copied to a
+/// clone): the entry moves on to this pass.
+#[inline(always)]
+fn continue_pass(e: &mut Inflight, ufid: [u32; 4], recirc_id: u32, ts: u64) -> Pass {
+    e.last_ts = ts;
+    e.recirc_id = recirc_id;
+    e.ufid = ufid;
+    Pass {
+        id: e.id,
+        first_ts: e.first_ts,
+        matched: e.matched != 0,
+        first_key: None,
+    }
+}
+
 /// The in-flight bookkeeping of one pass that hit `ufid` (see the module doc): continues the
 /// skb's entry, or a clone inherits its parent's, or a packet starts (its filter decision and
 /// first-pass key taken now, before any NAT).
@@ -144,15 +159,7 @@ fn track_pass(
     if recirc_id != 0 {
         if let Some(e) = inflight_get(skb) {
             if ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS {
-                e.last_ts = ts;
-                e.recirc_id = recirc_id;
-                e.ufid = ufid;
-                return Ok(Pass {
-                    id: e.id,
-                    first_ts: e.first_ts,
-                    matched: e.matched != 0,
-                    first_key: None,
-                });
+                return Ok(continue_pass(e, ufid, recirc_id, ts));
             }
         }
         // A clone's first pass: inherit from the pass running on this CPU.
@@ -163,16 +170,8 @@ fn track_pass(
                     let p = copy_inflight(p)?;
                     let e = inflight_claim(skb, ts).ok_or(0u32)?;
                     *e = *p;
-                    e.last_ts = ts;
-                    e.recirc_id = recirc_id;
-                    e.ufid = ufid;
                     e.skb = skb;
-                    return Ok(Pass {
-                        id: e.id,
-                        first_ts: e.first_ts,
-                        matched: e.matched != 0,
-                        first_key: None,
-                    });
+                    return Ok(continue_pass(e, ufid, recirc_id, ts));
                 }
             }
         }

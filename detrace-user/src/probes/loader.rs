@@ -255,8 +255,8 @@ pub struct Probes {
     // Field order is drop order: the reader (which holds the ring buffer map) may outlive
     // nothing else; the Ebpf owns the programs and their links.
     events: Option<EventReader>,
-    /// Closing them detaches the fentry programs.
-    fentries: Vec<fentry::Attached>,
+    /// The fentry programs, by hooked function; closing them detaches them.
+    fentries: Vec<(&'static str, fentry::Attached)>,
     /// How each hooked function is probed: (function, "fentry" | "kprobe").
     hook_kinds: Vec<(&'static str, &'static str)>,
     ebpf: Ebpf,
@@ -441,7 +441,7 @@ impl Probes {
                 for (h, r) in HOOKS.iter().zip(results) {
                     match r {
                         Ok(a) => {
-                            fentries.push(a);
+                            fentries.push((h.function, a));
                             kinds.push((h.function, "fentry"));
                         }
                         Err(e) => {
@@ -597,11 +597,7 @@ impl Probes {
                 time: info.run_time(),
             });
         }
-        for (f, kind) in self
-            .fentries
-            .iter()
-            .zip(self.hook_kinds.iter().filter(|(_, kind)| *kind == "fentry"))
-        {
+        for (function, f) in &self.fentries {
             let (runs, time) = f.cost().map_err(|source| ProbeError::CostStats {
                 source: aya::sys::SyscallError {
                     call: "bpf_obj_get_info_by_fd",
@@ -609,7 +605,7 @@ impl Probes {
                 },
             })?;
             out.push(ProgramCost {
-                name: format!("fentry:{}", kind.0),
+                name: format!("fentry:{function}"),
                 runs,
                 time,
             });
