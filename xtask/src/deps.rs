@@ -23,6 +23,7 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "netcat-openbsd",
+    "iputils-ping",
 ];
 
 pub fn all() -> anyhow::Result<()> {

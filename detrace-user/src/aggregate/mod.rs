@@ -356,10 +356,13 @@ mod tests {
         t.snapshot([(u1, mk(0, 10)), (u2, mk(0, 10))]);
         t.snapshot([(u1, mk(5, 20)), (u2, mk(7, 30)), (u3, mk(0, 1))]);
         let acl = Culprit {
-            kind: "ACL".into(),
+            kind: crate::explain::culprit::CulpritKind::Acl,
             id: "x".into(),
             name: "drop-9999".into(),
             detail: String::new(),
+            nb_table: Some("ACL".into()),
+            datapath: None,
+            flow_desc: None,
         };
         let groups = group_drops(
             &t.stats(),

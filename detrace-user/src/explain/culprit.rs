@@ -5,18 +5,102 @@ use serde::{Deserialize, Serialize};
 use super::FlowExplanation;
 use crate::ovn::{NbObject, SbCandidate};
 
+/// What kind of decision dropped a packet: each names the object that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CulpritKind {
+    /// An ACL whose action drops or rejects (NB ACL, held by a switch or port group).
+    #[serde(alias = "ACL")]
+    Acl,
+    /// A Logical_Router_Policy that drops (or reroutes to nowhere).
+    RouterPolicy,
+    /// Port security: the Logical_Switch_Port whose port_security refused the packet.
+    PortSecurity,
+    /// A Load_Balancer VIP with no backends (drop or reject).
+    #[serde(alias = "Load_Balancer")]
+    LbNoBackends,
+    /// No L2 destination: unknown destination MAC on a switch.
+    NoL2Destination,
+    /// Conntrack said invalid (`ct.inv`).
+    CtInvalid,
+    /// IP TTL (hop limit) expired on a router.
+    TtlExpired,
+    /// No route on a router.
+    NoRoute,
+    /// ARP/ND not resolved for the next hop.
+    NeighborUnresolved,
+    /// A meter (QoS, CoPP) dropped it.
+    Meter,
+    /// A logical flow stage that drops, with no more specific object.
+    #[serde(alias = "Logical_Flow")]
+    LogicalFlow,
+    /// The flow's chain could not be resolved (see the detail for why).
+    #[serde(alias = "Datapath_Flow")]
+    Unexplained,
+}
+
+impl CulpritKind {
+    /// The name people read in text output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Acl => "ACL",
+            Self::RouterPolicy => "router policy",
+            Self::PortSecurity => "port security",
+            Self::LbNoBackends => "load balancer without backends",
+            Self::NoL2Destination => "no L2 destination",
+            Self::CtInvalid => "conntrack invalid",
+            Self::TtlExpired => "TTL expired",
+            Self::NoRoute => "no route",
+            Self::NeighborUnresolved => "ARP/ND unresolved",
+            Self::Meter => "meter",
+            Self::LogicalFlow => "logical flow",
+            Self::Unexplained => "unexplained",
+        }
+    }
+}
+
+impl std::fmt::Display for CulpritKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// The object a drop (or any verdict) is attributed to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Culprit {
-    /// "ACL", "Load_Balancer", "Logical_Flow" (a stage with no NB object), or "Datapath_Flow"
-    /// (nothing resolved).
-    pub kind: String,
+    pub kind: CulpritKind,
     /// NB/SB UUID, or the UFID for an unexplained datapath flow.
     pub id: String,
-    /// A short human name: ACL name (or its match), LB name, stage name.
+    /// A short human name: ACL name (or its match), LB name, port name, stage name.
     pub name: String,
-    /// The details an engineer checks first (ACL direction/priority/match/action, LB VIPs...).
+    /// The details an engineer checks first (ACL direction/priority/match/action, LB VIPs,
+    /// port_security addresses, policy match...).
     pub detail: String,
+    /// The NB table of `id` ("ACL", "Logical_Router_Policy", "Logical_Switch_Port",
+    /// "Load_Balancer"...); None when the culprit is an SB logical flow or nothing resolved.
+    #[serde(default)]
+    pub nb_table: Option<String>,
+    /// The logical datapath(s) (switch or router names) where the decision was taken.
+    #[serde(default)]
+    pub datapath: Option<String>,
+    /// OVN's own text for the dropping flow (SB Logical_Flow.flow_desc, OVN >= 24.09).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_desc: Option<String>,
+}
+
+impl Culprit {
+    /// A flow whose chain could not be resolved, and why.
+    pub fn unexplained(ufid: crate::uuid::Uuid, why: impl Into<String>) -> Self {
+        Self {
+            kind: CulpritKind::Unexplained,
+            id: ufid.to_string(),
+            name: format!("ufid:{ufid}"),
+            detail: why.into(),
+            nb_table: None,
+            datapath: None,
+            flow_desc: None,
+        }
+    }
 }
 
 fn is_drop_action(a: &str) -> bool {
@@ -45,20 +129,26 @@ pub fn acl_culprit(o: &NbObject) -> Culprit {
         detail.push_str(&format!(" [in {}]", o.owners.join(", ")));
     }
     Culprit {
-        kind: "ACL".into(),
+        kind: CulpritKind::Acl,
         id: o.uuid.to_string(),
         name,
         detail,
+        nb_table: Some("ACL".into()),
+        datapath: None,
+        flow_desc: None,
     }
 }
 
 pub fn lb_culprit(o: &NbObject) -> Culprit {
     let vips = o.vips_text();
     Culprit {
-        kind: "Load_Balancer".into(),
+        kind: CulpritKind::LbNoBackends,
         id: o.uuid.to_string(),
         name: o.label(),
         detail: format!("vips {vips}"),
+        nb_table: Some("Load_Balancer".into()),
+        datapath: None,
+        flow_desc: None,
     }
 }
 
@@ -104,10 +194,13 @@ pub fn drop_culprit(e: &FlowExplanation) -> Culprit {
                     .collect::<Vec<_>>()
                     .join(",");
                 return Culprit {
-                    kind: "Logical_Flow".into(),
+                    kind: CulpritKind::LogicalFlow,
                     id: uuid.to_string(),
                     name: stage_name.clone(),
                     detail: format!("{dp}: match=({match_}) actions=({actions})"),
+                    nb_table: None,
+                    datapath: Some(dp),
+                    flow_desc: None,
                 };
             }
         }
@@ -115,15 +208,13 @@ pub fn drop_culprit(e: &FlowExplanation) -> Culprit {
     if let Some(lb) = nb_all().find(|o| o.table == "Load_Balancer") {
         return lb_culprit(lb);
     }
-    Culprit {
-        kind: "Datapath_Flow".into(),
-        id: e.ufid.to_string(),
-        name: format!("ufid:{}", e.ufid),
-        detail: format!(
+    Culprit::unexplained(
+        e.ufid,
+        format!(
             "no OVN object found; match {} actions {}",
             e.match_compact, e.actions
         ),
-    }
+    )
 }
 
 /// A short label of what a flow is about, for one-line displays: its most telling NB objects.

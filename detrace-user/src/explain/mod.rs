@@ -242,7 +242,7 @@ mod tests {
             e.objects
         );
         let c = culprit::drop_culprit(&e);
-        assert_eq!((c.kind.as_str(), c.name.as_str()), ("ACL", "drop-9999"));
+        assert_eq!((c.kind, c.name.as_str()), (culprit::CulpritKind::Acl, "drop-9999"));
         assert!(
             c.detail.contains("tcp.dst == 9999") && c.detail.contains("action=drop"),
             "{}",

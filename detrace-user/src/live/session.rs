@@ -261,15 +261,13 @@ impl<A: Appctl> Session<A> {
     pub fn culprit(&mut self, ufid: Uuid) -> Culprit {
         match self.cache.get(ufid) {
             Lookup::Explained(e) => e.summary.drop_culprit.clone(),
-            other => Culprit {
-                kind: "Datapath_Flow".into(),
-                id: ufid.to_string(),
-                name: format!("ufid:{ufid}"),
-                detail: match other {
+            other => Culprit::unexplained(
+                ufid,
+                match other {
                     Lookup::Failed { error, .. } => format!("unexplained: {error}"),
                     _ => "unexplained (request budget)".into(),
                 },
-            },
+            ),
         }
     }
 
@@ -323,12 +321,7 @@ impl<A: Appctl> Session<A> {
 }
 
 fn self_culprit_fallback(u: &Uuid) -> Culprit {
-    Culprit {
-        kind: "Datapath_Flow".into(),
-        id: u.to_string(),
-        name: format!("ufid:{u}"),
-        detail: String::new(),
-    }
+    Culprit::unexplained(*u, "")
 }
 
 /// Per-UFID stats from the tracer, keyed by UFID.
@@ -659,7 +652,7 @@ mod tests {
         let out = String::from_utf8(buf2.0.borrow().clone()).unwrap();
         let g: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         assert_eq!(g["drops"], 1);
-        assert_eq!(g["culprit"]["kind"], "Datapath_Flow");
+        assert_eq!(g["culprit"]["kind"], "unexplained");
         assert_eq!(g["reasons"]["OVS_DROP_EXPLICIT"], 1);
         assert!(g["sample"].is_object());
     }

@@ -59,7 +59,7 @@ acl, n = sys.argv[2], int(sys.argv[3])
 mine = [g for g in groups if g["culprit"]["id"] == acl]
 assert len(mine) == 1, f"one group for the ACL, got {mine}"
 g = mine[0]
-assert g["culprit"]["kind"] == "ACL" and g["culprit"]["name"] == "vmtest-drop-7777", g["culprit"]
+assert g["culprit"]["kind"] == "acl" and g["culprit"]["name"] == "vmtest-drop-7777", g["culprit"]
 assert g["drops"] == n, f"{g['drops']} drops attributed to the ACL, sent {n}"
 assert "7777" in g["culprit"]["detail"] and "drop" in g["culprit"]["detail"], g["culprit"]
 assert g["sample"]["dport"] == 7777, g.get("sample")
