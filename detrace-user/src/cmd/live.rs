@@ -10,24 +10,24 @@ use anyhow::Context as _;
 use crate::{
     cli::{DropsArgs, EventArgs, Format, LiveArgs, RecordArgs, SortKey, TopArgs, WatchArgs},
     live::{
-        explainer::{Backend, ExplainCache, Lookup},
+        explainer::{Backend, ExplainCache, LookupRef},
         print,
         session::{Mode, Session, flow_map, run_events, stop_signal},
         source::{LossReport, Tracer},
     },
     ovn::OvnReplicas,
-    ovs::{unixctl::UnixctlClient, vswitchd::Vswitchd},
+    ovs::{unixctl::DaemonCtl, vswitchd::Vswitchd},
     ovsdb::Remote,
     uuid::Uuid,
 };
 
-fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<UnixctlClient>> {
+fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {
     let sb = Remote::parse_list(&live.conn.sb_remote()).context("--sb-db")?;
     let nb = Remote::parse_list(&live.conn.nb_remote()).context("--nb-db")?;
     let ovn = OvnReplicas::start(sb, nb, live.conn.timeout());
-    let ctl =
-        UnixctlClient::connect_target(&live.conn.ovs_rundir, "ovs-vswitchd", live.conn.timeout())
-            .map_err(|e| {
+    // Followed across restarts (a new pid, a new socket): live commands outlive the daemon.
+    let ctl = DaemonCtl::connect(&live.conn.ovs_rundir, "ovs-vswitchd", live.conn.timeout())
+        .map_err(|e| {
             anyhow::anyhow!("{e}\nhint: is ovs-vswitchd running? set --ovs-rundir or OVS_RUNDIR")
         })?;
     let mut ovs = Vswitchd::new(ctl).context("asking ovs-vswitchd for its commands")?;
@@ -84,7 +84,7 @@ fn run_with_events(
     drop(tracer);
     eprintln!("detrace: probes detached in {:?}", t.elapsed());
     let loss = result?;
-    report(&loss, &sess.asm.stats, &sess.cache.stats);
+    report(&loss, &sess.asm.stats, &sess.cache.stats, sess.cache.queued());
     Ok(())
 }
 
@@ -92,19 +92,33 @@ fn report(
     loss: &LossReport,
     asm: &crate::events::path::AssemblyStats,
     ex: &crate::live::explainer::ExplainStats,
+    still_queued: usize,
 ) {
     eprintln!("detrace: {}", loss.line());
     eprintln!(
-        "detrace: {} packets assembled ({} unfinished, {} evicted, {} ends without passes); {} flows explained, {} failed, {} ovs-vswitchd requests, {} deferred",
+        "detrace: {} packets assembled ({} unfinished, {} evicted, {} ends without passes); {}",
         asm.traces,
         asm.unfinished,
         asm.evicted,
         asm.orphan_ends,
+        explain_line(ex, still_queued)
+    );
+}
+
+/// The explainer's counts, for the closing lines of every live command.
+fn explain_line(ex: &crate::live::explainer::ExplainStats, still_queued: usize) -> String {
+    format!(
+        "{} flows explained ({} after their flow expired), {} failed, {} ovs-vswitchd requests, \
+         {} deferred, {} still queued, {} not queued (queue full), {} evicted",
         ex.explained,
+        ex.after_expiry,
         ex.failed,
         ex.ovs_requests,
-        ex.deferred
-    );
+        ex.deferred,
+        still_queued,
+        ex.queue_full,
+        ex.evicted
+    )
 }
 
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
@@ -198,17 +212,23 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
             };
             let secs = last.elapsed().as_secs_f64();
             last = Instant::now();
-            table.snapshot(flow_map(&tracer)?);
+            let flows = flow_map(&tracer)?;
+            // Every flow is queued at first sight and explained within the request budget,
+            // while it still exists; the table shows what is known (no request from here).
+            for u in flows.keys() {
+                cache.seen(*u);
+            }
+            cache.pump();
+            table.snapshot(flows);
             let mut rows = table.rows(secs, |_| String::new());
             sort_rows(&mut rows, args.sort);
             rows.truncate(args.limit);
-            // Explain only what is shown: the request budget goes to the busiest flows.
             for r in &mut rows {
                 let u: Uuid = r.key.trim_start_matches("ufid:").parse().unwrap_or(Uuid(0));
-                r.label = match cache.get(u) {
-                    Lookup::Explained(e) => e.summary.label.clone(),
-                    Lookup::Failed { error, .. } => format!("(unexplained: {error})"),
-                    Lookup::Pending => "(pending)".into(),
+                r.label = match cache.peek(&u) {
+                    LookupRef::Explained(e) => e.summary.label.clone(),
+                    LookupRef::Failed { error, .. } => format!("(unexplained: {error})"),
+                    LookupRef::Pending => "(pending)".into(),
                 };
             }
             let objs = |u: &Uuid| cache.cached(u).map(|e| e.summary.objects.clone()).unwrap_or_default();
@@ -240,9 +260,6 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     drop(tracer);
     eprintln!("detrace: probes detached in {:?}", t.elapsed());
     result?;
-    eprintln!(
-        "detrace: {} flows explained, {} failed, {} ovs-vswitchd requests",
-        cache.stats.explained, cache.stats.failed, cache.stats.ovs_requests
-    );
+    eprintln!("detrace: {}", explain_line(&cache.stats, cache.queued()));
     Ok(())
 }

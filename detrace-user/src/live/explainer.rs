@@ -1,8 +1,18 @@
 //! Explanations of the UFIDs live traffic hits, cached: each UFID costs ovs-vswitchd a few
 //! unixctl requests once, within a bounded request rate; flows that vanish or fail are
 //! remembered and retried later, never silently dropped.
+//!
+//! A UFID is explained at first sight, not when a report is printed: datapath flows expire
+//! ~10 s after their last packet, and a report printed minutes after a burst of drops must
+//! still name the culprit. [`ExplainCache::seen`] queues every new UFID; [`ExplainCache::pump`]
+//! resolves the queue within the request budget. When the queue outgrows the budget, the
+//! matches of the queued flows are captured with one `dpctl/dump-flows`, so that a flow gone
+//! before its turn is still re-translated (`ofproto/trace` of the captured match) and says so.
+//! Explanations are kept after their flow has gone, up to [`ExplainCache::max_explained`]
+//! (oldest evicted first, counted).
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,7 +23,12 @@ use crate::{
     aggregate::ufid_map::{UfidMap, prefetch},
     explain::{FlowSummary, explain},
     ovn::{OvnReplicas, Resolver},
-    ovs::{unixctl::Appctl, vswitchd::Vswitchd},
+    FastMap,
+    ovs::{
+        DpFlow,
+        unixctl::Appctl,
+        vswitchd::{Vswitchd, VswitchdError},
+    },
     uuid::Uuid,
 };
 
@@ -57,6 +72,8 @@ impl LookupRef<'_> {
 enum Entry {
     Explained(Arc<Explained>),
     Failed(Box<Failure>),
+    /// Seen, waiting in the queue for its turn.
+    Queued,
 }
 
 struct Failure {
@@ -74,6 +91,7 @@ impl Entry {
                 error: &f.error,
                 retry_at: f.retry_at,
             },
+            Self::Queued => LookupRef::Pending,
         }
     }
 }
@@ -124,10 +142,35 @@ pub struct ExplainStats {
     /// Time to explain a new UFID (ovs-vswitchd round trips + resolution), microseconds.
     pub resolve_p50_us: u64,
     pub resolve_max_us: u64,
+    /// UFIDs queued at first sight.
+    #[serde(default)]
+    pub queued: u64,
+    /// UFIDs not queued because the queue was full (queued again when seen again).
+    #[serde(default)]
+    pub queue_full: u64,
+    /// Flows whose match was captured (one dump-flows) while they waited.
+    #[serde(default)]
+    pub captured: u64,
+    /// Flows gone before their turn, explained by re-translating the captured match.
+    #[serde(default)]
+    pub after_expiry: u64,
+    /// Explanations dropped to stay within the bound (oldest first).
+    #[serde(default)]
+    pub evicted: u64,
 }
 
 /// How many UFIDs [`ExplainCache::warm`] keeps between prefetching a slot and reading it.
 const WARM_DEPTH: usize = 4;
+
+/// At most this many UFIDs wait for their explanation (a UFID seen while it is full is
+/// counted, and queued when seen again).
+pub const QUEUE_MAX: usize = 65_536;
+
+/// Explanations kept by default (a summary is 1-2 KB: ~200 MB at the bound).
+pub const MAX_EXPLAINED: usize = 100_000;
+
+/// Least time between two captures of the queued flows' matches (a dump of every flow).
+const CAPTURE_EVERY: Duration = Duration::from_secs(2);
 
 /// Where explanations come from: live daemons, or a recording.
 pub enum Backend<A: Appctl> {
@@ -157,6 +200,15 @@ pub struct ExplainCache<A: Appctl> {
     /// fixtures, several times that as a tree) next to its summary. Only a recording writes
     /// it: watch, drops and top turn this off and keep the summary alone.
     pub keep_full: bool,
+    /// UFIDs seen and not explained yet, in the order they were first seen.
+    queue: VecDeque<Uuid>,
+    /// Explained UFIDs in the order they were explained, for eviction.
+    order: VecDeque<Uuid>,
+    /// Explanations kept at most (see [`MAX_EXPLAINED`]).
+    pub max_explained: usize,
+    /// Matches of queued flows, captured before they could expire: (datapath, flow).
+    captured: FastMap<Uuid, (String, DpFlow)>,
+    last_capture: Option<Instant>,
 }
 
 impl<A: Appctl> ExplainCache<A> {
@@ -175,7 +227,113 @@ impl<A: Appctl> ExplainCache<A> {
             stats: ExplainStats::default(),
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             keep_full: true,
+            queue: VecDeque::new(),
+            order: VecDeque::new(),
+            max_explained: MAX_EXPLAINED,
+            captured: FastMap::default(),
+            last_capture: None,
         }
+    }
+
+    /// A UFID met in live traffic: queued for explanation unless it is explained, queued, or
+    /// failed recently. One hash probe when it is known.
+    #[inline]
+    pub fn seen(&mut self, ufid: Uuid) {
+        if matches!(self.backend, Backend::Recorded) {
+            return;
+        }
+        match self.cache.get(&ufid) {
+            Some(Some(Entry::Explained(_) | Entry::Queued)) => {}
+            Some(Some(Entry::Failed(f))) if Instant::now() < f.retry_at => {}
+            _ => self.enqueue(ufid),
+        }
+    }
+
+    fn enqueue(&mut self, ufid: Uuid) {
+        if self.queue.len() >= QUEUE_MAX {
+            self.stats.queue_full += 1;
+            return;
+        }
+        self.queue.push_back(ufid);
+        self.cache.insert(ufid, Some(Entry::Queued));
+        self.stats.queued += 1;
+    }
+
+    /// What is known of `ufid` now, without asking anything (renderers and tables).
+    pub fn peek(&self, ufid: &Uuid) -> LookupRef<'_> {
+        match self.cache.get(ufid) {
+            Some(Some(e)) => e.as_lookup(),
+            _ => LookupRef::Pending,
+        }
+    }
+
+    /// Changes when ovs-vswitchd was reconnected to after a restart (port numbers may have
+    /// changed with it); 0 for a recording.
+    pub fn ovs_generation(&self) -> u64 {
+        match &self.backend {
+            Backend::Live { ovs, .. } => ovs.generation(),
+            Backend::Recorded => 0,
+        }
+    }
+
+    /// UFIDs waiting for their explanation.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Explains queued UFIDs, oldest first, as far as the request budget allows now; captures
+    /// the matches of those that will have to wait. Call it often (every tick).
+    pub fn pump(&mut self) {
+        if matches!(self.backend, Backend::Recorded) || self.queue.is_empty() {
+            return;
+        }
+        self.refill();
+        self.capture_if_behind();
+        while self.budget >= 2.0 {
+            let Some(u) = self.queue.pop_front() else {
+                break;
+            };
+            // Resolved meanwhile by a direct lookup: nothing to do.
+            if let Some(Some(Entry::Queued)) = self.cache.get(&u) {
+                self.resolve(u);
+                self.refill();
+            }
+        }
+    }
+
+    /// When more UFIDs wait than the budget explains within a second, their flows may expire
+    /// before their turn: one `dpctl/dump-flows` per datapath keeps their matches.
+    fn capture_if_behind(&mut self) {
+        let behind = self.queue.len() as f64 > self.per_sec.max(2.0) / 2.0;
+        let due = self
+            .last_capture
+            .is_none_or(|t| t.elapsed() >= CAPTURE_EVERY);
+        if !behind || !due || self.budget < 1.0 {
+            return;
+        }
+        let Backend::Live { ovs, .. } = &mut self.backend else {
+            return;
+        };
+        self.last_capture = Some(Instant::now());
+        let before = ovs.requests();
+        let dps = ovs.datapaths().unwrap_or_default();
+        for dp in dps {
+            let Ok((flows, _malformed)) = ovs.dump_flows(&dp) else {
+                continue;
+            };
+            for f in flows {
+                if matches!(self.cache.get(&f.ufid), Some(Some(Entry::Queued)))
+                    && self.captured.len() < QUEUE_MAX
+                    && !self.captured.contains_key(&f.ufid)
+                {
+                    self.stats.captured += 1;
+                    self.captured.insert(f.ufid, (dp.clone(), f));
+                }
+            }
+        }
+        let spent = ovs.requests() - before;
+        self.budget -= spent as f64;
+        self.stats.ovs_requests += spent;
     }
 
     /// Adds an explanation obtained elsewhere (a recording).
@@ -212,6 +370,8 @@ impl<A: Appctl> ExplainCache<A> {
             _ => false,
         };
         if !settled && !self.try_resolve(ufid) {
+            // Over the budget now: its turn comes in the queue.
+            self.seen(ufid);
             return LookupRef::Pending;
         }
         match self.cache.get(&ufid) {
@@ -259,12 +419,39 @@ impl<A: Appctl> ExplainCache<A> {
         let t = Instant::now();
         let before = ovs.requests();
         let keep_full = self.keep_full;
-        let result = ovs.get_flow(ufid).map(|(dp, flow)| {
-            let rules = ovs.rules(&dp, &flow);
+        let captured = self.captured.remove(&ufid);
+        let mut after_expiry = false;
+        let result = match ovs.get_flow(ufid) {
+            Ok((dp, flow)) => Ok((dp, flow, None)),
+            // Gone before its turn, but its match was kept: the rules it would hit now.
+            Err(VswitchdError::UfidNotFound { .. }) if captured.is_some() => {
+                let (dp, flow) = captured.expect("matched just above");
+                after_expiry = true;
+                let mut rules = ovs.rules_trace(&dp, &flow);
+                rules.error = Some(format!(
+                    "explained after the flow expired: re-translated with ofproto/trace from \
+                     its match captured at first sight{}",
+                    rules
+                        .error
+                        .take()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+                Ok((dp, flow, Some(rules)))
+            }
+            Err(e) => Err(e),
+        }
+        .map(|(dp, flow, rules)| {
+            let rules = rules.unwrap_or_else(|| ovs.rules(&dp, &flow));
             let (sb, nb) = (ovn.sb(), ovn.nb());
             let e = explain(&dp, &flow, rules, &Resolver { sb: &sb, nb: &nb });
+            let mut summary = FlowSummary::of(&e);
+            if after_expiry {
+                let c = &mut summary.drop_culprit;
+                c.detail = format!("(explained after the flow expired) {}", c.detail);
+            }
             Explained::new(
-                FlowSummary::of(&e),
+                summary,
                 if keep_full {
                     serde_json::to_value(&e).unwrap_or_default()
                 } else {
@@ -285,6 +472,8 @@ impl<A: Appctl> ExplainCache<A> {
         let entry = match result {
             Ok(e) => {
                 self.stats.explained += 1;
+                self.stats.after_expiry += u64::from(after_expiry);
+                self.order.push_back(ufid);
                 Entry::Explained(Arc::new(e))
             }
             Err(err) => {
@@ -296,6 +485,21 @@ impl<A: Appctl> ExplainCache<A> {
             }
         };
         self.cache.insert(ufid, Some(entry));
+        self.evict_over_bound();
+    }
+
+    /// Drops the oldest explanations beyond [`Self::max_explained`] (counted). A UFID evicted
+    /// and seen again is explained again.
+    fn evict_over_bound(&mut self) {
+        while self.order.len() > self.max_explained.max(1) {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(Some(Entry::Explained(_))) = self.cache.get(&old) {
+                self.cache.insert(old, None);
+                self.stats.evicted += 1;
+            }
+        }
     }
 
     /// Datapath port names (empty for a recording, or when ovs-vswitchd does not answer).
@@ -485,6 +689,148 @@ mod tests {
         assert_eq!(cache.stats.ovs_requests + 1, calls.get());
         assert_eq!(cache.stats.failed, 2);
         assert!(cache.cached(&u).is_none());
+    }
+
+    /// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows have all expired by the
+    /// time they are asked for one by one: only the one-request dump of every flow still has
+    /// them.
+    struct Expired {
+        calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+    }
+    impl Appctl for Expired {
+        fn call(&mut self, method: &str, _: &[&str]) -> Result<String, UnixctlError> {
+            self.calls.borrow_mut().push(method.to_string());
+            let f = crate::testutil::fixture;
+            match method {
+                "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
+                "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
+                "dpctl/dump-flows" => Ok(f("ovs-3.5/dump-flows-m.txt")),
+                "dpctl/get-flow" => Err(UnixctlError::Remote {
+                    method: method.into(),
+                    message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .into(),
+                }),
+                "ofproto/trace" => Ok(f("ovs-3.5/trace-drop9999-recirc-m.txt")),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+
+    fn fixture_replicas() -> OvnReplicas {
+        use crate::testutil::replica;
+        OvnReplicas::from_replicas(
+            replica(SB_DB, SB_TABLES, "ovs-3.5/ovsdb/sb-monitor-initial.json"),
+            replica(NB_DB, NB_TABLES, "ovs-3.5/ovsdb/nb-monitor-initial.json"),
+        )
+    }
+
+    /// UFIDs seen while the budget is short are queued, their matches captured with one dump;
+    /// a flow gone before its turn is re-translated from its captured match, names the ACL
+    /// that dropped it and says it was explained after expiry.
+    #[test]
+    fn queued_flows_are_explained_after_they_expire() {
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let ovs = Vswitchd::new(Expired {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let mut cache = ExplainCache::new(
+            Backend::Live {
+                ovs,
+                ovn: fixture_replicas(),
+            },
+            4.0,
+        );
+        let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
+        let vip: Uuid = "3adc8747-c077-47b6-a171-37601f35e511".parse().unwrap();
+        let never_captured = Uuid(0x1234 << 96 | 1);
+        for u in [drop9999, vip, never_captured, drop9999] {
+            cache.seen(u);
+        }
+        assert_eq!(cache.queued(), 3, "seen twice, queued once");
+        assert_eq!(cache.stats.queued, 3);
+        assert!(matches!(cache.peek(&drop9999), LookupRef::Pending));
+        cache.pump();
+        assert_eq!(
+            calls.borrow().iter().filter(|m| *m == "dpctl/dump-flows").count(),
+            1,
+            "{:?}",
+            calls.borrow()
+        );
+        assert_eq!(cache.stats.captured, 2, "the two queued flows in the dump");
+        let LookupRef::Explained(e) = cache.peek(&drop9999) else {
+            panic!("{:?}", cache.peek(&drop9999))
+        };
+        let c = &e.summary.drop_culprit;
+        assert_eq!(
+            (c.kind, c.name.as_str()),
+            (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
+            "{c:?}"
+        );
+        assert!(c.detail.contains("explained after the flow expired"), "{c:?}");
+        assert!(
+            e.summary
+                .rules_error
+                .as_deref()
+                .is_some_and(|r| r.contains("captured at first sight")),
+            "{:?}",
+            e.summary.rules_error
+        );
+        assert_eq!(cache.stats.after_expiry, 1);
+        // The budget ran out: the rest waits in order, asked for nothing more.
+        let asked = calls.borrow().len();
+        cache.pump();
+        assert_eq!(calls.borrow().len(), asked, "no budget, no request");
+        assert_eq!(cache.queued(), 2);
+        // A second later there is budget again: the VIP flow (captured) is explained, the
+        // one never captured fails with the reason.
+        std::thread::sleep(Duration::from_millis(1100));
+        cache.pump();
+        std::thread::sleep(Duration::from_millis(600));
+        cache.pump();
+        assert_eq!(cache.queued(), 0);
+        assert!(matches!(cache.peek(&vip), LookupRef::Explained(_)));
+        match cache.peek(&never_captured) {
+            LookupRef::Failed { error, .. } => {
+                assert!(error.contains("not a current datapath flow"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.stats.after_expiry, 2);
+        assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
+    }
+
+    /// Explanations are kept after their flows have gone, up to the bound; beyond it the
+    /// oldest go first, counted, and are explained again when seen again.
+    #[test]
+    fn explanations_are_bounded_and_evictions_counted() {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let ovs = Vswitchd::new(Busy {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let ovn = OvnReplicas::from_replicas(
+            Replica::new(SB_DB, SB_TABLES),
+            Replica::new(NB_DB, NB_TABLES),
+        );
+        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+        cache.max_explained = 3;
+        let u = |n: u128| Uuid(n << 64 | 1);
+        for n in 1..=5 {
+            assert!(matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
+        }
+        assert_eq!(cache.explained().count(), 3);
+        assert_eq!(cache.stats.evicted, 2);
+        assert!(matches!(cache.peek(&u(1)), LookupRef::Pending));
+        assert!(matches!(cache.peek(&u(5)), LookupRef::Explained(_)));
+        cache.seen(u(1));
+        assert_eq!(cache.queued(), 1, "an evicted UFID seen again is queued again");
+        cache.pump();
+        assert!(matches!(cache.peek(&u(1)), LookupRef::Explained(_)));
+        assert_eq!(cache.explained().count(), 3);
     }
 
     /// The full chain is kept for recordings only; the summary either way.

@@ -139,6 +139,8 @@ pub struct Session<A: Appctl> {
     pub packets_shown: u64,
     batch: Vec<Event>,
     traces: Vec<PacketTrace>,
+    /// ovs-vswitchd's generation the port names were read at.
+    ovs_generation: u64,
 }
 
 impl<A: Appctl> Session<A> {
@@ -158,6 +160,7 @@ impl<A: Appctl> Session<A> {
             packets_shown: 0,
             batch: Vec::with_capacity(1024),
             traces: Vec::new(),
+            ovs_generation: 0,
         }
     }
 
@@ -229,6 +232,8 @@ impl<A: Appctl> Session<A> {
             Mode::Drops { .. } => {
                 if let (Verdict::Drop { .. }, Some(u)) = (&t.verdict, t.last_ufid()) {
                     self.samples.entry(u).or_insert_with(|| t.packet.clone());
+                    // Explained now, while its flow exists, not when the report is printed.
+                    self.cache.seen(u);
                 }
             }
             Mode::Record => {
@@ -269,6 +274,29 @@ impl<A: Appctl> Session<A> {
                 },
             ),
         }
+    }
+
+    /// Explains what waits (within the request budget); in `drops`, every flow the kernel
+    /// counted drops on is queued too (its events may have been lost or rate-limited).
+    /// Follows an ovs-vswitchd restart (its port numbers may have changed).
+    pub fn tick<T: Tracer>(&mut self, tracer: &T, scan_flows: bool) -> anyhow::Result<()> {
+        if scan_flows && let Mode::Drops { .. } = self.mode {
+            for (u, s) in flow_map(tracer)? {
+                if s.drops > 0 {
+                    self.cache.seen(u);
+                }
+            }
+        }
+        self.cache.pump();
+        let g = self.cache.ovs_generation();
+        if g != self.ovs_generation {
+            self.ovs_generation = g;
+            let ports = self.cache.port_names();
+            if !ports.is_empty() {
+                self.ports = ports;
+            }
+        }
+        Ok(())
     }
 
     /// Drop groups from per-flow counters.
@@ -371,6 +399,7 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
     };
     let mut last_report = Instant::now();
     let mut last_lost = 0u64;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -385,6 +414,9 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
             }
             _ = tick.tick() => {
                 sess.expire()?;
+                ticks += 1;
+                // The kernel's flow table is read once a second; the queue pumped every tick.
+                sess.tick(tracer, ticks.is_multiple_of(2))?;
                 sess.out.flush()?;
                 let loss = LossReport::from_counters(&tracer.counters()?);
                 if loss.events_lost > last_lost {
@@ -401,6 +433,7 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
     }
     // Drain what is already in the ring, then close what is open.
     sess.expire()?;
+    sess.tick(tracer, true)?;
     let flows = flow_map(tracer)?;
     match sess.mode {
         Mode::Drops { .. } => sess.print_drops(&flows)?,

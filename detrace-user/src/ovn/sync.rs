@@ -193,15 +193,35 @@ fn set_status(s: &Shared, f: impl FnOnce(&mut SyncStatus)) {
 fn run(db: &'static str, s: &Shared, required: &[&str], remotes: &[Remote], io_timeout: Duration) {
     let mut backoff = Duration::from_millis(250);
     let mut next = 0usize;
+    // When the connection to a ready replica was lost: said once, and again on recovery.
+    let mut lost_at: Option<Instant> = None;
     loop {
         let remote = &remotes[next % remotes.len()];
         next += 1;
-        match session(s, remote, required, io_timeout) {
+        let on_ready = |remote: &Remote| {
+            if let Some(t) = lost_at {
+                eprintln!(
+                    "detrace: {db}: reconnected to {remote} after {:.1}s; replica reloaded",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        };
+        match session(s, remote, required, io_timeout, on_ready) {
             Ok(never) => match never {},
             Err(e) => {
                 let fatal = e.is_fatal();
                 let was_ready = s.status.lock().map(|st| st.ready).unwrap_or(false);
-                tracing::warn!("{db}: {e}{}", if fatal { "" } else { "; reconnecting" });
+                if was_ready {
+                    // A live command keeps going on the last copy: say so once, not at every
+                    // attempt.
+                    eprintln!(
+                        "detrace: {db}: connection lost ({e}); explaining from the last copy \
+                         while reconnecting"
+                    );
+                    lost_at = Some(Instant::now());
+                } else {
+                    tracing::warn!("{db}: {e}{}", if fatal { "" } else { "; reconnecting" });
+                }
                 set_status(s, |st| {
                     st.ready = false;
                     st.connected_to = None;
@@ -230,6 +250,7 @@ fn session(
     remote: &Remote,
     required: &[&str],
     io_timeout: Duration,
+    on_ready: impl FnOnce(&Remote),
 ) -> Result<std::convert::Infallible, OvsdbError> {
     let mut conn = Connection::connect(remote, io_timeout)?;
     {
@@ -245,6 +266,7 @@ fn session(
         st.last_error = None;
         st.failures = 0;
     });
+    on_ready(remote);
     // Updates arrive whenever the database changes; the server's echo keeps idle sessions alive,
     // so reading without a timeout is safe and a dead server shows up as EOF or an error.
     conn.set_timeout(None)?;

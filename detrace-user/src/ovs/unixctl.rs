@@ -42,6 +42,9 @@ pub enum UnixctlError {
     Closed { path: PathBuf },
     #[error("malformed reply from {path}: {detail}")]
     Malformed { path: PathBuf, detail: String },
+    /// The daemon went away and has not come back yet.
+    #[error("{target} is down (for {secs:.1}s); waiting for it to come back")]
+    Down { target: String, secs: f64 },
     /// The daemon answered with an error: the command ran and refused.
     #[error("{method}: {message}")]
     Remote { method: String, message: String },
@@ -50,6 +53,12 @@ pub enum UnixctlError {
 /// The seam between logic and a running ovs-vswitchd: anything that answers appctl commands.
 pub trait Appctl {
     fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError>;
+
+    /// Changes whenever the peer may be a different daemon than before (it restarted and was
+    /// reconnected to): what was learnt about it (its commands, datapaths, ports) is stale.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Finds `<rundir>/<target>.<pid>.ctl` from `<rundir>/<target>.pid`, as ovs-appctl does.
@@ -170,6 +179,117 @@ impl Appctl for UnixctlClient {
     }
 }
 
+/// A daemon's unixctl server found through its pidfile, followed across restarts: a restarted
+/// ovs-vswitchd has a new pid, hence a new `<target>.<pid>.ctl`. A call that finds the
+/// connection gone looks the socket up again, reconnects and is sent once more. While the
+/// daemon is down, calls fail at once (one reconnect attempt per [`Self::RETRY`]). The loss
+/// and the recovery are each said once on stderr.
+pub struct DaemonCtl {
+    rundir: PathBuf,
+    target: String,
+    timeout: Duration,
+    conn: Option<UnixctlClient>,
+    generation: u64,
+    down_since: Option<std::time::Instant>,
+    last_attempt: Option<std::time::Instant>,
+    /// Reconnections after a loss.
+    pub reconnects: u64,
+}
+
+impl DaemonCtl {
+    /// Least time between two reconnect attempts while the daemon is down.
+    pub const RETRY: Duration = Duration::from_millis(500);
+
+    /// Connects now: a daemon that is not there at start is an error the user must see.
+    pub fn connect(rundir: &Path, target: &str, timeout: Duration) -> Result<Self, UnixctlError> {
+        let conn = UnixctlClient::connect_target(rundir, target, timeout)?;
+        Ok(Self {
+            rundir: rundir.to_path_buf(),
+            target: target.to_string(),
+            timeout,
+            conn: Some(conn),
+            generation: 0,
+            down_since: None,
+            last_attempt: None,
+            reconnects: 0,
+        })
+    }
+
+    fn reconnect(&mut self) -> Result<(), UnixctlError> {
+        let now = std::time::Instant::now();
+        if let Some(t) = self.last_attempt
+            && now.duration_since(t) < Self::RETRY
+        {
+            return Err(UnixctlError::Down {
+                target: self.target.clone(),
+                secs: self
+                    .down_since
+                    .map_or(0.0, |d| now.duration_since(d).as_secs_f64()),
+            });
+        }
+        self.last_attempt = Some(now);
+        let conn = UnixctlClient::connect_target(&self.rundir, &self.target, self.timeout)?;
+        if let Some(d) = self.down_since.take() {
+            eprintln!(
+                "detrace: {}: reconnected to {} after {:.1}s",
+                self.target,
+                conn.path().display(),
+                d.elapsed().as_secs_f64()
+            );
+            self.reconnects += 1;
+        }
+        self.generation += 1;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn lost(&mut self, e: &UnixctlError) {
+        self.conn = None;
+        if self.down_since.is_none() {
+            eprintln!(
+                "detrace: {}: connection lost ({e}); reconnecting (flows are explained again once \
+                 it is back)",
+                self.target
+            );
+            self.down_since = Some(std::time::Instant::now());
+            self.last_attempt = None;
+        }
+    }
+}
+
+impl Appctl for DaemonCtl {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+        let mut sent_on_fresh = false;
+        loop {
+            if self.conn.is_none() {
+                self.reconnect()?;
+                sent_on_fresh = true;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                unreachable!("connected just above")
+            };
+            match conn.call(method, params) {
+                Err(
+                    e @ (UnixctlError::Closed { .. }
+                    | UnixctlError::Io { .. }
+                    | UnixctlError::Connect { .. }),
+                ) => {
+                    self.lost(&e);
+                    // Sent once on the old connection, once more on a new one; no more.
+                    if sent_on_fresh {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 fn decode_reply(method: &str, path: &Path, reply: &Value) -> Result<String, UnixctlError> {
     match (reply.get("result"), reply.get("error")) {
         (_, Some(err)) if !err.is_null() => Err(UnixctlError::Remote {
@@ -259,6 +379,57 @@ mod tests {
             c.call("y", &[]),
             Err(UnixctlError::Malformed { .. })
         ));
+    }
+
+    /// A daemon `t` with this pid in `dir`: pidfile and `t.<pid>.ctl`, answering `replies`
+    /// (each with its request's id) on one connection, then closing it.
+    fn daemon(dir: &Path, pid: u32, replies: Vec<&'static str>) -> std::thread::JoinHandle<()> {
+        let l = UnixListener::bind(dir.join(format!("t.{pid}.ctl"))).unwrap();
+        std::fs::write(dir.join("t.pid"), format!("{pid}\n")).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let rd =
+                serde_json::Deserializer::from_reader(s.try_clone().unwrap()).into_iter::<Value>();
+            // Replies first: once they are all sent, no further request is waited for.
+            for (r, req) in replies.into_iter().zip(rd) {
+                let id = req.unwrap()["id"].clone();
+                let reply = json!({"id": id, "result": r, "error": null});
+                s.write_all(reply.to_string().as_bytes()).unwrap();
+            }
+        })
+    }
+
+    /// ovs-vswitchd restarted: a new pid, a new socket. The call that finds the old connection
+    /// closed is sent again on the new one; while the daemon is down, calls fail at once.
+    #[test]
+    fn daemon_ctl_follows_a_restart() {
+        let dir = tempdir::Dir::new();
+        let first = daemon(&dir.0, 111, vec!["one\n"]);
+        let mut c = DaemonCtl::connect(&dir.0, "t", Duration::from_secs(5)).unwrap();
+        assert_eq!(c.call("a", &[]).unwrap(), "one\n");
+        assert_eq!(c.generation(), 0);
+        first.join().unwrap();
+        // Down: the old socket is closed and the pidfile names a pid with no socket.
+        std::fs::remove_file(dir.0.join("t.111.ctl")).unwrap();
+        let t = std::time::Instant::now();
+        let e = c.call("b", &[]).unwrap_err();
+        assert!(
+            matches!(e, UnixctlError::Connect { .. } | UnixctlError::Closed { .. }),
+            "{e:?}"
+        );
+        let e = c.call("b", &[]).unwrap_err();
+        assert!(matches!(e, UnixctlError::Down { .. }), "{e:?}");
+        assert!(e.to_string().contains("is down"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "fails fast while down");
+        // Back with a new pid.
+        let second = daemon(&dir.0, 222, vec!["two\n", "three\n"]);
+        std::thread::sleep(DaemonCtl::RETRY);
+        assert_eq!(c.call("b", &[]).unwrap(), "two\n");
+        assert_eq!(c.generation(), 1, "a new daemon: a new generation");
+        assert_eq!(c.reconnects, 1);
+        assert_eq!(c.call("c", &[]).unwrap(), "three\n");
+        drop(c);
+        second.join().unwrap();
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct FlowRules {
 pub struct Vswitchd<A: Appctl> {
     ctl: Counted<A>,
     has_detrace: bool,
+    /// `dpctl/dump-dps`, asked once per daemon (and again when a flow is not found).
+    dps: Option<Vec<String>>,
+    /// The daemon's generation (see [`Appctl::generation`]) what we know was learnt from.
+    generation: u64,
     pub retry: Retry,
 }
 
@@ -82,6 +86,11 @@ impl<A: Appctl> Counted<A> {
     }
 }
 
+fn detect_detrace(cmds: &str) -> bool {
+    cmds.lines()
+        .any(|l| l.split_whitespace().next() == Some("ofproto/detrace"))
+}
+
 impl<A: Appctl> Vswitchd<A> {
     /// Detects what this ovs-vswitchd can do from `list-commands` (never from version strings).
     pub fn new(ctl: A) -> Result<Self, VswitchdError> {
@@ -89,15 +98,34 @@ impl<A: Appctl> Vswitchd<A> {
             inner: ctl,
             requests: 0,
         };
-        let cmds = ctl.call("list-commands", &[])?;
-        let has_detrace = cmds
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some("ofproto/detrace"));
+        let has_detrace = detect_detrace(&ctl.call("list-commands", &[])?);
+        let generation = ctl.inner.generation();
         Ok(Self {
             ctl,
             has_detrace,
+            dps: None,
+            generation,
             retry: Retry::default(),
         })
+    }
+
+    /// The daemon restarted since we last looked (a reconnection happened): what it can do
+    /// and which datapaths it has are asked again. True when it did.
+    pub fn follow_restart(&mut self) -> Result<bool, VswitchdError> {
+        let now = self.ctl.inner.generation();
+        if now == self.generation {
+            return Ok(false);
+        }
+        self.dps = None;
+        self.has_detrace = detect_detrace(&self.ctl.call("list-commands", &[])?);
+        // Only once that answered: a failed ask is tried again at the next call.
+        self.generation = self.ctl.inner.generation();
+        Ok(true)
+    }
+
+    /// Changes when ovs-vswitchd was reconnected to after a restart.
+    pub fn generation(&self) -> u64 {
+        self.ctl.inner.generation()
     }
 
     pub fn has_detrace(&self) -> bool {
@@ -109,8 +137,12 @@ impl<A: Appctl> Vswitchd<A> {
         self.ctl.requests
     }
 
-    /// Datapath names, e.g. `system@ovs-system`, `netdev@ovs-netdev`.
+    /// Datapath names, e.g. `system@ovs-system`, `netdev@ovs-netdev`, asked once.
     pub fn datapaths(&mut self) -> Result<Vec<String>, VswitchdError> {
+        self.follow_restart()?;
+        if let Some(d) = &self.dps {
+            return Ok(d.clone());
+        }
         let out = self.ctl.call("dpctl/dump-dps", &[])?;
         let dps: Vec<String> = out
             .lines()
@@ -121,6 +153,7 @@ impl<A: Appctl> Vswitchd<A> {
         if dps.is_empty() {
             return Err(VswitchdError::NoDatapath);
         }
+        self.dps = Some(dps.clone());
         Ok(dps)
     }
 
@@ -173,6 +206,12 @@ impl<A: Appctl> Vswitchd<A> {
     /// The OpenFlow rules behind `flow` in datapath `dp`. Never fails as a whole: a flow that
     /// vanished or an unexpected reply is reported in `error` and the caller goes on.
     pub fn rules(&mut self, dp: &str, flow: &DpFlow) -> FlowRules {
+        if let Err(e) = self.follow_restart() {
+            return FlowRules {
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+        }
         if !self.has_detrace {
             return self.rules_trace(dp, flow);
         }
@@ -237,7 +276,7 @@ impl<A: Appctl> Vswitchd<A> {
     /// OVS < 3.4: re-translate the flow's match with `ofproto/trace <dp> <match>`. The trace takes
     /// the datapath's name without its type (`ovs-netdev`, not `netdev@ovs-netdev`), and resumes
     /// recirculated flows from their frozen state.
-    fn rules_trace(&mut self, dp: &str, flow: &DpFlow) -> FlowRules {
+    pub fn rules_trace(&mut self, dp: &str, flow: &DpFlow) -> FlowRules {
         let dp_name = dp.split_once('@').map_or(dp, |(_, n)| n);
         let mut out = FlowRules {
             source: Some(RuleSource::Trace),
