@@ -51,6 +51,9 @@ pub struct FlowExplanation {
     pub rules: Vec<RuleExplanation>,
     /// Distinct NB objects reached through every rule.
     pub objects: Vec<ObjectRef>,
+    /// When this pass ends the packet (drop, reject, ICMP error, ARP request instead of
+    /// forwarding): the object that decided it. None when the pass forwards or recirculates.
+    pub drop_culprit: Option<culprit::Culprit>,
 }
 
 fn object_ref(o: &NbObject) -> ObjectRef {
@@ -83,7 +86,7 @@ pub fn explain(dp: &str, flow: &DpFlow, found: FlowRules, res: &Resolver<'_>) ->
         .collect();
     objects.sort();
     objects.dedup();
-    FlowExplanation {
+    let mut e = FlowExplanation {
         ufid: flow.ufid,
         datapath: dp.to_string(),
         recirc_id: flow.recirc_id(),
@@ -98,7 +101,10 @@ pub fn explain(dp: &str, flow: &DpFlow, found: FlowRules, res: &Resolver<'_>) ->
         rules_error: found.error,
         rules,
         objects,
-    }
+        drop_culprit: None,
+    };
+    e.drop_culprit = culprit::drop_decision(&e);
+    e
 }
 
 /// An OVN object by table, UUID and name: owned, so it also comes back from a recording.
@@ -242,7 +248,10 @@ mod tests {
             e.objects
         );
         let c = culprit::drop_culprit(&e);
-        assert_eq!((c.kind, c.name.as_str()), (culprit::CulpritKind::Acl, "drop-9999"));
+        assert_eq!(
+            (c.kind, c.name.as_str()),
+            (culprit::CulpritKind::Acl, "drop-9999")
+        );
         assert!(
             c.detail.contains("tcp.dst == 9999") && c.detail.contains("action=drop"),
             "{}",
