@@ -147,6 +147,15 @@ fn metadata_of(of_match: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
 }
 
+/// Whether datapath actions send the packet out of a port (`dt-v-p1`, or a number in the plain
+/// form): a bare action, not `drop` nor a call such as `ct(...)`, `recirc(...)`, `userspace(...)`.
+fn outputs(dp_actions: &str) -> bool {
+    crate::ovs::dpflow::split_top(dp_actions)
+        .iter()
+        .map(|a| a.trim())
+        .any(|a| !a.is_empty() && a != "drop" && !a.contains('('))
+}
+
 /// The logical flow of a candidate; `metadata` (from its OpenFlow rule) narrows a flow shared
 /// by a datapath group to the datapath the packet was on.
 fn lflow_on(c: &SbCandidate, metadata: Option<u64>) -> Option<Lf<'_>> {
@@ -414,6 +423,11 @@ fn port_security<'a>(steps: &[(usize, &'a SbCandidate)], drop_at: usize) -> Opti
 /// earlier, specific object: an ACL's eval flow (25.03 drops in `*_acl_action`), the port whose
 /// port security refused (`*_apply_port_sec` drops on `check_*_port_sec()`'s bit).
 pub fn drop_decision(e: &FlowExplanation) -> Option<Culprit> {
+    // A flooded packet can be dropped on one branch (a router port refusing multicast) and
+    // delivered on others: a pass that outputs did not drop the packet.
+    if outputs(&e.actions) {
+        return None;
+    }
     let steps: Vec<(usize, &SbCandidate)> = e
         .rules
         .iter()
@@ -520,7 +534,9 @@ pub fn drop_culprit(e: &FlowExplanation) -> Culprit {
     {
         return lb_culprit(lb);
     }
-    let why = if let Some(err) = &e.rules_error {
+    let why = if outputs(&e.actions) {
+        "this pass outputs the packet; no logical flow of it decided a drop".to_string()
+    } else if let Some(err) = &e.rules_error {
         format!("no OpenFlow rules: {err}")
     } else if e.rules.is_empty() {
         "no OpenFlow rules".to_string()
@@ -782,7 +798,8 @@ mod tests {
             let c = drop_culprit(&e);
             assert_eq!(c.kind, CulpritKind::Unexplained, "{c:?}");
             assert!(
-                c.detail.contains("no logical flow of this pass drops"),
+                c.detail.contains("no logical flow of this pass drops")
+                    || c.detail.contains("this pass outputs the packet"),
                 "{c:?}"
             );
         }
