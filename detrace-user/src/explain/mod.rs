@@ -157,6 +157,9 @@ impl FlowSummary {
             }
         }
         let mut details: Vec<String> = Vec::new();
+        if let Some(c) = &e.drop_culprit {
+            details.push(format!("dropped by {}", c.text()));
+        }
         for o in e
             .rules
             .iter()
@@ -252,6 +255,9 @@ mod tests {
             (c.kind, c.name.as_str()),
             (culprit::CulpritKind::Acl, "drop-9999")
         );
+        // The eval flow's datapath; the drop itself is in ls_out_acl_action, which has no hint.
+        assert_eq!(c.datapath.as_deref(), Some("sw0"));
+        assert_eq!(e.drop_culprit.as_ref(), Some(&c));
         assert!(
             c.detail.contains("tcp.dst == 9999") && c.detail.contains("action=drop"),
             "{}",
@@ -259,6 +265,11 @@ mod tests {
         );
         let s = FlowSummary::of(&e);
         assert!(s.label.contains("ACL drop-9999"), "{}", s.label);
+        assert!(
+            s.details[0].starts_with("dropped by ACL: ACL drop-9999 (to-lport priority 1002"),
+            "{:?}",
+            s.details
+        );
         assert!(
             s.stages.iter().any(|st| st.contains("acl")),
             "{:?}",
