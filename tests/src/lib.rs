@@ -90,9 +90,39 @@ pub const PODS: &[(&str, &str, &str, &str, &str)] = &[
     ("p2", "sw0", "50:54:00:00:00:12", "10.0.0.12/24", "10.0.0.1"),
     ("p3", "sw1", "50:54:00:00:00:13", "20.0.0.13/24", "20.0.0.1"),
 ];
+/// A pod whose port security lists only its own MAC and IP (added by `add_drop_causes`).
+pub const PORTSEC_POD: (&str, &str, &str, &str, &str) =
+    ("p4", "sw0", "50:54:00:00:00:14", "10.0.0.14/24", "10.0.0.1");
+pub const PORTSEC: &str = "50:54:00:00:00:14 10.0.0.14";
+/// The address p4 sends from that its port security does not list.
+pub const PORTSEC_SPOOFED_IP: &str = "10.0.0.24";
+/// lr0's policy drops traffic to this address.
+pub const POLICY_DROP_IP: &str = "20.0.0.99";
+/// VIPs of load balancers without backends: one drops, one rejects.
+pub const LB_EMPTY_VIP: &str = "10.0.0.200";
+pub const LB_REJECT_VIP: &str = "10.0.0.201";
 pub const VIP: &str = "10.0.0.100";
 pub const DROP_PORT: u16 = 9999;
 pub const ACL_DROP_NAME: &str = "drop-9999";
+
+/// An address on sw0's subnet that p1 sends to a MAC nobody has.
+pub const NO_L2_DST_IP: &str = "10.0.0.77";
+
+/// One TCP segment with chosen flags over a raw socket (the kernel adds the IP header).
+const RAW_TCP: &str = r#"
+import socket, struct, sys, time
+src, dst, dport, flags, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+bits = sum({"F": 1, "S": 2, "R": 4, "P": 8, "A": 16}[c] for c in flags)
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b)); s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+h = struct.pack("!HHIIBBHHH", 40000, dport, 1000, 2000, 5 << 4, bits, 64240, 0, 0)
+ph = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(h))
+h = h[:16] + struct.pack("!H", csum(ph + h)) + h[18:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for _ in range(n):
+    s.sendto(h, (dst, 0)); time.sleep(0.3)
+"#;
 
 /// OVS + OVN + topology, torn down on drop.
 pub struct HostLab {
@@ -340,48 +370,8 @@ impl HostLab {
                 &format!("router-port={lrp}"),
             ])?;
         }
-        for (pod, sw, mac, ip, gw) in PODS {
-            let addr = format!("{mac} {}", ip.split('/').next().unwrap_or(ip));
-            nb(&["lsp-add", sw, pod, "--", "lsp-set-addresses", pod, &addr])?;
-            let ns = format!("dt-{pod}");
-            let veth = format!("dt-v-{pod}");
-            sh(&mut cmd("ip", &["netns", "add", &ns]))?;
-            sh(&mut cmd(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            ))?;
-            for a in [
-                vec!["link", "set", "eth0", "address", mac],
-                vec!["addr", "add", ip, "dev", "eth0"],
-                vec!["link", "set", "lo", "up"],
-                vec!["link", "set", "eth0", "up"],
-                vec!["route", "add", "default", "via", gw],
-            ] {
-                let mut c = cmd("ip", &["-n", &ns]);
-                c.args(a);
-                sh(&mut c)?;
-            }
-            // The userspace datapath does not fill in checksums that veth offload left out.
-            sh(&mut cmd(
-                "ip",
-                &["netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off"],
-            ))?;
-            sh(&mut cmd("ip", &["link", "set", &veth, "up"]))?;
-            self.run(
-                "ovs-vsctl",
-                &[
-                    "add-port",
-                    "br-int",
-                    &veth,
-                    "--",
-                    "set",
-                    "interface",
-                    &veth,
-                    &format!("external_ids:iface-id={pod}"),
-                ],
-            )?;
+        for p in PODS {
+            self.add_pod(*p)?;
         }
         nb(&[
             "lb-add",
@@ -427,6 +417,177 @@ impl HostLab {
             self.children.push(child);
         }
         Ok(())
+    }
+
+    /// A logical switch port and its pod: a netns with a veth into br-int.
+    fn add_pod(
+        &self,
+        (pod, sw, mac, ip, gw): (&str, &str, &str, &str, &str),
+    ) -> anyhow::Result<()> {
+        let addr = format!("{mac} {}", ip.split('/').next().unwrap_or(ip));
+        self.run(
+            "ovn-nbctl",
+            &["lsp-add", sw, pod, "--", "lsp-set-addresses", pod, &addr],
+        )?;
+        let ns = format!("dt-{pod}");
+        let veth = format!("dt-v-{pod}");
+        sh(&mut cmd("ip", &["netns", "add", &ns]))?;
+        sh(&mut cmd(
+            "ip",
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        ))?;
+        for a in [
+            vec!["link", "set", "eth0", "address", mac],
+            vec!["addr", "add", ip, "dev", "eth0"],
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["route", "add", "default", "via", gw],
+        ] {
+            let mut c = cmd("ip", &["-n", &ns]);
+            c.args(a);
+            sh(&mut c)?;
+        }
+        // The userspace datapath does not fill in checksums that veth offload left out.
+        sh(&mut cmd(
+            "ip",
+            &["netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off"],
+        ))?;
+        sh(&mut cmd("ip", &["link", "set", &veth, "up"]))?;
+        self.run(
+            "ovs-vsctl",
+            &[
+                "add-port",
+                "br-int",
+                &veth,
+                "--",
+                "set",
+                "interface",
+                &veth,
+                &format!("external_ids:iface-id={pod}"),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One object per drop cause on top of the base topology: pod p4 with port security, a
+    /// router policy that drops 20.0.0.99, load balancers without backends (drop, reject).
+    /// The pods get the neighbour entries that let their packets reach the deciding stage.
+    pub fn add_drop_causes(&mut self) -> anyhow::Result<()> {
+        self.add_pod(PORTSEC_POD)?;
+        let nb = |args: &[&str]| self.run("ovn-nbctl", args);
+        nb(&["lsp-set-port-security", PORTSEC_POD.0, PORTSEC])?;
+        nb(&[
+            "lr-policy-add",
+            "lr0",
+            "1000",
+            &format!("ip4.dst == {POLICY_DROP_IP}"),
+            "drop",
+        ])?;
+        for (name, vip, extra) in [
+            ("lb-empty", LB_EMPTY_VIP, None),
+            ("lb-reject", LB_REJECT_VIP, Some("options:reject=true")),
+        ] {
+            let mut args = vec![
+                "create".to_string(),
+                "Load_Balancer".into(),
+                format!("name={name}"),
+                "protocol=tcp".into(),
+                format!("vips={{\"{vip}:80\"=\"\"}}"),
+            ];
+            args.extend(extra.map(str::to_string));
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            nb(&a)?;
+            nb(&["ls-lb-add", "sw0", name])?;
+        }
+        nb(&["--wait=hv", "sync"])?;
+        let ip_n = |pod: &str, args: &[&str]| {
+            let mut c = cmd("ip", &["-n", &format!("dt-{pod}")]);
+            c.args(args);
+            sh(&mut c)
+        };
+        ip_n(
+            "p4",
+            &[
+                "addr",
+                "add",
+                &format!("{PORTSEC_SPOOFED_IP}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip_n(
+            "p4",
+            &[
+                "neigh",
+                "replace",
+                "10.0.0.12",
+                "lladdr",
+                "50:54:00:00:00:12",
+                "dev",
+                "eth0",
+            ],
+        )?;
+        // Nobody answers ARP for a VIP only on a switch: send to the router's MAC.
+        for vip in [LB_EMPTY_VIP, LB_REJECT_VIP] {
+            ip_n(
+                "p1",
+                &[
+                    "neigh",
+                    "replace",
+                    vip,
+                    "lladdr",
+                    "00:00:00:00:ff:01",
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        }
+        // A MAC nobody has on sw0: no L2 destination.
+        ip_n(
+            "p1",
+            &[
+                "neigh",
+                "replace",
+                NO_L2_DST_IP,
+                "lladdr",
+                "50:54:00:00:00:99",
+                "dev",
+                "eth0",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sends TCP segments with the given flags (e.g. "SA": SYN+ACK, which conntrack cannot start
+    /// a connection with, so ct.inv) from a pod, `count` times 0.3 s apart.
+    pub fn send_tcp_flags(
+        &self,
+        from: &str,
+        src: &str,
+        dst: &str,
+        port: u16,
+        flags: &str,
+        count: u32,
+    ) -> anyhow::Result<Child> {
+        Ok(self
+            .in_pod(
+                from,
+                &[
+                    "/usr/bin/python3",
+                    "-c",
+                    RAW_TCP,
+                    src,
+                    dst,
+                    &port.to_string(),
+                    flags,
+                    &count.to_string(),
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?)
     }
 
     /// One TCP connection attempt from a pod; true when the server answered.
@@ -501,7 +662,7 @@ fn cleanup_leftovers() {
             }
         }
     }
-    for (pod, ..) in PODS {
+    for (pod, ..) in PODS.iter().chain([&PORTSEC_POD]) {
         let _ = Command::new("ip")
             .args(["link", "del", &format!("dt-v-{pod}")])
             .stderr(Stdio::null())

@@ -51,6 +51,9 @@ pub struct FlowExplanation {
     pub rules: Vec<RuleExplanation>,
     /// Distinct NB objects reached through every rule.
     pub objects: Vec<ObjectRef>,
+    /// When this pass ends the packet (drop, reject, ICMP error, ARP request instead of
+    /// forwarding): the object that decided it. None when the pass forwards or recirculates.
+    pub drop_culprit: Option<culprit::Culprit>,
 }
 
 fn object_ref(o: &NbObject) -> ObjectRef {
@@ -83,7 +86,7 @@ pub fn explain(dp: &str, flow: &DpFlow, found: FlowRules, res: &Resolver<'_>) ->
         .collect();
     objects.sort();
     objects.dedup();
-    FlowExplanation {
+    let mut e = FlowExplanation {
         ufid: flow.ufid,
         datapath: dp.to_string(),
         recirc_id: flow.recirc_id(),
@@ -98,7 +101,10 @@ pub fn explain(dp: &str, flow: &DpFlow, found: FlowRules, res: &Resolver<'_>) ->
         rules_error: found.error,
         rules,
         objects,
-    }
+        drop_culprit: None,
+    };
+    e.drop_culprit = culprit::drop_decision(&e);
+    e
 }
 
 /// An OVN object by table, UUID and name: owned, so it also comes back from a recording.
@@ -151,6 +157,9 @@ impl FlowSummary {
             }
         }
         let mut details: Vec<String> = Vec::new();
+        if let Some(c) = &e.drop_culprit {
+            details.push(format!("dropped by {}", c.text()));
+        }
         for o in e
             .rules
             .iter()
@@ -242,7 +251,13 @@ mod tests {
             e.objects
         );
         let c = culprit::drop_culprit(&e);
-        assert_eq!((c.kind, c.name.as_str()), (culprit::CulpritKind::Acl, "drop-9999"));
+        assert_eq!(
+            (c.kind, c.name.as_str()),
+            (culprit::CulpritKind::Acl, "drop-9999")
+        );
+        // The eval flow's datapath; the drop itself is in ls_out_acl_action, which has no hint.
+        assert_eq!(c.datapath.as_deref(), Some("sw0"));
+        assert_eq!(e.drop_culprit.as_ref(), Some(&c));
         assert!(
             c.detail.contains("tcp.dst == 9999") && c.detail.contains("action=drop"),
             "{}",
@@ -250,6 +265,11 @@ mod tests {
         );
         let s = FlowSummary::of(&e);
         assert!(s.label.contains("ACL drop-9999"), "{}", s.label);
+        assert!(
+            s.details[0].starts_with("dropped by ACL: ACL drop-9999 (to-lport priority 1002"),
+            "{:?}",
+            s.details
+        );
         assert!(
             s.stages.iter().any(|st| st.contains("acl")),
             "{:?}",

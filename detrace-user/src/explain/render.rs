@@ -187,5 +187,8 @@ pub fn text(e: &FlowExplanation) -> String {
             .collect();
         let _ = writeln!(s, "  OVN objects: {}", objs.join(", "));
     }
+    if let Some(c) = &e.drop_culprit {
+        let _ = writeln!(s, "  dropped by {}", c.text());
+    }
     s
 }

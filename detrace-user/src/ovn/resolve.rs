@@ -16,6 +16,10 @@ pub struct DatapathRef {
     pub name: String,
     /// "switch", "router" or "" when unknown.
     pub kind: &'static str,
+    /// Datapath_Binding.tunnel_key: the OpenFlow `metadata` of the datapath's rules, which tells
+    /// which datapath of a flow's datapath group a packet was on.
+    #[serde(skip)]
+    pub tunnel_key: Option<u64>,
 }
 
 /// A Northbound row a stage-hint (or a port name, or an lb_id) points at.
@@ -164,7 +168,16 @@ impl Resolver<'_> {
             Some(e) if e.get("logical-router").is_some() => "router",
             _ => "",
         };
-        DatapathRef { uuid, name, kind }
+        let tunnel_key = row
+            .and_then(|r| r.get("tunnel_key"))
+            .and_then(Datum::as_int)
+            .and_then(|k| u64::try_from(k).ok());
+        DatapathRef {
+            uuid,
+            name,
+            kind,
+            tunnel_key,
+        }
     }
 
     fn datapaths_of_group(&self, group: Uuid) -> Vec<DatapathRef> {
