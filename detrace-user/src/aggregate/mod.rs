@@ -14,7 +14,10 @@ use crate::{
     FastMap,
     aggregate::counters::FlowCounters,
     events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
-    explain::{ObjectName, culprit::Culprit},
+    explain::{
+        ObjectName,
+        culprit::{Culprit, CulpritKind},
+    },
     uuid::Uuid,
 };
 
@@ -261,6 +264,9 @@ pub struct DropGroup {
     pub flows: Vec<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<Packet>,
+    /// How the culprit was found when it matters (e.g. explained after the flow expired).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Groups per-flow drop counts by culprit; `sample` gives a packet seen dropped by a flow.
@@ -269,16 +275,21 @@ pub fn group_drops(
     culprit: impl Fn(&Uuid) -> Culprit,
     sample: impl Fn(&Uuid) -> Option<Packet>,
 ) -> Vec<DropGroup> {
-    let mut groups: BTreeMap<Culprit, DropGroup> = BTreeMap::new();
+    // One group per object: flows explained at different times (or on different datapaths)
+    // may word the same culprit's detail differently.
+    let mut groups: BTreeMap<(CulpritKind, String), DropGroup> = BTreeMap::new();
     for (u, s) in flows.iter().filter(|(_, s)| s.drops > 0) {
         let c = culprit(u);
-        let g = groups.entry(c.clone()).or_insert_with(|| DropGroup {
-            culprit: c,
-            drops: 0,
-            reasons: BTreeMap::new(),
-            flows: Vec::new(),
-            sample: None,
-        });
+        let g = groups
+            .entry((c.kind, c.id.clone()))
+            .or_insert_with(|| DropGroup {
+                culprit: c,
+                drops: 0,
+                reasons: BTreeMap::new(),
+                flows: Vec::new(),
+                sample: None,
+                notes: Vec::new(),
+            });
         g.drops += s.drops;
         for (i, &n) in s.drop_reasons.iter().enumerate() {
             if n > 0 {

@@ -162,6 +162,9 @@ pub struct ExplainStats {
 /// How many UFIDs [`ExplainCache::warm`] keeps between prefetching a slot and reading it.
 const WARM_DEPTH: usize = 4;
 
+/// How an explanation made after its flow expired says so (in its `rules_error`).
+pub const AFTER_EXPIRY: &str = "explained after the flow expired";
+
 /// At most this many UFIDs wait for their explanation (a UFID seen while it is full is
 /// counted, and queued when seen again).
 pub const QUEUE_MAX: usize = 65_536;
@@ -429,7 +432,7 @@ impl<A: Appctl> ExplainCache<A> {
                 after_expiry = true;
                 let mut rules = ovs.rules_trace(&dp, &flow);
                 rules.error = Some(format!(
-                    "explained after the flow expired: re-translated with ofproto/trace from \
+                    "{AFTER_EXPIRY}: re-translated with ofproto/trace from \
                      its match captured at first sight{}",
                     rules
                         .error
@@ -445,11 +448,7 @@ impl<A: Appctl> ExplainCache<A> {
             let rules = rules.unwrap_or_else(|| ovs.rules(&dp, &flow));
             let (sb, nb) = (ovn.sb(), ovn.nb());
             let e = explain(&dp, &flow, rules, &Resolver { sb: &sb, nb: &nb });
-            let mut summary = FlowSummary::of(&e);
-            if after_expiry {
-                let c = &mut summary.drop_culprit;
-                c.detail = format!("(explained after the flow expired) {}", c.detail);
-            }
+            let summary = FlowSummary::of(&e);
             Explained::new(
                 summary,
                 if keep_full {
@@ -770,7 +769,6 @@ mod tests {
             (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
             "{c:?}"
         );
-        assert!(c.detail.contains("explained after the flow expired"), "{c:?}");
         assert!(
             e.summary
                 .rules_error

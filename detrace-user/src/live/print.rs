@@ -270,6 +270,9 @@ pub fn drops_text(groups: &[DropGroup]) -> String {
         if let Some(p) = &g.sample {
             let _ = writeln!(s, "          sample: {p}");
         }
+        for n in &g.notes {
+            let _ = writeln!(s, "          note: {n}");
+        }
     }
     s
 }

@@ -11,7 +11,7 @@ use detrace_common::{Event, FlowStats};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    explainer::{ExplainCache, ExplainStats, Explained, Lookup, LookupRef},
+    explainer::{AFTER_EXPIRY, ExplainCache, ExplainStats, Explained, Lookup, LookupRef},
     print::{self, Clock},
     source::{EventSource, LossReport, Tracer},
 };
@@ -307,7 +307,7 @@ impl<A: Appctl> Session<A> {
             .map(|(u, _)| (*u, self.culprit(*u)))
             .collect();
         let samples = &self.samples;
-        group_drops(
+        let mut groups = group_drops(
             flows,
             |u| {
                 culprits
@@ -316,7 +316,19 @@ impl<A: Appctl> Session<A> {
                     .unwrap_or_else(|| self_culprit_fallback(u))
             },
             |u| samples.get(u).cloned(),
-        )
+        );
+        for g in &mut groups {
+            for u in &g.flows {
+                if let Some(e) = self.cache.cached(u)
+                    && let Some(note) = e.summary.rules_error.as_deref()
+                    && note.starts_with(AFTER_EXPIRY)
+                {
+                    let note = format!("ufid:{u} {note}");
+                    g.notes.push(note);
+                }
+            }
+        }
+        groups
     }
 
     pub fn print_drops(&mut self, flows: &FastMap<Uuid, FlowStats>) -> std::io::Result<()> {
