@@ -47,6 +47,9 @@ pub struct IntegrationTestArgs {
     /// Limit for each test inside the guest, in seconds.
     #[arg(long, default_value_t = 300)]
     test_timeout: u64,
+    /// Run only the vm-tests whose file name contains this (repeatable; default: all).
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -309,6 +312,7 @@ pub fn run_vm_tests(extra: Vec<PathBuf>) -> anyhow::Result<()> {
         target: TestTarget::Vm,
         test_exe: extra,
         test_timeout: 300,
+        only: Vec::new(),
     })
 }
 
@@ -323,6 +327,10 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
+        })
         .collect();
     found.sort();
     for t in found.iter().chain(&args.test_exe) {
