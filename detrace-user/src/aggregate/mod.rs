@@ -146,6 +146,9 @@ pub struct Row {
     pub bps: f64,
     pub drop_reasons: BTreeMap<String, u64>,
     pub latency: Percentiles,
+    /// Who decided the drops of this flow (flows with drops, once explained).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Culprit>,
     #[serde(skip)]
     pub stats: FlowStats,
 }
@@ -168,6 +171,7 @@ fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
         bps: rate(|d| d.bytes),
         drop_reasons: reasons,
         latency: percentiles(s),
+        culprit: None,
         stats: *s,
     }
 }

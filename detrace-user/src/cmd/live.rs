@@ -226,7 +226,12 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
             for r in &mut rows {
                 let u: Uuid = r.key.trim_start_matches("ufid:").parse().unwrap_or(Uuid(0));
                 r.label = match cache.peek(&u) {
-                    LookupRef::Explained(e) => e.summary.label.clone(),
+                    LookupRef::Explained(e) => {
+                        if r.drops > 0 {
+                            r.culprit = Some(e.summary.drop_culprit.clone());
+                        }
+                        e.summary.label.clone()
+                    }
                     LookupRef::Failed { error, .. } => format!("(unexplained: {error})"),
                     LookupRef::Pending => "(pending)".into(),
                 };

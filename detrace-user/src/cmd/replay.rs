@@ -105,6 +105,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             };
             let mut rows = t.rows(0.0, label);
             rows.sort_by_key(|r| std::cmp::Reverse(r.packets));
+            for r in rows.iter_mut().filter(|r| r.drops > 0) {
+                let u: Option<Uuid> = r.key.trim_start_matches("ufid:").parse().ok();
+                r.culprit = u
+                    .and_then(|u| sess.cache.cached(&u))
+                    .map(|e| e.summary.drop_culprit.clone());
+            }
             let objs = |u: &Uuid| {
                 sess.cache
                     .cached(u)
