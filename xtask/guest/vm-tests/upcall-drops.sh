@@ -17,8 +17,11 @@ N=12
 SERVER=10.244.2.5 PORT=7780
 
 ovn-nbctl --name=vmtest-drop-7780 acl-add sw-backend to-lport 1003 "outport == \"server\" && udp.dst == $PORT" drop
-ovn-nbctl --wait=hv sync || fail "ovn-nbctl sync"
 ACL_UUID=$(ovn-nbctl --bare --columns=_uuid find ACL name=vmtest-drop-7780)
+# --name turns logging on, and a logged drop sends each packet to ovn-controller (a userspace()
+# action) instead of dropping it in the datapath.
+ovn-nbctl set ACL "$ACL_UUID" log=false
+ovn-nbctl --wait=hv sync || fail "ovn-nbctl sync"
 ovs-appctl dpctl/dump-flows | grep -q "dst=$PORT" && fail "a datapath flow for udp/$PORT exists before the test sent anything"
 
 wait_ready() {
@@ -29,6 +32,10 @@ wait_ready() {
 "$D" drops --ready --format json --duration 10 >$T/drops.out 2>$T/drops.err &
 P=$!
 wait_ready $T/drops.out drops
+# The same packets one by one, for the log.
+"$D" watch --ready --format json --duration 9 --port $PORT >$T/watch.out 2>$T/watch.err &
+W=$!
+wait_ready $T/watch.out watch
 # Exactly N datagrams from one source port, 50 ms apart: the first upcalls, later ones hit the
 # flows installed for it.
 ip netns exec client python3 -c "
@@ -38,6 +45,10 @@ for i in range(int(sys.argv[2])):
     s.sendto(b'detrace-upcall', ('$SERVER', int(sys.argv[1]))); time.sleep(0.05)
 " $PORT $N
 wait $P || fail "detrace drops exited $?: $(tail -5 $T/drops.err)"
+wait $W
+echo "--- watch --port $PORT:"; grep -v '^ready' $T/watch.out | cut -c1-600
+grep 'kernel:\|assembled' $T/watch.err
+echo "--- datapath flows of udp/$PORT:"; ovs-appctl dpctl/dump-flows -m | grep "dst=$PORT"
 grep -v '^ready' $T/drops.out > $T/drops.json
 cat $T/drops.err | grep -i 'kernel:\|warn' | tail -3
 python3 - "$T/drops.json" "$ACL_UUID" "$N" "$PORT" <<'PY' || fail "drops: $(cat $T/drops.json; tail -3 $T/drops.err)"
