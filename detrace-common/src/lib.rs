@@ -47,9 +47,22 @@ pub enum Counter {
     /// table, slots by skb address): that packet had left by a path without a hook (e.g.
     /// kept by conntrack), or, rarely, was still in flight and lost its tracking.
     InflightReplaced = 10,
+    /// Flows installed (`ovs_flow_tbl_insert`, from OVS_FLOW_CMD_NEW): each is remembered for
+    /// its thread until that thread's next packet execute.
+    FlowInserts = 11,
+    /// Packets executed by ovs-vswitchd (OVS_PACKET_CMD_EXECUTE, seen at
+    /// `ovs_flow_key_extract_userspace`): an upcalled packet sent back with its actions.
+    Executes = 12,
+    /// Executes that followed no flow install on their thread (the flow already existed, was
+    /// modified rather than created, or its install failed): their packet has no UFID to
+    /// count against and is not followed.
+    ExecutesWithoutPut = 13,
+    /// Drops of executed packets (a subset of `Drops`), counted against the flow installed
+    /// for them.
+    DropsAfterUpcall = 14,
 }
 
-pub const COUNTER_SLOTS: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 15;
 
 impl TryFrom<u32> for Counter {
     type Error = u32;
@@ -66,6 +79,10 @@ impl TryFrom<u32> for Counter {
             8 => Self::ProbeErrors,
             9 => Self::FlowStatsFull,
             10 => Self::InflightReplaced,
+            11 => Self::FlowInserts,
+            12 => Self::Executes,
+            13 => Self::ExecutesWithoutPut,
+            14 => Self::DropsAfterUpcall,
             other => return Err(other),
         })
     }
@@ -139,8 +156,16 @@ pub struct Event {
     /// For Drop/Output/Upcall: nanoseconds since the packet's first pass (0 if unknown).
     pub latency_ns: u64,
     pub key: PacketKey,
+    /// [`EVENT_AFTER_UPCALL`] and future marks.
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Event>() == 104);
+const _: () = assert!(size_of::<Event>() == 112);
+
+/// [`Event::flags`]: the packet is one ovs-vswitchd executed after its upcall
+/// (OVS_PACKET_CMD_EXECUTE), with the actions of the flow it installed for it (`ufid`); no
+/// datapath pass of it was seen since.
+pub const EVENT_AFTER_UPCALL: u32 = 1 << 0;
 
 /// Per-UFID flow identity ([`MAP_FLOW_STATS`] key).
 #[repr(C)]
@@ -174,8 +199,11 @@ pub struct FlowStats {
     /// Datapath latency of packets that ended after this flow (see [`LATENCY_BUCKETS`]).
     pub latency: [u64; LATENCY_BUCKETS],
     pub latency_sum_ns: u64,
+    /// Of `drops`: packets dropped after an upcall, while ovs-vswitchd executed them with the
+    /// actions of this flow, installed for them (no flow table lookup: no pass counted).
+    pub drops_after_upcall: u64,
 }
-const _: () = assert!(size_of::<FlowStats>() == 8 * (5 + DROP_REASON_SLOTS + LATENCY_BUCKETS));
+const _: () = assert!(size_of::<FlowStats>() == 8 * (6 + DROP_REASON_SLOTS + LATENCY_BUCKETS));
 
 impl Default for FlowStats {
     fn default() -> Self {
@@ -187,6 +215,7 @@ impl Default for FlowStats {
             drop_reasons: [0; DROP_REASON_SLOTS],
             latency: [0; LATENCY_BUCKETS],
             latency_sum_ns: 0,
+            drops_after_upcall: 0,
         }
     }
 }
@@ -229,6 +258,9 @@ pub struct Config {
     pub off_key_tp_dst: u32,
     /// struct sk_buff.len.
     pub off_skb_len: u32,
+    /// struct sk_buff.data: where an executed packet's frame starts (its headers are not
+    /// parsed yet when the probe sees it).
+    pub off_skb_data: u32,
     /// struct sk_buff.head, .network_header and .transport_header (offsets from head): the
     /// packet's headers, where its real fields are read at each flow hit.
     pub off_skb_head: u32,
@@ -253,9 +285,8 @@ pub struct Config {
     /// 4 or 6: the family of filter_src/filter_dst.
     pub filter_ip_version: u8,
     pub filter_in_port: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 24 + 32 + 4 + 8);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4);
 
 #[cfg(feature = "user")]
 mod pod {

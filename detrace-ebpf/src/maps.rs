@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
     COUNTER_SLOTS, Config, Counter, FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey,
@@ -28,6 +28,7 @@ pub static CONFIG: Config = Config {
     off_key_tp_src: 0,
     off_key_tp_dst: 0,
     off_skb_len: 0,
+    off_skb_data: 0,
     off_skb_head: 0,
     off_skb_network_header: 0,
     off_skb_transport_header: 0,
@@ -44,7 +45,6 @@ pub static CONFIG: Config = Config {
     filter_proto: 0,
     filter_ip_version: 0,
     filter_in_port: 0,
-    _pad: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.
@@ -97,7 +97,9 @@ pub struct Inflight {
     pub in_port: u32,
     /// recirc_id of the latest pass.
     pub recirc_id: u32,
-    pub _pad: u32,
+    /// 1 while the packet is one ovs-vswitchd executed after its upcall and no datapath pass
+    /// of it was seen since: `ufid` is then the flow installed for it (probes/upcall.rs).
+    pub after_upcall: u32,
     /// The packet as its first pass saw it (before NAT): its identity in Drop/Output events.
     pub key: PacketKey,
 }
@@ -161,6 +163,28 @@ pub fn inflight_claim(skb: u64, ts: u64) -> Option<&'static mut Inflight> {
     e.skb = 0;
     Some(e)
 }
+
+/// A flow just installed by a thread (probes/upcall.rs): what that thread's next packet
+/// execute takes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Put {
+    pub ufid: [u32; 4],
+    pub recirc_id: u32,
+    pub in_port: u32,
+    pub ts: u64,
+}
+
+/// Installs not yet taken by an execute, by thread (`bpf_get_current_pid_tgid`). LRU: a thread
+/// that installs flows without executing packets (a `dpctl/add-flow`) leaves an entry behind,
+/// which ages out of the map and is refused by age anyway ([`PUT_MAX_AGE_NS`]).
+#[map(name = "PUTS")]
+pub static PUTS: LruHashMap<u64, Put> = LruHashMap::with_max_entries(1024, 0);
+
+/// ovs-vswitchd sends an upcall's put and its execute in one netlink batch
+/// (ofproto-dpif-upcall.c handle_upcalls): an install older than this was not followed by its
+/// packet's execute.
+pub const PUT_MAX_AGE_NS: u64 = 1_000_000_000;
 
 /// The pass running on this CPU: set at each flow hit (`ovs_flow_stats_update`, before the
 /// flow's actions run), read by the first pass of a recirculated clone (its parent) and by

@@ -29,7 +29,7 @@ use detrace_common::{Counter, EventKind, PacketKey};
 
 use super::packet::{
     copy_inflight, count_hit, cpu, emit, events_enabled, fentry_args, matches, nonzero, now, read,
-    read_key, read_pass, read_skb_key, scratch_event,
+    read_key, read_pass, read_skb_key, scratch_event, upcall_flags,
 };
 use crate::maps::{
     CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, bump, conf, inflight_claim, inflight_get,
@@ -110,6 +110,7 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     ev.reason = 0;
     ev.len = len;
     ev.latency_ns = ts.wrapping_sub(pass.first_ts);
+    ev.flags = 0;
     emit(ev);
     Ok(0)
 }
@@ -130,6 +131,8 @@ fn continue_pass(e: &mut Inflight, ufid: [u32; 4], recirc_id: u32, ts: u64) -> P
     e.last_ts = ts;
     e.recirc_id = recirc_id;
     e.ufid = ufid;
+    // A pass of an executed packet (after its ct(), recirc()) is an ordinary in-kernel pass.
+    e.after_upcall = 0;
     Pass {
         id: e.id,
         first_ts: e.first_ts,
@@ -184,6 +187,7 @@ fn track_pass(
     e.matched = 0;
     e.in_port = in_port;
     e.recirc_id = recirc_id;
+    e.after_upcall = 0;
     let events = events_enabled();
     if events {
         // Decided once, on the first pass: later passes may see NAT-rewritten addresses.
@@ -244,9 +248,9 @@ fn upcall(skb: u64, key: u64, info: u64) -> Result<u32, u32> {
         let (recirc_id, in_port) = read_pass(key)?;
         let ev = scratch_event()?;
         read_key(key, &mut ev.key)?;
-        let (matched, id, first_ts, ufid) = match &entry {
-            Some(e) => (e.matched != 0, e.id, e.first_ts, e.ufid),
-            None => (matches(&ev.key, in_port), skb, ts, [0; 4]),
+        let (matched, id, first_ts, ufid, flags) = match &entry {
+            Some(e) => (e.matched != 0, e.id, e.first_ts, e.ufid, upcall_flags(e)),
+            None => (matches(&ev.key, in_port), skb, ts, [0; 4], 0),
         };
         if matched {
             ev.kind = EventKind::Upcall as u32;
@@ -260,6 +264,7 @@ fn upcall(skb: u64, key: u64, info: u64) -> Result<u32, u32> {
             ev.reason = u32::from(cmd);
             ev.len = read(skb, conf!(off_skb_len))?;
             ev.latency_ns = ts.wrapping_sub(first_ts);
+            ev.flags = flags;
             emit(ev);
         }
     }

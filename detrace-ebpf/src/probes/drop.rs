@@ -45,9 +45,14 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     bump(Counter::Drops);
+    // An executed packet (probes/upcall.rs) counts against the flow installed for it.
+    let after_upcall = e.after_upcall != 0;
+    if after_upcall {
+        bump(Counter::DropsAfterUpcall);
+    }
     let latency = ts.wrapping_sub(e.first_ts);
     if has_ufid(&e.ufid) {
-        count_end(&e.ufid, End::Drop(reason), latency);
+        count_end(&e.ufid, End::Drop(reason, after_upcall), latency);
     }
     if events_enabled() && e.matched != 0 {
         let len = read(skb, conf!(off_skb_len)).unwrap_or(0);

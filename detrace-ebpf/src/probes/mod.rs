@@ -5,4 +5,5 @@ mod packet;
 
 pub mod datapath;
 pub mod drop;
+pub mod upcall;
 pub mod vport;

@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::FEntryContext,
 };
 use detrace_common::{
-    Counter, DROP_REASON_SLOTS, Event, EventKind, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
-    FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS, OVS_DROP_REASON_BASE,
-    PacketKey,
+    Counter, DROP_REASON_SLOTS, EVENT_AFTER_UPCALL, Event, EventKind, FILTER_DST, FILTER_HOST,
+    FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS,
+    OVS_DROP_REASON_BASE, PacketKey,
 };
 
 use crate::maps::{
@@ -164,16 +164,23 @@ pub fn read_skb_key(skb: u64, flow_key: u64, k: &mut PacketKey) -> Result<(), Fa
     if !ports || th == u16::MAX {
         return Ok(());
     }
+    read_l4(head, u32::from(th), k)
+}
+
+/// The ports (TCP, UDP, SCTP) or ICMP type and code at `base + th` into `k`, by `k.proto`;
+/// nothing for other protocols (IPv6 extension headers among them).
+#[inline(always)]
+pub fn read_l4(base: u64, th: u32, k: &mut PacketKey) -> Result<(), Fail> {
     match k.proto {
         // TCP, UDP, SCTP: source and destination ports first.
         6 | 17 | 132 => {
-            let p: [u8; 4] = read(head, u32::from(th))?;
+            let p: [u8; 4] = read(base, th)?;
             k.sport = u16::from_be_bytes([p[0], p[1]]);
             k.dport = u16::from_be_bytes([p[2], p[3]]);
         }
         // ICMP, ICMPv6: the datapath keys type and code as tp.src and tp.dst.
         1 | 58 => {
-            let t: [u8; 2] = read(head, u32::from(th))?;
+            let t: [u8; 2] = read(base, th)?;
             k.sport = u16::from(t[0]);
             k.dport = u16::from(t[1]);
         }
@@ -305,8 +312,19 @@ pub fn emit_end(
     ev.len = len;
     ev.latency_ns = latency;
     ev.key = e.key;
+    ev.flags = upcall_flags(e);
     emit(ev);
     Ok(())
+}
+
+/// [`Event::flags`] for an event of the packet whose in-flight entry is `e`.
+#[inline(always)]
+pub fn upcall_flags(e: &Inflight) -> u32 {
+    if e.after_upcall != 0 {
+        EVENT_AFTER_UPCALL
+    } else {
+        0
+    }
 }
 
 /// Writes one event to the ring buffer (the caller checked `events_enabled` and the filter).
@@ -388,7 +406,9 @@ pub fn count_hit(ufid: &[u32; 4], len: u32) {
 /// How the packet ended after its last flow hit.
 pub enum End {
     Output,
-    Drop(u32),
+    /// The drop reason, and whether the packet was an executed one (see
+    /// [`crate::maps::Inflight::after_upcall`]).
+    Drop(u32, bool),
 }
 
 /// floor(log2(t)), bucket 0 for t <= 1, the last bucket open-ended.
@@ -415,8 +435,11 @@ pub fn count_end(ufid: &[u32; 4], end: End, latency: u64) {
     let s = unsafe { &mut *s };
     match end {
         End::Output => s.outputs += 1,
-        End::Drop(reason) => {
+        End::Drop(reason, after_upcall) => {
             s.drops += 1;
+            if after_upcall {
+                s.drops_after_upcall += 1;
+            }
             // net/openvswitch/drop.h: OVS's own reasons are SKB_DROP_REASON_SUBSYS_OPENVSWITCH
             // << 16 | n; the last slot takes every other reason.
             let n = reason.wrapping_sub(OVS_DROP_REASON_BASE) as usize;

@@ -23,10 +23,14 @@ const EMPTY: u8 = u8::MAX;
 struct Spill {
     drop_reasons: [u64; DROP_REASON_SLOTS],
     latency: [u64; LATENCY_BUCKETS],
+    /// Of the drops, those after an upcall ([`FlowStats::drops_after_upcall`]): no room in the
+    /// 64 inline bytes, and only flows that dropped a packet executed after its upcall have any.
+    drops_after_upcall: u64,
 }
 
-/// One flow's counters (64 bytes; a boxed 384-byte side part only for flows whose latencies
-/// span more than [`INLINE_BUCKETS`] log2 buckets or whose drops have more than one reason).
+/// One flow's counters (64 bytes; a boxed 392-byte side part only for flows whose latencies
+/// span more than [`INLINE_BUCKETS`] log2 buckets, whose drops have more than one reason, or
+/// that dropped packets after an upcall).
 #[derive(Clone, Debug)]
 pub struct FlowCounters {
     /// Passes that hit this flow.
@@ -77,12 +81,20 @@ impl FlowCounters {
         self.bytes += u64::from(len);
     }
 
-    /// Records a packet's fate after this flow (its last), as the kernel does.
+    /// Records a packet's fate after this flow (its last), as the kernel does; `after_upcall`:
+    /// the packet was executed by ovs-vswitchd with this flow's actions after its upcall.
     #[inline]
-    pub fn record_end(&mut self, v: &Verdict, latency_ns: u64) {
+    pub fn record_end(&mut self, v: &Verdict, latency_ns: u64, after_upcall: bool) {
         match v {
             Verdict::Drop { reason, .. } => {
+                // Spilled before the reason is added: the inline reason stands for `drops`.
+                if after_upcall && self.spill.is_none() {
+                    self.spill_out();
+                }
                 self.add_reason(reason_slot(*reason));
+                if after_upcall && let Some(s) = &mut self.spill {
+                    s.drops_after_upcall += 1;
+                }
                 self.drops += 1;
             }
             Verdict::Output { .. } => self.outputs += 1,
@@ -148,6 +160,7 @@ impl FlowCounters {
         let s = Spill {
             drop_reasons: self.drop_reasons(),
             latency: self.latency(),
+            drops_after_upcall: 0,
         };
         self.lat_bucket = [EMPTY; INLINE_BUCKETS];
         self.lat_count = [0; INLINE_BUCKETS];
@@ -165,6 +178,11 @@ impl FlowCounters {
             r[self.reason as usize] = self.drops;
         }
         r
+    }
+
+    /// Of the drops, those after an upcall.
+    pub fn drops_after_upcall(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.drops_after_upcall)
     }
 
     /// The log2 latency histogram (see [`latency_bucket`]).
@@ -191,6 +209,7 @@ impl FlowCounters {
             drop_reasons: self.drop_reasons(),
             latency: self.latency(),
             latency_sum_ns: self.latency_sum_ns,
+            drops_after_upcall: self.drops_after_upcall(),
         }
     }
 
@@ -218,7 +237,7 @@ impl FlowCounters {
         let buckets: Vec<usize> = (0..LATENCY_BUCKETS).filter(|&i| s.latency[i] > 0).collect();
         let latency_fits = buckets.len() <= INLINE_BUCKETS
             && buckets.iter().all(|&i| s.latency[i] <= u64::from(u32::MAX));
-        if reasons_fit && latency_fits {
+        if reasons_fit && latency_fits && s.drops_after_upcall == 0 {
             for (k, &i) in buckets.iter().enumerate() {
                 c.lat_bucket[k] = i as u8;
                 c.lat_count[k] = s.latency[i] as u32;
@@ -228,6 +247,7 @@ impl FlowCounters {
             c.spill = Some(Box::new(Spill {
                 drop_reasons: s.drop_reasons,
                 latency: s.latency,
+                drops_after_upcall: s.drops_after_upcall,
             }));
         }
         c
@@ -255,9 +275,9 @@ mod tests {
         for (v, ns) in fates {
             s.packets += 1;
             s.bytes += 60;
-            record_end(&mut s, v, *ns);
+            record_end(&mut s, v, *ns, false);
             c.add_pass(60);
-            c.record_end(v, *ns);
+            c.record_end(v, *ns, false);
         }
         (s, c)
     }
@@ -294,7 +314,7 @@ mod tests {
             (out, 100),
         ]);
         assert!(c.spilled());
-        assert_eq!(c.heap_bytes(), 384);
+        assert_eq!(c.heap_bytes(), 392);
         assert_eq!(c.to_stats(), s);
         assert_eq!(c.latency()[latency_bucket(100)], 2);
 
@@ -340,7 +360,7 @@ mod tests {
         let mut c = FlowCounters::from_stats(&unexplained);
         assert_eq!(c.to_stats(), unexplained);
         // A later drop must not claim the 4 earlier ones for its reason.
-        c.record_end(&drop(0x30003), 100);
+        c.record_end(&drop(0x30003), 100, false);
         assert_eq!(c.drop_reasons()[3], 1);
         assert_eq!(c.drops, 5);
     }
@@ -354,7 +374,7 @@ mod tests {
         s.latency[5] = u64::from(u32::MAX);
         let mut c = FlowCounters::from_stats(&s);
         assert!(!c.spilled());
-        c.record_end(&Verdict::Output { port: 1 }, 40);
+        c.record_end(&Verdict::Output { port: 1 }, 40, false);
         assert!(c.spilled());
         assert_eq!(c.latency()[5], u64::from(u32::MAX) + 1);
         assert_eq!(c.outputs, u64::from(u32::MAX) + 1);

@@ -27,6 +27,7 @@ pub fn add_stats(a: &mut FlowStats, b: &FlowStats) {
     a.bytes += b.bytes;
     a.drops += b.drops;
     a.outputs += b.outputs;
+    a.drops_after_upcall += b.drops_after_upcall;
     for i in 0..DROP_REASON_SLOTS {
         a.drop_reasons[i] += b.drop_reasons[i];
     }
@@ -43,6 +44,7 @@ pub fn sub_stats(a: &FlowStats, b: &FlowStats) -> FlowStats {
         bytes: a.bytes.saturating_sub(b.bytes),
         drops: a.drops.saturating_sub(b.drops),
         outputs: a.outputs.saturating_sub(b.outputs),
+        drops_after_upcall: a.drops_after_upcall.saturating_sub(b.drops_after_upcall),
         latency_sum_ns: a.latency_sum_ns.saturating_sub(b.latency_sum_ns),
         ..FlowStats::default()
     };
@@ -64,11 +66,15 @@ pub fn latency_bucket(ns: u64) -> usize {
     }
 }
 
-/// Records a packet's fate into a flow's stats, as the kernel does for the last flow hit.
-pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64) {
+/// Records a packet's fate into a flow's stats, as the kernel does for the last flow hit (or
+/// for the flow installed for a packet executed `after_upcall`).
+pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64, after_upcall: bool) {
     match v {
         Verdict::Drop { reason, .. } => {
             s.drops += 1;
+            if after_upcall {
+                s.drops_after_upcall += 1;
+            }
             s.drop_reasons[reason_slot(*reason)] += 1;
         }
         Verdict::Output { .. } => s.outputs += 1,
@@ -196,14 +202,18 @@ impl FlowTable {
     }
 
     /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
-    /// One table lookup per pass: the last pass's entry also takes the end.
+    /// One table lookup per pass: the last pass's entry also takes the end. A packet executed
+    /// after its upcall ran its one flow's actions without a lookup: no pass counted, as in the
+    /// kernel.
     pub fn add_trace(&mut self, t: &PacketTrace) {
         let last = t.passes.len().wrapping_sub(1);
         for (i, p) in t.passes.iter().enumerate() {
             let c = self.flows.entry(p.ufid).or_default();
-            c.add_pass(t.len);
+            if !t.after_upcall {
+                c.add_pass(t.len);
+            }
             if i == last {
-                c.record_end(&t.verdict, t.latency_ns);
+                c.record_end(&t.verdict, t.latency_ns, t.after_upcall);
             }
         }
     }
@@ -263,7 +273,13 @@ impl FlowTable {
 #[derive(Clone, Debug, Serialize)]
 pub struct DropGroup {
     pub culprit: Culprit,
+    /// Every drop: `in_kernel + after_upcall`.
     pub drops: u64,
+    /// Dropped by a flow the packet hit in the kernel's flow table.
+    pub in_kernel: u64,
+    /// Dropped while ovs-vswitchd executed the packet after its upcall, with the actions of the
+    /// flow it installed for it (often a conversation's first packet).
+    pub after_upcall: u64,
     pub reasons: BTreeMap<String, u64>,
     pub flows: Vec<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -289,12 +305,18 @@ pub fn group_drops(
             .or_insert_with(|| DropGroup {
                 culprit: c,
                 drops: 0,
+                in_kernel: 0,
+                after_upcall: 0,
                 reasons: BTreeMap::new(),
                 flows: Vec::new(),
                 sample: None,
                 notes: Vec::new(),
             });
         g.drops += s.drops;
+        // A subset of drops; saturating for counters read while the kernel updates them.
+        let after = s.drops_after_upcall.min(s.drops);
+        g.after_upcall += after;
+        g.in_kernel += s.drops - after;
         for (i, &n) in s.drop_reasons.iter().enumerate() {
             if n > 0 {
                 *g.reasons.entry(slot_name(i)).or_default() += n;
@@ -331,7 +353,7 @@ mod tests {
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
         let mut s = FlowStats::default();
         for _ in 0..90 {
-            record_end(&mut s, &Verdict::Output { port: 1 }, 1000);
+            record_end(&mut s, &Verdict::Output { port: 1 }, 1000, false);
         }
         for _ in 0..10 {
             record_end(
@@ -341,6 +363,7 @@ mod tests {
                     reason_name: "".into(),
                 },
                 1_000_000,
+                false,
             );
         }
         let p = percentiles(&s);
@@ -386,6 +409,7 @@ mod tests {
         );
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].drops, 12);
+        assert_eq!((groups[0].in_kernel, groups[0].after_upcall), (12, 0));
         assert_eq!(groups[0].flows, vec![u1, u2]);
         assert_eq!(groups[0].reasons["OVS_DROP_EXPLICIT"], 12);
         assert!(groups[0].sample.is_some());
@@ -407,6 +431,47 @@ mod tests {
         assert_eq!(orows.len(), 1);
         assert_eq!(orows[0].packets, 50);
         assert_eq!(orows[0].drops, 12);
+    }
+
+    #[test]
+    fn drop_groups_split_in_kernel_and_after_upcall() {
+        let (u1, u2) = (Uuid(1 << 96), Uuid(2 << 96));
+        let mut flows = FastMap::default();
+        let mk = |drops, after| FlowStats {
+            drops,
+            drops_after_upcall: after,
+            ..Default::default()
+        };
+        flows.insert(u1, mk(11, 1));
+        flows.insert(u2, mk(1, 1));
+        let c = Culprit {
+            kind: crate::explain::culprit::CulpritKind::Acl,
+            id: "x".into(),
+            name: "port-security".into(),
+            detail: String::new(),
+            nb_table: Some("ACL".into()),
+            datapath: None,
+            flow_desc: None,
+        };
+        let g = group_drops(&flows, |_| c.clone(), |_| None);
+        assert_eq!((g[0].drops, g[0].in_kernel, g[0].after_upcall), (12, 10, 2));
+        let v = serde_json::to_value(&g[0]).unwrap();
+        assert_eq!(
+            (v["in_kernel"].as_u64(), v["after_upcall"].as_u64()),
+            (Some(10), Some(2))
+        );
+        // The compact per-flow counters keep the split exactly.
+        let back = FlowCounters::from_stats(&flows[&u1]).to_stats();
+        assert_eq!(back, flows[&u1]);
+        let mut c = FlowCounters::default();
+        let drop = Verdict::Drop {
+            reason: 0x30003,
+            reason_name: "".into(),
+        };
+        c.record_end(&drop, 100, true);
+        c.record_end(&drop, 100, false);
+        assert_eq!((c.drops, c.drops_after_upcall()), (2, 1));
+        assert_eq!(c.drop_reasons()[3], 2);
     }
 
     /// Aggregation of the packets recorded in the lab (Linux 6.12, OVS 3.5): what a replay of

@@ -44,7 +44,7 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-const COUNTER_NAMES: [(Counter, &str); 11] = [
+const COUNTER_NAMES: [(Counter, &str); 15] = [
     (Counter::Passes, "passes"),
     (Counter::Hits, "hits"),
     (Counter::Upcalls, "upcalls"),
@@ -56,6 +56,10 @@ const COUNTER_NAMES: [(Counter, &str); 11] = [
     (Counter::ProbeErrors, "probe_errors"),
     (Counter::FlowStatsFull, "flow_stats_full"),
     (Counter::InflightReplaced, "inflight_replaced"),
+    (Counter::FlowInserts, "flow_inserts"),
+    (Counter::Executes, "executes"),
+    (Counter::ExecutesWithoutPut, "executes_without_put"),
+    (Counter::DropsAfterUpcall, "drops_after_upcall"),
 ];
 
 /// An Event with every wire field under its wire name (what `--events-out` writes): a
@@ -81,6 +85,7 @@ pub fn event_json(e: &Event) -> Value {
             "proto": e.key.proto,
             "ip_version": e.key.ip_version,
         },
+        "flags": e.flags,
     })
 }
 
@@ -112,6 +117,7 @@ fn flow_json(ufid: [u32; 4], s: &FlowStats) -> Value {
         "packets": s.packets,
         "bytes": s.bytes,
         "drops": s.drops,
+        "drops_after_upcall": s.drops_after_upcall,
         "outputs": s.outputs,
         "drop_reasons": reasons,
         "latency": latency,

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use detrace_common::{Event, EventKind, OVS_DROP_REASON_BASE};
+use detrace_common::{EVENT_AFTER_UPCALL, Event, EventKind, OVS_DROP_REASON_BASE};
 use serde::{Deserialize, Serialize};
 
 use crate::uuid::Uuid;
@@ -119,6 +119,19 @@ pub struct PacketEvent {
     pub len: u32,
     pub latency_ns: u64,
     pub packet: Packet,
+    /// The packet is one ovs-vswitchd executed after its upcall, with the actions of the flow
+    /// it installed for it (`ufid`), and no datapath pass of it was seen since (an end event:
+    /// drop, output, upcall). Absent in recordings made before it existed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub after_upcall: bool,
+}
+
+pub(crate) fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+pub(crate) fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +172,7 @@ impl PacketEvent {
             len: e.len,
             latency_ns: e.latency_ns,
             packet: Packet::from_wire(&e.key),
+            after_upcall: e.flags & EVENT_AFTER_UPCALL != 0,
         })
     }
 
@@ -269,7 +283,7 @@ mod tests {
         );
         assert_eq!(
             PacketEvent::decode_bytes(&bytes[..50]),
-            Err(DecodeError::Size { got: 50, want: 104 })
+            Err(DecodeError::Size { got: 50, want: 112 })
         );
         let mut bad = e;
         bad.kind = 99;

@@ -30,6 +30,11 @@ pub struct PacketTrace {
     pub verdict: Verdict,
     /// Datapath time from the first pass to the end, as measured in the kernel.
     pub latency_ns: u64,
+    /// The packet was executed by ovs-vswitchd after its upcall and ended before any datapath
+    /// pass: its one pass is the flow installed for it, whose actions it ran without a flow
+    /// table lookup (not a flow hit: it counts for that flow's fate, not its packets).
+    #[serde(default, skip_serializing_if = "super::is_false")]
+    pub after_upcall: bool,
 }
 
 impl PacketTrace {
@@ -124,6 +129,7 @@ impl PathAssembler {
                                     passes,
                                     verdict: Verdict::Unknown,
                                     latency_ns: 0,
+                                    after_upcall: false,
                                 },
                                 last_ts: e.ts_ns,
                             },
@@ -141,6 +147,10 @@ impl PathAssembler {
                     },
                     _ => Verdict::Upcall { cmd: e.reason },
                 };
+                if e.after_upcall {
+                    self.after_upcall(e, verdict, out);
+                    return;
+                }
                 match self.open.remove(&e.skb) {
                     Some(o) => {
                         self.finish(o.trace, verdict, e.latency_ns, out);
@@ -156,6 +166,7 @@ impl PathAssembler {
                             passes: Vec::new(),
                             verdict: Verdict::Unknown,
                             latency_ns: 0,
+                            after_upcall: false,
                         };
                         self.finish(t, verdict, e.latency_ns, out);
                     }
@@ -163,6 +174,37 @@ impl PathAssembler {
                 }
             }
         }
+    }
+
+    /// The end of a packet ovs-vswitchd executed after its upcall, before any datapath pass of
+    /// it: its whole trip, through the flow installed for it. The skb is a new one: a packet
+    /// still open under its address is an earlier one that ended unseen.
+    fn after_upcall(&mut self, e: &PacketEvent, verdict: Verdict, out: &mut Vec<PacketTrace>) {
+        if let Some(prev) = self.open.remove(&e.skb) {
+            self.finish(prev.trace, Verdict::Unknown, 0, out);
+            self.stats.unfinished += 1;
+            self.trim_order();
+        }
+        let Some(ufid) = e.ufid else {
+            self.stats.orphan_ends += 1;
+            return;
+        };
+        let t = PacketTrace {
+            ts_ns: e.ts_ns,
+            in_port: e.in_port,
+            len: e.len,
+            packet: e.packet.clone(),
+            passes: vec![Pass {
+                ufid,
+                recirc_id: e.recirc_id,
+                ts_ns: e.ts_ns,
+                packet: e.packet.clone(),
+            }],
+            verdict: Verdict::Unknown,
+            latency_ns: 0,
+            after_upcall: true,
+        };
+        self.finish(t, verdict, e.latency_ns, out);
     }
 
     fn finish(
@@ -304,6 +346,60 @@ pub(crate) mod tests {
         assert_eq!(a.open_len(), 0);
     }
 
+    /// A new conversation's first packet in the lab: a miss (its only kernel pass), then
+    /// ovs-vswitchd executes it with the flow it installed, whose drop action frees it; the
+    /// next packet hits that flow in the kernel.
+    #[test]
+    fn a_drop_after_upcall_is_a_trace_of_the_installed_flow() {
+        let mut a = PathAssembler::new(16, 1_000_000_000);
+        let mut out = Vec::new();
+        let mut executed = ev(EventKind::Drop, 5, 200, 0xe, 0x7, 0x30003);
+        executed.after_upcall = true;
+        // An earlier packet left open under the executed skb's address ended unseen.
+        a.push(&ev(EventKind::Pass, 5, 50, 0xa, 0, 0), &mut out);
+        a.push(&ev(EventKind::Upcall, 4, 100, 0, 0, 1), &mut out);
+        a.push(&executed, &mut out);
+        a.push(&ev(EventKind::Pass, 6, 300, 0xe, 0x7, 0), &mut out);
+        a.push(&ev(EventKind::Drop, 6, 310, 0xe, 0x7, 0x30003), &mut out);
+        let v: Vec<(bool, Option<u32>, &Verdict)> = out
+            .iter()
+            .map(|t| {
+                (
+                    t.after_upcall,
+                    t.last_ufid().map(|u| (u.0 >> 96) as u32),
+                    &t.verdict,
+                )
+            })
+            .collect();
+        let drop = Verdict::Drop {
+            reason: 0x30003,
+            reason_name: "OVS_DROP_EXPLICIT".into(),
+        };
+        assert_eq!(
+            v,
+            vec![
+                (false, None, &Verdict::Upcall { cmd: 1 }),
+                (false, Some(0xa), &Verdict::Unknown),
+                (true, Some(0xe), &drop),
+                (false, Some(0xe), &drop),
+            ]
+        );
+        assert_eq!((a.stats.orphan_ends, a.stats.unfinished), (0, 1));
+        assert_eq!(out[2].passes[0].recirc_id, 0x7);
+        // Replayed, the executed packet counts as a drop of its flow, not as a pass.
+        let mut t = crate::aggregate::FlowTable::default();
+        out.iter().for_each(|tr| t.add_trace(tr));
+        let s = t.stats()[&Uuid::from_words([0xe, 0, 0, 1])];
+        assert_eq!((s.packets, s.drops, s.drops_after_upcall), (1, 2, 1));
+        // The mark is written only when set: old recordings read back unchanged.
+        let json = serde_json::to_string(&out[3]).unwrap();
+        assert!(!json.contains("after_upcall"), "{json}");
+        let json = serde_json::to_string(&out[2]).unwrap();
+        assert!(json.contains("\"after_upcall\":true"), "{json}");
+        let back: PacketTrace = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, out[2]);
+    }
+
     #[test]
     fn misses_orphans_reuse_timeouts_and_bounds() {
         let mut a = PathAssembler::new(2, 1000);
@@ -381,6 +477,9 @@ pub(crate) mod tests {
         len: u32,
         latency_ns: u64,
         key: WireKey,
+        /// Absent in events recorded before it existed.
+        #[serde(default)]
+        flags: u32,
     }
 
     pub(crate) fn lab_events() -> Vec<PacketEvent> {
@@ -409,6 +508,8 @@ pub(crate) mod tests {
                     len: w.len,
                     latency_ns: w.latency_ns,
                     key: k,
+                    flags: w.flags,
+                    _pad: 0,
                 };
                 PacketEvent::decode(&e).unwrap()
             })

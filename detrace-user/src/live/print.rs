@@ -179,6 +179,9 @@ pub fn packet_text(clock: &Clock, ports: &Ports, t: &PacketTrace, looks: &[Looku
         t.packet,
         verdict_text(&t.verdict, ports)
     );
+    if t.after_upcall {
+        s.push_str(" after upcall");
+    }
     if t.latency_ns > 0 {
         let _ = write!(s, "  ({})", human_ns(t.latency_ns));
     }
@@ -263,6 +266,13 @@ pub fn drops_text(groups: &[DropGroup]) -> String {
             "{:>8} drops  {} {} ({})",
             g.drops, g.culprit.kind, g.culprit.name, g.culprit.id
         );
+        if g.after_upcall > 0 {
+            let _ = writeln!(
+                s,
+                "          {} in the kernel, {} after upcall (executed by ovs-vswitchd)",
+                g.in_kernel, g.after_upcall
+            );
+        }
         let _ = writeln!(s, "          {}", g.culprit.detail);
         let _ = writeln!(s, "          reasons: {}", reasons.join(", "));
         let flows: Vec<String> = g.flows.iter().map(|u| format!("ufid:{u}")).collect();

@@ -49,6 +49,9 @@ pub struct FlowStatsRec {
     pub drop_reasons: Vec<u64>,
     pub latency: Vec<u64>,
     pub latency_sum_ns: u64,
+    /// Absent from recordings made before it existed.
+    #[serde(default, skip_serializing_if = "crate::events::is_zero_u64")]
+    pub drops_after_upcall: u64,
 }
 
 impl From<&FlowStats> for FlowStatsRec {
@@ -61,6 +64,7 @@ impl From<&FlowStats> for FlowStatsRec {
             drop_reasons: s.drop_reasons.to_vec(),
             latency: s.latency.to_vec(),
             latency_sum_ns: s.latency_sum_ns,
+            drops_after_upcall: s.drops_after_upcall,
         }
     }
 }
@@ -73,6 +77,7 @@ impl From<&FlowStatsRec> for FlowStats {
             drops: r.drops,
             outputs: r.outputs,
             latency_sum_ns: r.latency_sum_ns,
+            drops_after_upcall: r.drops_after_upcall,
             ..Default::default()
         };
         for (d, v) in s.drop_reasons.iter_mut().zip(&r.drop_reasons) {

@@ -39,6 +39,17 @@ pub struct LossReport {
     /// Absent from recordings made before the counter existed.
     #[serde(default)]
     pub inflight_replaced: u64,
+    /// After an upcall (absent from older recordings): flows installed, packets executed by
+    /// ovs-vswitchd, executes with no install before them (not followed), and drops of
+    /// executed packets (of `drops`).
+    #[serde(default)]
+    pub flow_inserts: u64,
+    #[serde(default)]
+    pub executes: u64,
+    #[serde(default)]
+    pub executes_without_put: u64,
+    #[serde(default)]
+    pub drops_after_upcall: u64,
 }
 
 impl LossReport {
@@ -56,15 +67,27 @@ impl LossReport {
             probe_errors: g(Counter::ProbeErrors),
             flow_stats_full: g(Counter::FlowStatsFull),
             inflight_replaced: g(Counter::InflightReplaced),
+            flow_inserts: g(Counter::FlowInserts),
+            executes: g(Counter::Executes),
+            executes_without_put: g(Counter::ExecutesWithoutPut),
+            drops_after_upcall: g(Counter::DropsAfterUpcall),
         }
     }
 
     /// One line for stderr; says loudly when anything was lost.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "kernel: {} passes, {} hits, {} upcalls, {} drops, {} outputs; events: {} sent",
-            self.passes, self.hits, self.upcalls, self.drops, self.outputs, self.events_sent
+            "kernel: {} passes, {} hits, {} upcalls, {} drops, {} outputs",
+            self.passes, self.hits, self.upcalls, self.drops, self.outputs
         );
+        if self.executes > 0 || self.drops_after_upcall > 0 {
+            s.push_str(&format!(
+                "; after upcalls: {} executes ({} without an install before them: not \
+                 followed), {} drops",
+                self.executes, self.executes_without_put, self.drops_after_upcall
+            ));
+        }
+        s.push_str(&format!("; events: {} sent", self.events_sent));
         if self.events_lost > 0 {
             s.push_str(&format!(
                 ", {} LOST (ring buffer full: raise --ring-size or narrow the filters)",

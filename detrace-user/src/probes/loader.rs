@@ -42,6 +42,9 @@ struct Hook {
     function: &'static str,
     fentry: &'static str,
     kprobe: &'static str,
+    /// Tracing works without it (it adds something): when it attaches neither way, a warning
+    /// says what is missing and the others go on.
+    optional: Option<&'static str>,
 }
 
 const HOOKS: &[Hook] = &[
@@ -49,18 +52,39 @@ const HOOKS: &[Hook] = &[
         function: "ovs_flow_stats_update",
         fentry: "fentry_flow_stats_update",
         kprobe: "ovs_flow_stats_update",
+        optional: None,
     },
     Hook {
         function: "ovs_dp_upcall",
         fentry: "fentry_dp_upcall",
         kprobe: "ovs_dp_upcall",
+        optional: None,
     },
     Hook {
         function: "ovs_vport_send",
         fentry: "fentry_vport_send",
         kprobe: "ovs_vport_send",
+        optional: None,
+    },
+    // Once per upcall, never per pass: the packet ovs-vswitchd executes after an upcall is
+    // followed as a packet of the flow it installed (detrace-ebpf/src/probes/upcall.rs).
+    Hook {
+        function: "ovs_flow_tbl_insert",
+        fentry: "fentry_flow_tbl_insert",
+        kprobe: "ovs_flow_tbl_insert",
+        optional: Some(AFTER_UPCALL_MISSING),
+    },
+    Hook {
+        function: "ovs_flow_key_extract_userspace",
+        fentry: "fentry_key_extract_userspace",
+        kprobe: "ovs_flow_key_extract_userspace",
+        optional: Some(AFTER_UPCALL_MISSING),
     },
 ];
+
+/// What is lost without the upcall hooks.
+const AFTER_UPCALL_MISSING: &str = "packets executed by ovs-vswitchd after an upcall (often \
+     the first packet of a conversation) are not followed: their drops are not counted";
 const TP_PROGRAM: &str = "kfree_skb";
 
 /// How often the event reader looks at the ring buffer when it was not woken: the probes wake
@@ -467,20 +491,41 @@ impl Probes {
                 .chain([TP_PROGRAM])
                 .find(|p| *p == n)
         };
+        // An optional hook that cannot load or attach is left out with a warning.
+        let optional = |name: &str| {
+            need_kprobe
+                .iter()
+                .find(|h| h.kprobe == name)
+                .and_then(|h| h.optional)
+        };
+        let mut left_out: Vec<&'static str> = Vec::new();
         std::thread::scope(|s| -> Result<(), ProbeError> {
             let jobs: Vec<_> = ebpf
                 .programs_mut()
                 .filter_map(|(name, prog)| wanted(name).map(|name| (name, prog)))
-                .map(|(name, prog)| s.spawn(move || load_program(name, prog)))
+                .map(|(name, prog)| (name, s.spawn(move || load_program(name, prog))))
                 .collect();
-            for job in jobs {
-                job.join().map_err(|_| ProbeError::LoaderPanic)??;
+            for (name, job) in jobs {
+                match job.join().map_err(|_| ProbeError::LoaderPanic)? {
+                    Ok(()) => {}
+                    Err(e) => match optional(name) {
+                        Some(missing) => {
+                            tracing::warn!("{}; left out: {missing}", error_chain(&e));
+                            left_out.push(name);
+                        }
+                        None => return Err(e),
+                    },
+                }
             }
             Ok(())
         })?;
         mark("load_verify", &mut phases);
         for h in &need_kprobe {
             let (name, target) = (h.kprobe, h.function);
+            if left_out.contains(&name) {
+                kinds.push((target, "none"));
+                continue;
+            }
             let prog: &mut KProbe = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::NoProgram { name })?
@@ -489,7 +534,7 @@ impl Probes {
                     program: name,
                     source,
                 })?;
-            prog.attach(target, 0).map_err(|source| {
+            let attached = prog.attach(target, 0).map_err(|source| {
                 if !kallsyms_has(target) {
                     ProbeError::SymbolMissing { symbol: target }
                 } else {
@@ -499,8 +544,15 @@ impl Probes {
                         source,
                     }
                 }
-            })?;
-            kinds.push((target, "kprobe"));
+            });
+            match (attached, h.optional) {
+                (Ok(_), _) => kinds.push((target, "kprobe")),
+                (Err(e), Some(missing)) => {
+                    tracing::warn!("{}; left out: {missing}", error_chain(&e));
+                    kinds.push((target, "none"));
+                }
+                (Err(e), None) => return Err(e),
+            }
             mark(target, &mut phases);
         }
         let tp: &mut TracePoint = ebpf
@@ -550,7 +602,8 @@ impl Probes {
         })
     }
 
-    /// How each hooked openvswitch function is probed: (function, "fentry" | "kprobe").
+    /// How each hooked openvswitch function is probed: (function, "fentry" | "kprobe" |
+    /// "none": an optional hook that attached neither way).
     pub fn hook_kinds(&self) -> &[(&'static str, &'static str)] {
         &self.hook_kinds
     }
@@ -658,6 +711,18 @@ impl Probes {
 }
 
 /// Loads (the kernel verifies) one of the programs [`Probes::attach`] attaches.
+/// An error and its sources, for a warning that goes on without them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn load_program(name: &'static str, prog: &mut Program) -> Result<(), ProbeError> {
     let err = |source| ProbeError::Load {
         program: name,
@@ -678,6 +743,7 @@ pub fn sum_stats<'a>(per_cpu: impl Iterator<Item = &'a FlowStats>) -> FlowStats 
         t.bytes += s.bytes;
         t.drops += s.drops;
         t.outputs += s.outputs;
+        t.drops_after_upcall += s.drops_after_upcall;
         for (a, b) in t.drop_reasons.iter_mut().zip(s.drop_reasons) {
             *a += b;
         }

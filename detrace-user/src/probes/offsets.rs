@@ -52,6 +52,7 @@ const MEMBERS: &[(Setter, &str, &str, u32)] = &[
     (|c, v| c.off_key_tp_dst = v, "sw_flow_key", "tp.dst", 2),
     (|c, v| c.off_skb_len = v, "sk_buff", "len", 4),
     (|c, v| c.off_skb_head = v, "sk_buff", "head", 8),
+    (|c, v| c.off_skb_data = v, "sk_buff", "data", 8),
     (
         |c, v| c.off_skb_network_header = v,
         "sk_buff",
