@@ -202,14 +202,14 @@ impl FlowTable {
     }
 
     /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
-    /// One table lookup per pass: the last pass's entry also takes the end. A packet executed
-    /// after its upcall ran its one flow's actions without a lookup: no pass counted, as in the
-    /// kernel.
+    /// One table lookup per pass: the last pass's entry also takes the end. A pass executed
+    /// by ovs-vswitchd after an upcall ran its flow's actions without a lookup: not counted as
+    /// a pass, as in the kernel.
     pub fn add_trace(&mut self, t: &PacketTrace) {
         let last = t.passes.len().wrapping_sub(1);
         for (i, p) in t.passes.iter().enumerate() {
             let c = self.flows.entry(p.ufid).or_default();
-            if !t.after_upcall {
+            if !p.executed {
                 c.add_pass(t.len);
             }
             if i == last {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::uuid::Uuid;
 
 /// The packet's addresses and ports in one pass (after any NAT of earlier passes).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Packet {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,13 @@
 //! Path assembly: a packet's passes through the datapath (one per recirculation) joined into
 //! one trace, keyed by its sk_buff, and closed by its end (output, drop, upcall).
+//!
+//! A packet that misses goes to ovs-vswitchd, which executes it again as a new sk_buff: its
+//! trip goes on under another identity. A trace that ends in a miss upcall is held (up to
+//! [`HOLD_NS`]) for that continuation, recognised by its input port and fields: the executed
+//! packet's end (marked after-upcall) or its next datapath pass (a recirculation of an skb not
+//! seen before). The two halves become one trace, marked `after_upcall`, so that one packet
+//! is shown once. A held trace whose continuation does not come (the packet was consumed,
+//! or its events were filtered or lost) is released as it was.
 
 use std::collections::VecDeque;
 
@@ -15,6 +23,10 @@ pub struct Pass {
     pub recirc_id: u32,
     pub ts_ns: u64,
     pub packet: Packet,
+    /// Not a flow hit: ovs-vswitchd executed the packet after its upcall with the actions of
+    /// the flow it installed for it (this UFID), with no flow table lookup.
+    #[serde(default, skip_serializing_if = "super::is_false")]
+    pub executed: bool,
 }
 
 /// A packet's whole trip.
@@ -30,9 +42,10 @@ pub struct PacketTrace {
     pub verdict: Verdict,
     /// Datapath time from the first pass to the end, as measured in the kernel.
     pub latency_ns: u64,
-    /// The packet was executed by ovs-vswitchd after its upcall and ended before any datapath
-    /// pass: its one pass is the flow installed for it, whose actions it ran without a flow
-    /// table lookup (not a flow hit: it counts for that flow's fate, not its packets).
+    /// The packet's end was decided by ovs-vswitchd executing it after its upcall: its last
+    /// pass is the flow installed for it (`executed`), whose actions it ran without a flow
+    /// table lookup (it counts for that flow's fate, not its packets). Earlier passes, when
+    /// seen, are the packet's trip up to its upcall.
     #[serde(default, skip_serializing_if = "super::is_false")]
     pub after_upcall: bool,
 }
@@ -57,6 +70,15 @@ pub struct AssemblyStats {
     pub orphan_ends: u64,
 }
 
+/// How long a trace that ended in a miss upcall waits for its continuation.
+pub const HOLD_NS: u64 = 1_000_000_000;
+
+/// OVS_PACKET_CMD_MISS: the packet went to ovs-vswitchd for want of a flow.
+const CMD_MISS: u32 = 1;
+
+/// What recognises a packet across its upcall: its input port and fields at the miss.
+type HoldKey = (u32, Packet);
+
 /// Passes a packet's trace has room for from its first: a first pass and two recirculations
 /// (conntrack, then NAT or a load balancer) without growing.
 const PASSES_RESERVED: usize = 3;
@@ -73,6 +95,12 @@ pub struct PathAssembler {
     max_open: usize,
     timeout_ns: u64,
     pub stats: AssemblyStats,
+    /// Traces ended by a miss upcall, waiting for their continuation (FIFO per key: packets
+    /// of one flow come back in the order they went up).
+    held: FastMap<HoldKey, VecDeque<PacketTrace>>,
+    /// Held keys in the order they were held, with the time: for release.
+    held_order: VecDeque<(HoldKey, u64)>,
+    held_len: usize,
 }
 
 impl PathAssembler {
@@ -83,7 +111,77 @@ impl PathAssembler {
             max_open: max_open.max(1),
             timeout_ns,
             stats: AssemblyStats::default(),
+            held: FastMap::default(),
+            held_order: VecDeque::new(),
+            held_len: 0,
         }
+    }
+
+    /// Keeps a trace that ended in a miss upcall for its continuation.
+    fn hold(&mut self, mut t: PacketTrace, key: HoldKey, verdict: Verdict, latency_ns: u64, out: &mut Vec<PacketTrace>) {
+        t.verdict = verdict;
+        t.latency_ns = latency_ns;
+        if self.held_len >= self.max_open {
+            self.release_oldest(out);
+        }
+        self.held_order.push_back((key.clone(), t.ts_ns));
+        self.held.entry(key).or_default().push_back(t);
+        self.held_len += 1;
+    }
+
+    /// The oldest held trace of `key`, if any.
+    fn take_held(&mut self, key: &HoldKey) -> Option<PacketTrace> {
+        let q = self.held.get_mut(key)?;
+        let t = q.pop_front()?;
+        if q.is_empty() {
+            self.held.remove(key);
+        }
+        self.held_len -= 1;
+        Some(t)
+    }
+
+    fn release_oldest(&mut self, out: &mut Vec<PacketTrace>) -> Option<u64> {
+        while let Some((key, ts)) = self.held_order.pop_front() {
+            // Entries of traces taken by a continuation are stale: skip them.
+            let front = self.held.get(&key).and_then(|q| q.front()).map(|t| t.ts_ns);
+            if front == Some(ts)
+                && let Some(t) = self.take_held(&key)
+            {
+                self.stats.traces += 1;
+                out.push(t);
+                return Some(ts);
+            }
+        }
+        None
+    }
+
+    /// Releases held traces older than [`HOLD_NS`] as they are (their continuation did not
+    /// come).
+    fn release_held_before(&mut self, now_ns: u64, out: &mut Vec<PacketTrace>) {
+        while let Some((key, ts)) = self.held_order.front() {
+            let live = self.held.get(key).and_then(|q| q.front()).map(|t| t.ts_ns) == Some(*ts);
+            if live && now_ns.saturating_sub(*ts) < HOLD_NS {
+                break;
+            }
+            if live {
+                self.release_oldest(out);
+            } else {
+                self.held_order.pop_front();
+            }
+        }
+    }
+
+    /// Releases every held trace (at the end of a run).
+    pub fn release_held(&mut self, out: &mut Vec<PacketTrace>) {
+        while self.release_oldest(out).is_some() {}
+        self.held.clear();
+        self.held_order.clear();
+        self.held_len = 0;
+    }
+
+    /// Traces waiting for the continuation of their upcall.
+    pub fn held_len(&self) -> usize {
+        self.held_len
     }
 
     /// Feeds one event; finished traces are appended to `out`.
@@ -106,6 +204,7 @@ impl PathAssembler {
                     recirc_id: e.recirc_id,
                     ts_ns: e.ts_ns,
                     packet: e.packet.clone(),
+                    executed: false,
                 };
                 match self.open.get_mut(&e.skb) {
                     Some(o) => {
@@ -114,6 +213,25 @@ impl PathAssembler {
                     }
                     None => {
                         self.make_room(out);
+                        // A recirculation of an skb never seen: ovs-vswitchd executing a packet
+                        // after its upcall, whose actions recirculated it.
+                        if e.recirc_id != 0
+                            && !self.held.is_empty()
+                            && let Some(mut t) = self.take_held(&(e.in_port, e.packet.clone()))
+                        {
+                            // Its end, when it comes, is a kernel pass's doing.
+                            t.passes.push(pass);
+                            t.verdict = Verdict::Unknown;
+                            self.open.insert(
+                                e.skb,
+                                Open {
+                                    trace: t,
+                                    last_ts: e.ts_ns,
+                                },
+                            );
+                            self.order.push_back((e.skb, self.open[&e.skb].trace.ts_ns));
+                            return;
+                        }
                         // Room for the usual passes (conntrack recirculations) at once: no
                         // reallocation while the packet is in flight.
                         let mut passes = Vec::with_capacity(PASSES_RESERVED);
@@ -151,12 +269,24 @@ impl PathAssembler {
                     self.after_upcall(e, verdict, out);
                     return;
                 }
+                let miss = e.kind == Kind::Upcall && e.reason == CMD_MISS;
                 match self.open.remove(&e.skb) {
-                    Some(o) => {
-                        self.finish(o.trace, verdict, e.latency_ns, out);
+                    Some(o) if miss => {
+                        let latency = e.ts_ns.saturating_sub(o.trace.ts_ns);
+                        self.hold(o.trace, (e.in_port, e.packet.clone()), verdict, latency, out);
                         self.trim_order();
                     }
-                    // A miss on a packet's first pass: the upcall is its whole trip.
+                    Some(o) => {
+                        let latency = if o.trace.after_upcall {
+                            // From the first pass, through ovs-vswitchd, to this end.
+                            e.ts_ns.saturating_sub(o.trace.ts_ns)
+                        } else {
+                            e.latency_ns
+                        };
+                        self.finish(o.trace, verdict, latency, out);
+                        self.trim_order();
+                    }
+                    // A miss on a packet's first pass: the upcall is its whole trip so far.
                     None if e.kind == Kind::Upcall => {
                         let t = PacketTrace {
                             ts_ns: e.ts_ns,
@@ -168,7 +298,11 @@ impl PathAssembler {
                             latency_ns: 0,
                             after_upcall: false,
                         };
-                        self.finish(t, verdict, e.latency_ns, out);
+                        if miss {
+                            self.hold(t, (e.in_port, e.packet.clone()), verdict, e.latency_ns, out);
+                        } else {
+                            self.finish(t, verdict, e.latency_ns, out);
+                        }
                     }
                     None => self.stats.orphan_ends += 1,
                 }
@@ -189,17 +323,29 @@ impl PathAssembler {
             self.stats.orphan_ends += 1;
             return;
         };
+        let pass = Pass {
+            ufid,
+            recirc_id: e.recirc_id,
+            ts_ns: e.ts_ns,
+            packet: e.packet.clone(),
+            executed: true,
+        };
+        // The packet's trip up to its upcall, when it was seen.
+        if !self.held.is_empty()
+            && let Some(mut t) = self.take_held(&(e.in_port, e.packet.clone()))
+        {
+            t.passes.push(pass);
+            t.after_upcall = true;
+            let latency = e.ts_ns.saturating_sub(t.ts_ns);
+            self.finish(t, verdict, latency, out);
+            return;
+        }
         let t = PacketTrace {
             ts_ns: e.ts_ns,
             in_port: e.in_port,
             len: e.len,
             packet: e.packet.clone(),
-            passes: vec![Pass {
-                ufid,
-                recirc_id: e.recirc_id,
-                ts_ns: e.ts_ns,
-                packet: e.packet.clone(),
-            }],
+            passes: vec![pass],
             verdict: Verdict::Unknown,
             latency_ns: 0,
             after_upcall: true,
@@ -262,8 +408,10 @@ impl PathAssembler {
         }
     }
 
-    /// Closes packets idle for longer than the timeout (their end was not seen).
+    /// Closes packets idle for longer than the timeout (their end was not seen), and releases
+    /// held upcalls whose continuation did not come within [`HOLD_NS`].
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<PacketTrace>) {
+        self.release_held_before(now_ns, out);
         while let Some(&(skb, ts)) = self.order.front() {
             let Some(o) = self.open.get(&skb).filter(|o| o.trace.ts_ns == ts) else {
                 self.order.pop_front();
@@ -375,29 +523,66 @@ pub(crate) mod tests {
             reason: 0x30003,
             reason_name: "OVS_DROP_EXPLICIT".into(),
         };
+        // The miss and the execute are one packet: shown once, ending in the installed flow.
         assert_eq!(
             v,
             vec![
-                (false, None, &Verdict::Upcall { cmd: 1 }),
                 (false, Some(0xa), &Verdict::Unknown),
                 (true, Some(0xe), &drop),
                 (false, Some(0xe), &drop),
             ]
         );
         assert_eq!((a.stats.orphan_ends, a.stats.unfinished), (0, 1));
-        assert_eq!(out[2].passes[0].recirc_id, 0x7);
+        assert_eq!(a.stats.traces, 3);
+        assert_eq!(a.held_len(), 0);
+        assert_eq!(out[1].passes[0].recirc_id, 0x7);
+        assert!(out[1].passes[0].executed);
+        assert_eq!(out[1].ts_ns, 100, "the packet's trip starts at its miss");
+        assert_eq!(out[1].latency_ns, 100, "through ovs-vswitchd to its drop");
         // Replayed, the executed packet counts as a drop of its flow, not as a pass.
         let mut t = crate::aggregate::FlowTable::default();
         out.iter().for_each(|tr| t.add_trace(tr));
         let s = t.stats()[&Uuid::from_words([0xe, 0, 0, 1])];
         assert_eq!((s.packets, s.drops, s.drops_after_upcall), (1, 2, 1));
         // The mark is written only when set: old recordings read back unchanged.
-        let json = serde_json::to_string(&out[3]).unwrap();
-        assert!(!json.contains("after_upcall"), "{json}");
         let json = serde_json::to_string(&out[2]).unwrap();
+        assert!(!json.contains("after_upcall") && !json.contains("executed"), "{json}");
+        let json = serde_json::to_string(&out[1]).unwrap();
         assert!(json.contains("\"after_upcall\":true"), "{json}");
         let back: PacketTrace = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, out[2]);
+        assert_eq!(back, out[1]);
+    }
+
+    /// A packet that hits a flow, misses at its recirculation, and comes back from
+    /// ovs-vswitchd recirculated again (a pass of an skb never seen, with its fields): one
+    /// trace, ended in the kernel. Another miss whose packet never comes back is released as it
+    /// was when the run ends.
+    #[test]
+    fn a_miss_and_its_continuation_are_one_packet() {
+        let mut a = PathAssembler::new(16, 1_000_000_000);
+        let mut out = Vec::new();
+        a.push(&ev(EventKind::Pass, 1, 100, 0xa, 0, 0), &mut out);
+        a.push(&ev(EventKind::Upcall, 1, 110, 0xa, 0x5, 1), &mut out);
+        a.push(&ev(EventKind::Upcall, 3, 120, 0, 0, 1), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.held_len(), 2);
+        // Executed as skb 2: ct, then recirculated to a flow the kernel has.
+        a.push(&ev(EventKind::Pass, 2, 300, 0xb, 0x6, 0), &mut out);
+        a.push(&ev(EventKind::Output, 2, 310, 0, 0, 4), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let t = &out[0];
+        let ids: Vec<u32> = t.passes.iter().map(|p| (p.ufid.0 >> 96) as u32).collect();
+        assert_eq!(ids, vec![0xa, 0xb]);
+        assert_eq!(t.verdict, Verdict::Output { port: 4 });
+        assert!(!t.after_upcall, "its end was a kernel pass's doing");
+        assert_eq!((t.ts_ns, t.latency_ns), (100, 210));
+        // The second miss: the same fields, but its continuation never came.
+        assert_eq!(a.held_len(), 1);
+        a.release_held(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].verdict, Verdict::Upcall { cmd: 1 });
+        assert_eq!(a.stats.traces, 2);
+        assert_eq!(a.held_len(), 0);
     }
 
     #[test]
@@ -405,7 +590,12 @@ pub(crate) mod tests {
         let mut a = PathAssembler::new(2, 1000);
         let mut out = Vec::new();
         a.push(&ev(EventKind::Upcall, 9, 10, 0, 0, 1), &mut out);
+        assert!(out.is_empty(), "held for its continuation");
+        a.expire(10 + HOLD_NS / 2, &mut out);
+        assert!(out.is_empty(), "still held");
+        a.expire(10 + HOLD_NS, &mut out);
         assert_eq!(out.pop().unwrap().verdict, Verdict::Upcall { cmd: 1 });
+        assert_eq!(a.held_len(), 0);
         a.push(&ev(EventKind::Drop, 8, 20, 0, 0, 0x30003), &mut out);
         assert_eq!(a.stats.orphan_ends, 1);
         assert!(out.is_empty());
@@ -524,6 +714,7 @@ pub(crate) mod tests {
         for e in &events {
             a.push(e, &mut out);
         }
+        a.release_held(&mut out);
         let ends = events.iter().filter(|e| e.kind != Kind::Pass).count();
         // Every end closes a packet (but ends of packets never seen); a packet whose end was not
         // seen is closed, as unfinished, when its skb starts a new packet.

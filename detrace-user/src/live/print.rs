@@ -194,6 +194,9 @@ pub fn packet_text(clock: &Clock, ports: &Ports, t: &PacketTrace, looks: &[Looku
             format!("recirc {:#x}", p.recirc_id)
         };
         let _ = write!(s, "    {recirc:<11} ufid:{} ", &p.ufid.to_string()[..8]);
+        if p.executed {
+            s.push_str("(executed by ovs-vswitchd after the upcall) ");
+        }
         match l {
             Lookup::Explained(e) => {
                 let _ = write!(s, "[{}] actions:{}", e.summary.label, e.summary.actions);

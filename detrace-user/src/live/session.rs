@@ -208,6 +208,13 @@ impl<A: Appctl> Session<A> {
         self.flush_traces()
     }
 
+    /// At the end of a run: packets held for the continuation of their upcall are shown as
+    /// they are.
+    pub fn release_held(&mut self) -> std::io::Result<()> {
+        self.asm.release_held(&mut self.traces);
+        self.flush_traces()
+    }
+
     /// Closes packets whose end never came.
     pub fn expire(&mut self) -> std::io::Result<()> {
         self.asm.expire(Clock::monotonic_now_ns(), &mut self.traces);
@@ -450,6 +457,7 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
     }
     // Drain what is already in the ring, then close what is open.
     sess.expire()?;
+    sess.release_held()?;
     sess.tick(tracer, true)?;
     let flows = flow_map(tracer)?;
     match sess.mode {

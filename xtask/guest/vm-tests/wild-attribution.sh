@@ -180,7 +180,7 @@ t, acl = sys.argv[1], sys.argv[2]
 lines = lambda f: [json.loads(l) for l in open(os.path.join(t, f)) if l.strip() and not l.startswith("ready")]
 pk = lines("w.out")
 named = [p for p in pk if any(d.startswith("LB wild-lb-after:") for x in p["path"] if x.get("explanation") for d in x["explanation"]["details"])]
-assert len(named) >= 5, f"watch: {len(named)} of {len(pk)} packets to the new VIP name LB wild-lb-after"
+assert len(pk) == 15 and len(named) >= 14, f"watch: {len(pk)} packets shown, 15 sent; {len(named)} name LB wild-lb-after"
 g = [g for g in lines("d.out") if g["culprit"]["id"] == acl]
 assert len(g) == 1 and g[0]["drops"] == 15 and g[0]["culprit"]["name"] == "wild-after-7779", g
 top = lines("t.out")[-1]
