@@ -172,6 +172,9 @@ pub const QUEUE_MAX: usize = 65_536;
 /// Explanations kept by default (a summary is 1-2 KB: ~200 MB at the bound).
 pub const MAX_EXPLAINED: usize = 100_000;
 
+/// See [`ExplainCache::settle`].
+pub const SETTLE: Duration = Duration::from_millis(700);
+
 /// Least time between two captures of the queued flows' matches (a dump of every flow).
 const CAPTURE_EVERY: Duration = Duration::from_secs(2);
 
@@ -203,8 +206,12 @@ pub struct ExplainCache<A: Appctl> {
     /// fixtures, several times that as a tree) next to its summary. Only a recording writes
     /// it: watch, drops and top turn this off and keep the summary alone.
     pub keep_full: bool,
-    /// UFIDs seen and not explained yet, in the order they were first seen.
-    queue: VecDeque<Uuid>,
+    /// UFIDs seen and not explained yet, in the order they were first seen, with when.
+    queue: VecDeque<(Uuid, Instant)>,
+    /// How long a queued UFID waits before it is explained: ovs-vswitchd fills a new flow's
+    /// xlate cache (what `ofproto/detrace` reads) at its first revalidation, within ~500 ms;
+    /// asked before, detrace has to fall back to re-translating it.
+    pub settle: Duration,
     /// Explained UFIDs in the order they were explained, for eviction.
     order: VecDeque<Uuid>,
     /// Explanations kept at most (see [`MAX_EXPLAINED`]).
@@ -231,6 +238,7 @@ impl<A: Appctl> ExplainCache<A> {
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             keep_full: true,
             queue: VecDeque::new(),
+            settle: SETTLE,
             order: VecDeque::new(),
             max_explained: MAX_EXPLAINED,
             captured: FastMap::default(),
@@ -257,7 +265,7 @@ impl<A: Appctl> ExplainCache<A> {
             self.stats.queue_full += 1;
             return;
         }
-        self.queue.push_back(ufid);
+        self.queue.push_back((ufid, Instant::now()));
         self.cache.insert(ufid, Some(Entry::Queued));
         self.stats.queued += 1;
     }
@@ -293,7 +301,15 @@ impl<A: Appctl> ExplainCache<A> {
         self.refill();
         self.capture_if_behind();
         while self.budget >= 2.0 {
-            let Some(u) = self.queue.pop_front() else {
+            // First seen, first explained: the rest is younger still.
+            if self
+                .queue
+                .front()
+                .is_none_or(|(_, seen)| seen.elapsed() < self.settle)
+            {
+                break;
+            }
+            let Some((u, _)) = self.queue.pop_front() else {
                 break;
             };
             // Resolved meanwhile by a direct lookup: nothing to do.
@@ -743,6 +759,7 @@ mod tests {
             },
             4.0,
         );
+        cache.settle = Duration::ZERO;
         let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
         let vip: Uuid = "3adc8747-c077-47b6-a171-37601f35e511".parse().unwrap();
         let never_captured = Uuid(0x1234 << 96 | 1);
@@ -801,6 +818,33 @@ mod tests {
         assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
     }
 
+    /// A queued UFID waits until its flow's xlate cache can exist (`settle`), then is
+    /// explained by the pump without anyone looking it up.
+    #[test]
+    fn queued_flows_settle_before_they_are_asked_for() {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let ovs = Vswitchd::new(Busy {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let ovn = OvnReplicas::from_replicas(
+            Replica::new(SB_DB, SB_TABLES),
+            Replica::new(NB_DB, NB_TABLES),
+        );
+        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 100.0);
+        cache.settle = Duration::from_millis(200);
+        let u = Uuid(0xfeed << 96 | 2);
+        cache.seen(u);
+        let asked = calls.get();
+        cache.pump();
+        assert_eq!(calls.get(), asked, "too young to ask");
+        assert!(matches!(cache.peek(&u), LookupRef::Pending));
+        std::thread::sleep(Duration::from_millis(250));
+        cache.pump();
+        assert!(matches!(cache.peek(&u), LookupRef::Explained(_)));
+        assert_eq!(cache.queued(), 0);
+    }
+
     /// Explanations are kept after their flows have gone, up to the bound; beyond it the
     /// oldest go first, counted, and are explained again when seen again.
     #[test]
@@ -816,6 +860,7 @@ mod tests {
         );
         let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
         cache.max_explained = 3;
+        cache.settle = Duration::ZERO;
         let u = |n: u128| Uuid(n << 64 | 1);
         for n in 1..=5 {
             assert!(matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
