@@ -454,22 +454,39 @@ fn boot_batch(
     timeout: Duration,
     cpus: u32,
 ) -> anyhow::Result<End> {
-    qemu::boot(
-        &qemu::Boot {
-            image,
-            share: &share.dir,
-            mode,
-            console_log: console_log.to_path_buf(),
-            interactive: false,
-            boot_timeout: Duration::from_secs(120),
-            timeout,
-            cpus,
-        },
-        |_, line| match line.split(MARK).nth(1) {
-            Some(m) => progress(&format!("guest: {m}")),
-            None => println!("{line}"),
-        },
-    )
+    // QEMU under TCG has been seen to abort at start (an assertion in its memory map code,
+    // before the guest printed anything): that is QEMU's failure, not the tests', so such a
+    // start is tried once more. A failure after the guest began is reported as it is.
+    let mut attempt = 1;
+    loop {
+        let mut guest_spoke = false;
+        let result = qemu::boot(
+            &qemu::Boot {
+                image,
+                share: &share.dir,
+                mode,
+                console_log: console_log.to_path_buf(),
+                interactive: false,
+                boot_timeout: Duration::from_secs(120),
+                timeout,
+                cpus,
+            },
+            |_, line| match line.split(MARK).nth(1) {
+                Some(m) => {
+                    guest_spoke = true;
+                    progress(&format!("guest: {m}"))
+                }
+                None => println!("{line}"),
+            },
+        );
+        match result {
+            Err(e) if !guest_spoke && attempt < 2 => {
+                progress(&format!("QEMU failed before the guest started ({e}); starting it again"));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Copies the share's results to target/lab/<name>, kept after the share is removed.
