@@ -330,14 +330,36 @@ impl PathAssembler {
             packet: e.packet.clone(),
             executed: true,
         };
+        // Its actions may have recirculated it into another miss: then it goes up again, and
+        // its trip goes on after that upcall too.
+        let miss = e.kind == Kind::Upcall && e.reason == CMD_MISS;
+        let key = (e.in_port, e.packet.clone());
         // The packet's trip up to its upcall, when it was seen.
         if !self.held.is_empty()
-            && let Some(mut t) = self.take_held(&(e.in_port, e.packet.clone()))
+            && let Some(mut t) = self.take_held(&key)
         {
             t.passes.push(pass);
-            t.after_upcall = true;
             let latency = e.ts_ns.saturating_sub(t.ts_ns);
-            self.finish(t, verdict, latency, out);
+            if miss {
+                self.hold(t, key, verdict, latency, out);
+            } else {
+                t.after_upcall = true;
+                self.finish(t, verdict, latency, out);
+            }
+            return;
+        }
+        if miss {
+            let t = PacketTrace {
+                ts_ns: e.ts_ns,
+                in_port: e.in_port,
+                len: e.len,
+                packet: e.packet.clone(),
+                passes: vec![pass],
+                verdict: Verdict::Unknown,
+                latency_ns: 0,
+                after_upcall: false,
+            };
+            self.hold(t, key, verdict, e.latency_ns, out);
             return;
         }
         let t = PacketTrace {
@@ -582,6 +604,35 @@ pub(crate) mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].verdict, Verdict::Upcall { cmd: 1 });
         assert_eq!(a.stats.traces, 2);
+        assert_eq!(a.held_len(), 0);
+    }
+
+    /// A new conversation through two new flows: the miss at its first pass, the executed
+    /// packet recirculated into a second miss (its upcall marked after-upcall), executed again
+    /// and dropped. One packet, one trace, both executed flows in its path.
+    #[test]
+    fn two_upcalls_in_a_row_are_one_packet() {
+        let mut a = PathAssembler::new(16, 1_000_000_000);
+        let mut out = Vec::new();
+        a.push(&ev(EventKind::Upcall, 1, 100, 0, 0, 1), &mut out);
+        let mut up2 = ev(EventKind::Upcall, 2, 200, 0xa, 0x5, 1);
+        up2.after_upcall = true;
+        a.push(&up2, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.held_len(), 1, "the second upcall continues the first");
+        let mut drop = ev(EventKind::Drop, 3, 300, 0xb, 0x5, 0x30003);
+        drop.after_upcall = true;
+        a.push(&drop, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let t = &out[0];
+        let path: Vec<(u32, bool)> = t
+            .passes
+            .iter()
+            .map(|p| ((p.ufid.0 >> 96) as u32, p.executed))
+            .collect();
+        assert_eq!(path, vec![(0xa, true), (0xb, true)]);
+        assert!(t.after_upcall && matches!(t.verdict, Verdict::Drop { .. }));
+        assert_eq!((t.ts_ns, t.latency_ns), (100, 200));
         assert_eq!(a.held_len(), 0);
     }
 

@@ -174,11 +174,13 @@ for e in w t d; do
     grep -q "$db: reconnected" $T/$e.err || fail "$e: no recovery of $db said: $(cat $T/$e.err)"
   done
 done
-python3 - $T "$AFTER_ACL" <<'PY' || fail "after the restarts: $(tail -c 2000 $T/w.out; tail -n 3 $T/*.err)"
+python3 - $T "$AFTER_ACL" <<'PY' || fail "after the restarts: $(tail -n 3 $T/*.err)"
 import json, sys, os
 t, acl = sys.argv[1], sys.argv[2]
 lines = lambda f: [json.loads(l) for l in open(os.path.join(t, f)) if l.strip() and not l.startswith("ready")]
 pk = lines("w.out")
+for p in pk:  # one line per packet, for the log
+    print(p["verdict"], "after_upcall" if p.get("after_upcall") else "", [(x["recirc_id"], x.get("executed", False), bool(x.get("explanation"))) for x in p["path"]])
 named = [p for p in pk if any(d.startswith("LB wild-lb-after:") for x in p["path"] if x.get("explanation") for d in x["explanation"]["details"])]
 assert len(pk) == 15 and len(named) >= 14, f"watch: {len(pk)} packets shown, 15 sent; {len(named)} name LB wild-lb-after"
 g = [g for g in lines("d.out") if g["culprit"]["id"] == acl]
