@@ -102,6 +102,10 @@ pub enum EventKind {
     Drop = 3,
     /// The packet was sent to a vport: `reason` holds the datapath port number.
     Output = 4,
+    /// ovs-vswitchd executes a packet after its upcall (a new skb): `ufid` is the flow it
+    /// installed for it, whose actions the packet runs now without a lookup; the fields are the
+    /// packet's as it went up. The packet's trip goes on under this skb.
+    Execute = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -112,6 +116,7 @@ impl TryFrom<u32> for EventKind {
             2 => Self::Upcall,
             3 => Self::Drop,
             4 => Self::Output,
+            5 => Self::Execute,
             other => return Err(other),
         })
     }

@@ -34,9 +34,11 @@ use aya_ebpf::{
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
 };
-use detrace_common::{Counter, PacketKey};
+use detrace_common::{Counter, EventKind, PacketKey};
 
-use super::packet::{events_enabled, fentry_args, matches, nonzero, now, read, read_l4, read_pass};
+use super::packet::{
+    emit_end, events_enabled, fentry_args, matches, nonzero, now, read, read_l4, read_pass,
+};
 use crate::maps::{CURRENT, Current, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim};
 
 /// `int ovs_flow_tbl_insert(struct flow_table *table, struct sw_flow *flow, const struct
@@ -145,6 +147,12 @@ fn execute(skb: u64) -> Result<u32, u32> {
     if let Some(c) = CURRENT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
         unsafe { *c = Current { skb } };
+    }
+    // User space joins this continuation to the trip that ended in the upcall (same input
+    // port and fields), so that one packet is one trace.
+    if events_enabled() && e.matched != 0 {
+        let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
+        emit_end(EventKind::Execute, e, ts, 0, len, 0)?;
     }
     Ok(0)
 }

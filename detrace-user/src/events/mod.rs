@@ -141,6 +141,8 @@ pub enum Kind {
     Upcall,
     Drop,
     Output,
+    /// ovs-vswitchd executing the packet after its upcall (see [`EventKind::Execute`]).
+    Execute,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +160,7 @@ impl PacketEvent {
             EventKind::Upcall => Kind::Upcall,
             EventKind::Drop => Kind::Drop,
             EventKind::Output => Kind::Output,
+            EventKind::Execute => Kind::Execute,
         };
         let ufid = (e.ufid != [0; 4]).then(|| Uuid::from_words(e.ufid));
         Ok(Self {

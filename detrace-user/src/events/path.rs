@@ -256,6 +256,7 @@ impl PathAssembler {
                     }
                 }
             }
+            Kind::Execute => self.execute(e, out),
             Kind::Output | Kind::Drop | Kind::Upcall => {
                 let verdict = match e.kind {
                     Kind::Output => Verdict::Output { port: e.reason },
@@ -265,7 +266,16 @@ impl PathAssembler {
                     },
                     _ => Verdict::Upcall { cmd: e.reason },
                 };
-                if e.after_upcall {
+                // An end right after an execute whose event was not seen (filtered, lost,
+                // or probes of an older detrace in a recording).
+                // (The mark says no kernel pass came after the execute: a trace the execute
+                // opened ends with its executed pass; any other under this skb is stale.)
+                let opened_by_execute = self
+                    .open
+                    .get(&e.skb)
+                    .and_then(|o| o.trace.passes.last())
+                    .is_some_and(|p| p.executed);
+                if e.after_upcall && !opened_by_execute {
                     self.after_upcall(e, verdict, out);
                     return;
                 }
@@ -276,13 +286,15 @@ impl PathAssembler {
                         self.hold(o.trace, (e.in_port, e.packet.clone()), verdict, latency, out);
                         self.trim_order();
                     }
-                    Some(o) => {
-                        let latency = if o.trace.after_upcall {
+                    Some(mut o) => {
+                        let latency = if o.trace.passes.iter().any(|p| p.executed) {
                             // From the first pass, through ovs-vswitchd, to this end.
                             e.ts_ns.saturating_sub(o.trace.ts_ns)
                         } else {
                             e.latency_ns
                         };
+                        // Decided by the executed flow's actions, no kernel pass since.
+                        o.trace.after_upcall = e.after_upcall;
                         self.finish(o.trace, verdict, latency, out);
                         self.trim_order();
                     }
@@ -308,6 +320,60 @@ impl PathAssembler {
                 }
             }
         }
+    }
+
+    /// ovs-vswitchd executes a packet after its upcall, as a new skb: its trip up to the
+    /// upcall (held, same input port and fields) goes on under this skb, through the flow
+    /// installed for it. Without a held trip (the upcall was filtered out, lost, or happened
+    /// before the run), the trip starts here.
+    fn execute(&mut self, e: &PacketEvent, out: &mut Vec<PacketTrace>) {
+        if let Some(prev) = self.open.remove(&e.skb) {
+            self.finish(prev.trace, Verdict::Unknown, 0, out);
+            self.stats.unfinished += 1;
+            self.trim_order();
+        }
+        let Some(ufid) = e.ufid else {
+            self.stats.orphan_ends += 1;
+            return;
+        };
+        let pass = Pass {
+            ufid,
+            recirc_id: e.recirc_id,
+            ts_ns: e.ts_ns,
+            packet: e.packet.clone(),
+            executed: true,
+        };
+        let held = if self.held.is_empty() {
+            None
+        } else {
+            self.take_held(&(e.in_port, e.packet.clone()))
+        };
+        self.make_room(out);
+        let trace = match held {
+            Some(mut t) => {
+                t.passes.push(pass);
+                t.verdict = Verdict::Unknown;
+                t
+            }
+            None => PacketTrace {
+                    ts_ns: e.ts_ns,
+                    in_port: e.in_port,
+                    len: e.len,
+                    packet: e.packet.clone(),
+                    passes: vec![pass],
+                    verdict: Verdict::Unknown,
+                    latency_ns: 0,
+                    after_upcall: false,
+                },
+        };
+        self.order.push_back((e.skb, trace.ts_ns));
+        self.open.insert(
+            e.skb,
+            Open {
+                trace,
+                last_ts: e.ts_ns,
+            },
+        );
     }
 
     /// The end of a packet ovs-vswitchd executed after its upcall, before any datapath pass of
@@ -634,6 +700,44 @@ pub(crate) mod tests {
         assert!(t.after_upcall && matches!(t.verdict, Verdict::Drop { .. }));
         assert_eq!((t.ts_ns, t.latency_ns), (100, 200));
         assert_eq!(a.held_len(), 0);
+    }
+
+    /// With the execute seen (its event carries the installed flow and the packet's fields
+    /// as it went up): the trip goes on under the executed skb, through the kernel passes that
+    /// follow, to its end; an end right after an execute is the executed flow's doing.
+    #[test]
+    fn an_execute_continues_the_trip_that_went_up() {
+        let mut a = PathAssembler::new(16, 1_000_000_000);
+        let mut out = Vec::new();
+        a.push(&ev(EventKind::Pass, 1, 100, 0xa, 0, 0), &mut out);
+        a.push(&ev(EventKind::Upcall, 1, 110, 0xa, 0x5, 1), &mut out);
+        let mut exec = ev(EventKind::Execute, 7, 200, 0xe, 0x5, 0);
+        exec.after_upcall = true;
+        a.push(&exec, &mut out);
+        a.push(&ev(EventKind::Pass, 7, 210, 0xf, 0x6, 0), &mut out);
+        a.push(&ev(EventKind::Output, 7, 220, 0xf, 0x6, 3), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let path: Vec<(u32, bool)> = out[0]
+            .passes
+            .iter()
+            .map(|p| ((p.ufid.0 >> 96) as u32, p.executed))
+            .collect();
+        assert_eq!(path, vec![(0xa, false), (0xe, true), (0xf, false)]);
+        assert_eq!(out[0].verdict, Verdict::Output { port: 3 });
+        assert!(!out[0].after_upcall, "ended by a kernel pass");
+        assert_eq!(out[0].latency_ns, 120);
+        // An execute whose actions drop at once: the installed flow decided.
+        a.push(&ev(EventKind::Upcall, 2, 300, 0, 0, 1), &mut out);
+        let mut exec = ev(EventKind::Execute, 8, 400, 0xe, 0x5, 0);
+        exec.after_upcall = true;
+        a.push(&exec, &mut out);
+        let mut drop = ev(EventKind::Drop, 8, 410, 0xe, 0x5, 0x30003);
+        drop.after_upcall = true;
+        a.push(&drop, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out[1].after_upcall && matches!(out[1].verdict, Verdict::Drop { .. }));
+        assert_eq!(out[1].passes.len(), 1);
+        assert_eq!((a.held_len(), a.open_len(), a.stats.traces), (0, 0, 2));
     }
 
     #[test]
