@@ -84,7 +84,12 @@ fn run_with_events(
     drop(tracer);
     eprintln!("detrace: probes detached in {:?}", t.elapsed());
     let loss = result?;
-    report(&loss, &sess.asm.stats, &sess.cache.stats, sess.cache.queued());
+    report(
+        &loss,
+        &sess.asm.stats,
+        &sess.cache.stats,
+        sess.cache.queued(),
+    );
     Ok(())
 }
 

@@ -118,7 +118,14 @@ impl PathAssembler {
     }
 
     /// Keeps a trace that ended in a miss upcall for its continuation.
-    fn hold(&mut self, mut t: PacketTrace, key: HoldKey, verdict: Verdict, latency_ns: u64, out: &mut Vec<PacketTrace>) {
+    fn hold(
+        &mut self,
+        mut t: PacketTrace,
+        key: HoldKey,
+        verdict: Verdict,
+        latency_ns: u64,
+        out: &mut Vec<PacketTrace>,
+    ) {
         t.verdict = verdict;
         t.latency_ns = latency_ns;
         if self.held_len >= self.max_open {
@@ -283,7 +290,13 @@ impl PathAssembler {
                 match self.open.remove(&e.skb) {
                     Some(o) if miss => {
                         let latency = e.ts_ns.saturating_sub(o.trace.ts_ns);
-                        self.hold(o.trace, (e.in_port, e.packet.clone()), verdict, latency, out);
+                        self.hold(
+                            o.trace,
+                            (e.in_port, e.packet.clone()),
+                            verdict,
+                            latency,
+                            out,
+                        );
                         self.trim_order();
                     }
                     Some(mut o) => {
@@ -324,9 +337,53 @@ impl PathAssembler {
 
     /// ovs-vswitchd executes a packet after its upcall, as a new skb: its trip up to the
     /// upcall (held, same input port and fields) goes on under this skb, through the flow
-    /// installed for it. Without a held trip (the upcall was filtered out, lost, or happened
-    /// before the run), the trip starts here.
+    /// installed for it.
     fn execute(&mut self, e: &PacketEvent, out: &mut Vec<PacketTrace>) {
+        let Some(trace) = self.executed_trip(e, out) else {
+            return;
+        };
+        self.make_room(out);
+        self.order.push_back((e.skb, trace.ts_ns));
+        self.open.insert(
+            e.skb,
+            Open {
+                trace,
+                last_ts: e.ts_ns,
+            },
+        );
+    }
+
+    /// The end of a packet ovs-vswitchd executed after its upcall whose execute event was not
+    /// seen, before any datapath pass of it: its trip, through the flow installed for it.
+    fn after_upcall(&mut self, e: &PacketEvent, verdict: Verdict, out: &mut Vec<PacketTrace>) {
+        let Some(mut t) = self.executed_trip(e, out) else {
+            return;
+        };
+        let latency = if t.passes.len() > 1 {
+            e.ts_ns.saturating_sub(t.ts_ns)
+        } else {
+            e.latency_ns
+        };
+        // Its actions may have recirculated it into another miss: then it goes up again, and
+        // its trip goes on after that upcall too.
+        if e.kind == Kind::Upcall && e.reason == CMD_MISS {
+            self.hold(t, (e.in_port, e.packet.clone()), verdict, latency, out);
+        } else {
+            t.after_upcall = true;
+            self.finish(t, verdict, latency, out);
+        }
+    }
+
+    /// A packet executed by ovs-vswitchd (an execute or an end marked after-upcall): its trip
+    /// so far, which is the held trip that went up with the same input port and fields (when
+    /// it was seen: it may have been filtered out, lost, or before the run) plus the flow
+    /// installed for it. The skb is a new one: a packet still open under its address is an
+    /// earlier one that ended unseen.
+    fn executed_trip(
+        &mut self,
+        e: &PacketEvent,
+        out: &mut Vec<PacketTrace>,
+    ) -> Option<PacketTrace> {
         if let Some(prev) = self.open.remove(&e.skb) {
             self.finish(prev.trace, Verdict::Unknown, 0, out);
             self.stats.unfinished += 1;
@@ -334,7 +391,7 @@ impl PathAssembler {
         }
         let Some(ufid) = e.ufid else {
             self.stats.orphan_ends += 1;
-            return;
+            return None;
         };
         let pass = Pass {
             ufid,
@@ -348,74 +405,13 @@ impl PathAssembler {
         } else {
             self.take_held(&(e.in_port, e.packet.clone()))
         };
-        self.make_room(out);
-        let trace = match held {
+        Some(match held {
             Some(mut t) => {
                 t.passes.push(pass);
                 t.verdict = Verdict::Unknown;
                 t
             }
             None => PacketTrace {
-                    ts_ns: e.ts_ns,
-                    in_port: e.in_port,
-                    len: e.len,
-                    packet: e.packet.clone(),
-                    passes: vec![pass],
-                    verdict: Verdict::Unknown,
-                    latency_ns: 0,
-                    after_upcall: false,
-                },
-        };
-        self.order.push_back((e.skb, trace.ts_ns));
-        self.open.insert(
-            e.skb,
-            Open {
-                trace,
-                last_ts: e.ts_ns,
-            },
-        );
-    }
-
-    /// The end of a packet ovs-vswitchd executed after its upcall, before any datapath pass of
-    /// it: its whole trip, through the flow installed for it. The skb is a new one: a packet
-    /// still open under its address is an earlier one that ended unseen.
-    fn after_upcall(&mut self, e: &PacketEvent, verdict: Verdict, out: &mut Vec<PacketTrace>) {
-        if let Some(prev) = self.open.remove(&e.skb) {
-            self.finish(prev.trace, Verdict::Unknown, 0, out);
-            self.stats.unfinished += 1;
-            self.trim_order();
-        }
-        let Some(ufid) = e.ufid else {
-            self.stats.orphan_ends += 1;
-            return;
-        };
-        let pass = Pass {
-            ufid,
-            recirc_id: e.recirc_id,
-            ts_ns: e.ts_ns,
-            packet: e.packet.clone(),
-            executed: true,
-        };
-        // Its actions may have recirculated it into another miss: then it goes up again, and
-        // its trip goes on after that upcall too.
-        let miss = e.kind == Kind::Upcall && e.reason == CMD_MISS;
-        let key = (e.in_port, e.packet.clone());
-        // The packet's trip up to its upcall, when it was seen.
-        if !self.held.is_empty()
-            && let Some(mut t) = self.take_held(&key)
-        {
-            t.passes.push(pass);
-            let latency = e.ts_ns.saturating_sub(t.ts_ns);
-            if miss {
-                self.hold(t, key, verdict, latency, out);
-            } else {
-                t.after_upcall = true;
-                self.finish(t, verdict, latency, out);
-            }
-            return;
-        }
-        if miss {
-            let t = PacketTrace {
                 ts_ns: e.ts_ns,
                 in_port: e.in_port,
                 len: e.len,
@@ -424,21 +420,8 @@ impl PathAssembler {
                 verdict: Verdict::Unknown,
                 latency_ns: 0,
                 after_upcall: false,
-            };
-            self.hold(t, key, verdict, e.latency_ns, out);
-            return;
-        }
-        let t = PacketTrace {
-            ts_ns: e.ts_ns,
-            in_port: e.in_port,
-            len: e.len,
-            packet: e.packet.clone(),
-            passes: vec![pass],
-            verdict: Verdict::Unknown,
-            latency_ns: 0,
-            after_upcall: true,
-        };
-        self.finish(t, verdict, e.latency_ns, out);
+            },
+        })
     }
 
     fn finish(
@@ -634,7 +617,10 @@ pub(crate) mod tests {
         assert_eq!((s.packets, s.drops, s.drops_after_upcall), (1, 2, 1));
         // The mark is written only when set: old recordings read back unchanged.
         let json = serde_json::to_string(&out[2]).unwrap();
-        assert!(!json.contains("after_upcall") && !json.contains("executed"), "{json}");
+        assert!(
+            !json.contains("after_upcall") && !json.contains("executed"),
+            "{json}"
+        );
         let json = serde_json::to_string(&out[1]).unwrap();
         assert!(json.contains("\"after_upcall\":true"), "{json}");
         let back: PacketTrace = serde_json::from_str(&json).unwrap();

@@ -20,10 +20,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    FastMap,
     aggregate::ufid_map::{UfidMap, prefetch},
     explain::{FlowSummary, explain},
     ovn::{OvnReplicas, Resolver},
-    FastMap,
     ovs::{
         DpFlow,
         unixctl::Appctl,
@@ -567,6 +567,20 @@ mod tests {
         }
     }
 
+    /// A cache over [`Busy`] and empty replicas, with its call counter.
+    fn busy_cache(per_sec: f64) -> (ExplainCache<Busy>, std::rc::Rc<std::cell::Cell<u64>>) {
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let ovs = Vswitchd::new(Busy {
+            calls: calls.clone(),
+        })
+        .unwrap();
+        let ovn = OvnReplicas::from_replicas(
+            Replica::new(SB_DB, SB_TABLES),
+            Replica::new(NB_DB, NB_TABLES),
+        );
+        (ExplainCache::new(Backend::Live { ovs, ovn }, per_sec), calls)
+    }
+
     fn summary(ufid: Uuid, label: &str) -> Explained {
         Explained {
             summary: crate::explain::FlowSummary {
@@ -771,7 +785,11 @@ mod tests {
         assert!(matches!(cache.peek(&drop9999), LookupRef::Pending));
         cache.pump();
         assert_eq!(
-            calls.borrow().iter().filter(|m| *m == "dpctl/dump-flows").count(),
+            calls
+                .borrow()
+                .iter()
+                .filter(|m| *m == "dpctl/dump-flows")
+                .count(),
             1,
             "{:?}",
             calls.borrow()
@@ -822,16 +840,7 @@ mod tests {
     /// explained by the pump without anyone looking it up.
     #[test]
     fn queued_flows_settle_before_they_are_asked_for() {
-        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-        let ovs = Vswitchd::new(Busy {
-            calls: calls.clone(),
-        })
-        .unwrap();
-        let ovn = OvnReplicas::from_replicas(
-            Replica::new(SB_DB, SB_TABLES),
-            Replica::new(NB_DB, NB_TABLES),
-        );
-        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 100.0);
+        let (mut cache, calls) = busy_cache(100.0);
         cache.settle = Duration::from_millis(200);
         let u = Uuid(0xfeed << 96 | 2);
         cache.seen(u);
@@ -849,16 +858,7 @@ mod tests {
     /// oldest go first, counted, and are explained again when seen again.
     #[test]
     fn explanations_are_bounded_and_evictions_counted() {
-        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-        let ovs = Vswitchd::new(Busy {
-            calls: calls.clone(),
-        })
-        .unwrap();
-        let ovn = OvnReplicas::from_replicas(
-            Replica::new(SB_DB, SB_TABLES),
-            Replica::new(NB_DB, NB_TABLES),
-        );
-        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+        let (mut cache, _calls) = busy_cache(1000.0);
         cache.max_explained = 3;
         cache.settle = Duration::ZERO;
         let u = |n: u128| Uuid(n << 64 | 1);
@@ -870,7 +870,11 @@ mod tests {
         assert!(matches!(cache.peek(&u(1)), LookupRef::Pending));
         assert!(matches!(cache.peek(&u(5)), LookupRef::Explained(_)));
         cache.seen(u(1));
-        assert_eq!(cache.queued(), 1, "an evicted UFID seen again is queued again");
+        assert_eq!(
+            cache.queued(),
+            1,
+            "an evicted UFID seen again is queued again"
+        );
         cache.pump();
         assert!(matches!(cache.peek(&u(1)), LookupRef::Explained(_)));
         assert_eq!(cache.explained().count(), 3);
@@ -880,13 +884,7 @@ mod tests {
     #[test]
     fn full_chain_only_when_kept() {
         for keep in [true, false] {
-            let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-            let ovs = Vswitchd::new(Busy { calls }).unwrap();
-            let ovn = OvnReplicas::from_replicas(
-                Replica::new(SB_DB, SB_TABLES),
-                Replica::new(NB_DB, NB_TABLES),
-            );
-            let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 100.0);
+            let (mut cache, _calls) = busy_cache(100.0);
             cache.keep_full = keep;
             let u = Uuid(0xfeed << 96 | 1);
             let LookupRef::Explained(e) = cache.lookup(u) else {
@@ -902,17 +900,8 @@ mod tests {
     /// ovs-vswitchd stay within the configured rate (plus one burst), the rest is deferred.
     #[test]
     fn request_rate_stays_bounded_under_churn() {
-        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-        let ovs = Vswitchd::new(Busy {
-            calls: calls.clone(),
-        })
-        .unwrap();
-        let ovn = OvnReplicas::from_replicas(
-            Replica::new(SB_DB, SB_TABLES),
-            Replica::new(NB_DB, NB_TABLES),
-        );
         let per_sec = 50.0;
-        let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, per_sec);
+        let (mut cache, calls) = busy_cache(per_sec);
         let start = Instant::now();
         let mut n = 0u128;
         while start.elapsed() < Duration::from_millis(1000) {

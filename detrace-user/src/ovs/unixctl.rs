@@ -414,13 +414,19 @@ mod tests {
         let t = std::time::Instant::now();
         let e = c.call("b", &[]).unwrap_err();
         assert!(
-            matches!(e, UnixctlError::Connect { .. } | UnixctlError::Closed { .. }),
+            matches!(
+                e,
+                UnixctlError::Connect { .. } | UnixctlError::Closed { .. }
+            ),
             "{e:?}"
         );
         let e = c.call("b", &[]).unwrap_err();
         assert!(matches!(e, UnixctlError::Down { .. }), "{e:?}");
         assert!(e.to_string().contains("is down"), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(2), "fails fast while down");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "fails fast while down"
+        );
         // Back with a new pid.
         let second = daemon(&dir.0, 222, vec!["two\n", "three\n"]);
         std::thread::sleep(DaemonCtl::RETRY);
