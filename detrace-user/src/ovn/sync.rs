@@ -219,6 +219,9 @@ fn run(db: &'static str, s: &Shared, required: &[&str], remotes: &[Remote], io_t
                          while reconnecting"
                     );
                     lost_at = Some(Instant::now());
+                } else if lost_at.is_some() && !fatal {
+                    // Still down after a loss already said: once is enough.
+                    tracing::debug!("{db}: {e}; reconnecting");
                 } else {
                     tracing::warn!("{db}: {e}{}", if fatal { "" } else { "; reconnecting" });
                 }
