@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use detrace_common::{Counter, Event, FlowStats, OVS_DROP_REASON_BASE};
+use detrace_common::{COUNTERS, Event, FlowStats, OVS_DROP_REASON_BASE};
 use serde_json::{Value, json};
 
 use crate::{
@@ -43,24 +43,6 @@ fn list() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-const COUNTER_NAMES: [(Counter, &str); 15] = [
-    (Counter::Passes, "passes"),
-    (Counter::Hits, "hits"),
-    (Counter::Upcalls, "upcalls"),
-    (Counter::Drops, "drops"),
-    (Counter::Outputs, "outputs"),
-    (Counter::EventsSent, "events_sent"),
-    (Counter::EventsLost, "events_lost"),
-    (Counter::EventsRateLimited, "events_rate_limited"),
-    (Counter::ProbeErrors, "probe_errors"),
-    (Counter::FlowStatsFull, "flow_stats_full"),
-    (Counter::InflightReplaced, "inflight_replaced"),
-    (Counter::FlowInserts, "flow_inserts"),
-    (Counter::Executes, "executes"),
-    (Counter::ExecutesWithoutPut, "executes_without_put"),
-    (Counter::DropsAfterUpcall, "drops_after_upcall"),
-];
 
 /// An Event with every wire field under its wire name (what `--events-out` writes): a
 /// recording of raw kernel events, decodable back into `detrace_common::Event`.
@@ -221,8 +203,8 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
     let counters = probes.counters()?;
     let mut c = serde_json::Map::new();
     c.insert("type".into(), json!("counters"));
-    for (k, name) in COUNTER_NAMES {
-        c.insert(name.into(), json!(counters[k as usize]));
+    for info in &COUNTERS {
+        c.insert(info.name.into(), json!(counters[info.counter as usize]));
     }
     c.insert("events_read".into(), json!(read));
     c.insert(

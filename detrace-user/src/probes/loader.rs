@@ -739,18 +739,7 @@ fn load_program(name: &'static str, prog: &mut Program) -> Result<(), ProbeError
 pub fn sum_stats<'a>(per_cpu: impl Iterator<Item = &'a FlowStats>) -> FlowStats {
     let mut t = FlowStats::default();
     for s in per_cpu {
-        t.packets += s.packets;
-        t.bytes += s.bytes;
-        t.drops += s.drops;
-        t.outputs += s.outputs;
-        t.drops_after_upcall += s.drops_after_upcall;
-        for (a, b) in t.drop_reasons.iter_mut().zip(s.drop_reasons) {
-            *a += b;
-        }
-        for (a, b) in t.latency.iter_mut().zip(s.latency) {
-            *a += b;
-        }
-        t.latency_sum_ns += s.latency_sum_ns;
+        t.add(s);
     }
     t
 }
