@@ -62,29 +62,98 @@ pub enum Counter {
     DropsAfterUpcall = 14,
 }
 
-pub const COUNTER_SLOTS: u32 = 15;
+/// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
+/// LossReport of recordings) and what it counts, in slot order: user space iterates this table
+/// and never lists the counters again.
+pub const COUNTERS: [CounterInfo; 15] = [
+    CounterInfo::new(
+        Counter::Passes,
+        "passes",
+        "datapath passes (flow hits + miss upcalls)",
+    ),
+    CounterInfo::new(Counter::Hits, "hits", "flow table hits"),
+    CounterInfo::new(Counter::Upcalls, "upcalls", "upcalls to ovs-vswitchd"),
+    CounterInfo::new(Counter::Drops, "drops", "packets dropped"),
+    CounterInfo::new(Counter::Outputs, "outputs", "packets sent to a port"),
+    CounterInfo::new(
+        Counter::EventsSent,
+        "events_sent",
+        "events written to the ring buffer",
+    ),
+    CounterInfo::new(
+        Counter::EventsLost,
+        "events_lost",
+        "events lost: ring buffer full",
+    ),
+    CounterInfo::new(
+        Counter::EventsRateLimited,
+        "events_rate_limited",
+        "events not sent: over the rate limit",
+    ),
+    CounterInfo::new(Counter::ProbeErrors, "probe_errors", "failed kernel reads"),
+    CounterInfo::new(
+        Counter::FlowStatsFull,
+        "flow_stats_full",
+        "flow updates not counted: FLOW_STATS full",
+    ),
+    CounterInfo::new(
+        Counter::InflightReplaced,
+        "inflight_replaced",
+        "in-flight slots taken over by a later packet",
+    ),
+    CounterInfo::new(Counter::FlowInserts, "flow_inserts", "flows installed"),
+    CounterInfo::new(
+        Counter::Executes,
+        "executes",
+        "packets executed by ovs-vswitchd",
+    ),
+    CounterInfo::new(
+        Counter::ExecutesWithoutPut,
+        "executes_without_put",
+        "executes with no flow install before them (not followed)",
+    ),
+    CounterInfo::new(
+        Counter::DropsAfterUpcall,
+        "drops_after_upcall",
+        "drops of packets executed after their upcall",
+    ),
+];
+
+/// Slots of [`MAP_COUNTERS`].
+pub const COUNTER_SLOTS: u32 = COUNTERS.len() as u32;
+
+/// One row of [`COUNTERS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterInfo {
+    pub counter: Counter,
+    /// Wire name (JSON key, recordings).
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+impl CounterInfo {
+    const fn new(counter: Counter, name: &'static str, description: &'static str) -> Self {
+        Self {
+            counter,
+            name,
+            description,
+        }
+    }
+}
+
+// Row i of the table is the counter of slot i.
+const _: () = {
+    let mut i = 0;
+    while i < COUNTERS.len() {
+        assert!(COUNTERS[i].counter as usize == i);
+        i += 1;
+    }
+};
 
 impl TryFrom<u32> for Counter {
     type Error = u32;
     fn try_from(v: u32) -> Result<Self, u32> {
-        Ok(match v {
-            0 => Self::Passes,
-            1 => Self::Hits,
-            2 => Self::Upcalls,
-            3 => Self::Drops,
-            4 => Self::Outputs,
-            5 => Self::EventsSent,
-            6 => Self::EventsLost,
-            7 => Self::EventsRateLimited,
-            8 => Self::ProbeErrors,
-            9 => Self::FlowStatsFull,
-            10 => Self::InflightReplaced,
-            11 => Self::FlowInserts,
-            12 => Self::Executes,
-            13 => Self::ExecutesWithoutPut,
-            14 => Self::DropsAfterUpcall,
-            other => return Err(other),
-        })
+        COUNTERS.get(v as usize).map(|c| c.counter).ok_or(v)
     }
 }
 
@@ -222,6 +291,75 @@ impl Default for FlowStats {
             latency_sum_ns: 0,
             drops_after_upcall: 0,
         }
+    }
+}
+
+/// The [`FlowStats::latency`] bucket of a datapath time of `ns`: floor(log2(ns)), bucket 0 for
+/// ns <= 1, the last bucket open-ended. Used by the probes and by user space alike.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns == 0 {
+        return 0;
+    }
+    let b = 63 - ns.leading_zeros() as usize;
+    if b >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+/// The [`FlowStats::drop_reasons`] slot of a drop reason: net/openvswitch/drop.h, OVS's own
+/// reasons are `SKB_DROP_REASON_SUBSYS_OPENVSWITCH << 16 | n` (slot n); the last slot takes
+/// every other reason. Used by the probes and by user space alike.
+#[inline(always)]
+pub fn drop_reason_slot(reason: u32) -> usize {
+    let n = reason.wrapping_sub(OVS_DROP_REASON_BASE) as usize;
+    if n < DROP_REASON_SLOTS - 1 {
+        n
+    } else {
+        DROP_REASON_SLOTS - 1
+    }
+}
+
+impl FlowStats {
+    /// Every counter of `self` and `other` combined by `f`: the one place that lists the
+    /// fields for arithmetic.
+    fn zip_with(&self, other: &Self, f: impl Fn(u64, u64) -> u64) -> Self {
+        let mut out = Self {
+            packets: f(self.packets, other.packets),
+            bytes: f(self.bytes, other.bytes),
+            drops: f(self.drops, other.drops),
+            outputs: f(self.outputs, other.outputs),
+            latency_sum_ns: f(self.latency_sum_ns, other.latency_sum_ns),
+            drops_after_upcall: f(self.drops_after_upcall, other.drops_after_upcall),
+            ..Self::default()
+        };
+        for (o, (a, b)) in out
+            .drop_reasons
+            .iter_mut()
+            .zip(self.drop_reasons.iter().zip(&other.drop_reasons))
+        {
+            *o = f(*a, *b);
+        }
+        for (o, (a, b)) in out
+            .latency
+            .iter_mut()
+            .zip(self.latency.iter().zip(&other.latency))
+        {
+            *o = f(*a, *b);
+        }
+        out
+    }
+
+    /// Adds `other` into `self` (per-CPU sums, per-object totals).
+    pub fn add(&mut self, other: &Self) {
+        *self = self.zip_with(other, |a, b| a + b);
+    }
+
+    /// `self - other`, saturating (a flow replaced in the kernel restarts its counters).
+    pub fn saturating_sub(&self, other: &Self) -> Self {
+        self.zip_with(other, u64::saturating_sub)
     }
 }
 

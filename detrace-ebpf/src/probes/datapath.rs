@@ -21,15 +21,11 @@
 //!   decision and first-pass key. Without a live parent (the packet came back from an upcall
 //!   through OVS_PACKET_CMD_EXECUTE, or probes were attached mid-flight) the clone starts afresh.
 
-use aya_ebpf::{
-    macros::{fentry, kprobe},
-    programs::{FEntryContext, ProbeContext},
-};
 use detrace_common::{Counter, EventKind, PacketKey};
 
 use super::packet::{
-    copy_inflight, count_hit, cpu, emit, events_enabled, fentry_args, matches, nonzero, now, read,
-    read_key, read_pass, read_skb_key, scratch_event, upcall_flags,
+    copy_inflight, count_hit, cpu, emit, events_enabled, matches, now, read, read_key, read_pass,
+    read_skb_key, scratch_event, upcall_flags,
 };
 use crate::maps::{
     CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, bump, conf, inflight_claim, inflight_get,
@@ -39,28 +35,12 @@ use crate::maps::{
 /// queued to ovs-vswitchd (datapath.c ovs_dp_process_packet), so its datapath journey ends here.
 const OVS_PACKET_CMD_MISS: u8 = 1;
 
-/// `void ovs_flow_stats_update(struct sw_flow *flow, __be16 tcp_flags, const struct sk_buff
-/// *skb)`: called by ovs_dp_process_packet right after a flow table hit, once per pass that hits.
-/// The kprobe, for kernels where the fentry below cannot attach.
-#[kprobe]
-pub fn ovs_flow_stats_update(ctx: ProbeContext) -> u32 {
-    match nonzero(ctx.arg(0)).and_then(|flow| Ok((flow, nonzero(ctx.arg(2))?))) {
-        Ok((flow, skb)) => flow_hit(flow, skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
-}
-
-/// The same hook as an fentry program (a BPF trampoline: no breakpoint or ftrace handler, no
-/// register save, no perf event around it). Loaded by user space itself (probes/fentry.rs):
-/// the target lives in the openvswitch module's BTF.
-#[fentry(function = "ovs_flow_stats_update")]
-pub fn fentry_flow_stats_update(ctx: FEntryContext) -> u32 {
-    let args =
-        fentry_args::<3>(&ctx).and_then(|a| Ok((nonzero(Some(a[0]))?, nonzero(Some(a[2]))?)));
-    match args {
-        Ok((flow, skb)) => flow_hit(flow, skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
+hook! {
+    /// `void ovs_flow_stats_update(struct sw_flow *flow, __be16 tcp_flags, const struct sk_buff
+    /// *skb)`: called by ovs_dp_process_packet right after a flow table hit, once per pass that
+    /// hits.
+    kprobe ovs_flow_stats_update, fentry fentry_flow_stats_update on "ovs_flow_stats_update",
+    args(flow = 0, skb = 2) => flow_hit
 }
 
 #[inline(always)]
@@ -206,36 +186,12 @@ fn track_pass(
     })
 }
 
-/// `int ovs_dp_upcall(struct datapath *dp, struct sk_buff *skb, const struct sw_flow_key *key,
-/// const struct dp_upcall_info *upcall_info, uint32_t cutlen)`: a miss, or a userspace() action.
-#[kprobe]
-pub fn ovs_dp_upcall(ctx: ProbeContext) -> u32 {
-    let args = (|| {
-        Ok((
-            nonzero(ctx.arg(1))?,
-            nonzero(ctx.arg(2))?,
-            nonzero(ctx.arg(3))?,
-        ))
-    })();
-    match args {
-        Ok((skb, key, info)) => upcall(skb, key, info).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
-}
-
-#[fentry(function = "ovs_dp_upcall")]
-pub fn fentry_dp_upcall(ctx: FEntryContext) -> u32 {
-    let args = fentry_args::<4>(&ctx).and_then(|a| {
-        Ok((
-            nonzero(Some(a[1]))?,
-            nonzero(Some(a[2]))?,
-            nonzero(Some(a[3]))?,
-        ))
-    });
-    match args {
-        Ok((skb, key, info)) => upcall(skb, key, info).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
+hook! {
+    /// `int ovs_dp_upcall(struct datapath *dp, struct sk_buff *skb, const struct sw_flow_key
+    /// *key, const struct dp_upcall_info *upcall_info, uint32_t cutlen)`: a miss, or a
+    /// userspace() action.
+    kprobe ovs_dp_upcall, fentry fentry_dp_upcall on "ovs_dp_upcall",
+    args(skb = 1, key = 2, info = 3) => upcall
 }
 
 #[inline(always)]

@@ -1,6 +1,9 @@
-//! One file per hook family. Every program is a thin wrapper around a `try_` function whose
-//! error (a failed kernel read) is counted in `Counter::ProbeErrors`.
+//! One file per hook family. Every program is a thin wrapper around a body function whose
+//! error (a failed kernel read) is counted in `Counter::ProbeErrors`; the datapath hooks get
+//! their kprobe and fentry entry points from [`hook!`].
 
+#[macro_use]
+mod hook;
 mod packet;
 
 pub mod datapath;

@@ -10,9 +10,8 @@ use aya_ebpf::{
     programs::FEntryContext,
 };
 use detrace_common::{
-    Counter, DROP_REASON_SLOTS, EVENT_AFTER_UPCALL, Event, EventKind, FILTER_DST, FILTER_HOST,
-    FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, LATENCY_BUCKETS,
-    OVS_DROP_REASON_BASE, PacketKey,
+    Counter, EVENT_AFTER_UPCALL, Event, EventKind, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
+    FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, PacketKey, drop_reason_slot, latency_bucket,
 };
 
 use crate::maps::{
@@ -411,20 +410,6 @@ pub enum End {
     Drop(u32, bool),
 }
 
-/// floor(log2(t)), bucket 0 for t <= 1, the last bucket open-ended.
-#[inline(always)]
-fn bucket(t: u64) -> usize {
-    if t == 0 {
-        return 0;
-    }
-    let b = 63 - t.leading_zeros() as usize;
-    if b >= LATENCY_BUCKETS {
-        LATENCY_BUCKETS - 1
-    } else {
-        b
-    }
-}
-
 /// The packet whose last flow was `ufid` was sent or dropped after `latency` ns in the datapath.
 #[inline(always)]
 pub fn count_end(ufid: &[u32; 4], end: End, latency: u64) {
@@ -440,20 +425,12 @@ pub fn count_end(ufid: &[u32; 4], end: End, latency: u64) {
             if after_upcall {
                 s.drops_after_upcall += 1;
             }
-            // net/openvswitch/drop.h: OVS's own reasons are SKB_DROP_REASON_SUBSYS_OPENVSWITCH
-            // << 16 | n; the last slot takes every other reason.
-            let n = reason.wrapping_sub(OVS_DROP_REASON_BASE) as usize;
-            let slot = if n < DROP_REASON_SLOTS - 1 {
-                n
-            } else {
-                DROP_REASON_SLOTS - 1
-            };
-            if let Some(c) = s.drop_reasons.get_mut(slot) {
+            if let Some(c) = s.drop_reasons.get_mut(drop_reason_slot(reason)) {
                 *c += 1;
             }
         }
     }
-    if let Some(c) = s.latency.get_mut(bucket(latency)) {
+    if let Some(c) = s.latency.get_mut(latency_bucket(latency)) {
         *c += 1;
     }
     s.latency_sum_ns += latency;

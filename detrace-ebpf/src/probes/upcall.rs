@@ -29,34 +29,18 @@
 //! migrated there, the packet's end is seen on another CPU, where it has no entry, and is not
 //! counted (as before this hook existed).
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::{fentry, kprobe},
-    programs::{FEntryContext, ProbeContext},
-};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use detrace_common::{Counter, EventKind, PacketKey};
 
-use super::packet::{
-    emit_end, events_enabled, fentry_args, matches, nonzero, now, read, read_l4, read_pass,
-};
+use super::packet::{emit_end, events_enabled, matches, now, read, read_l4, read_pass};
 use crate::maps::{CURRENT, Current, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim};
 
-/// `int ovs_flow_tbl_insert(struct flow_table *table, struct sw_flow *flow, const struct
-/// sw_flow_mask *mask)` (net/openvswitch/flow_table.c): a flow installed (OVS_FLOW_CMD_NEW).
-#[kprobe]
-pub fn ovs_flow_tbl_insert(ctx: ProbeContext) -> u32 {
-    match nonzero(ctx.arg(1)) {
-        Ok(flow) => flow_insert(flow).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
-}
-
-#[fentry(function = "ovs_flow_tbl_insert")]
-pub fn fentry_flow_tbl_insert(ctx: FEntryContext) -> u32 {
-    match fentry_args::<2>(&ctx).and_then(|a| nonzero(Some(a[1]))) {
-        Ok(flow) => flow_insert(flow).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
+hook! {
+    /// `int ovs_flow_tbl_insert(struct flow_table *table, struct sw_flow *flow, const struct
+    /// sw_flow_mask *mask)` (net/openvswitch/flow_table.c): a flow installed
+    /// (OVS_FLOW_CMD_NEW).
+    kprobe ovs_flow_tbl_insert, fentry fentry_flow_tbl_insert on "ovs_flow_tbl_insert",
+    args(flow = 1) => flow_insert
 }
 
 #[inline(always)]
@@ -89,23 +73,13 @@ fn flow_insert(flow: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// `int ovs_flow_key_extract_userspace(struct net *net, const struct nlattr *attr, struct
-/// sk_buff *skb, struct sw_flow_key *key, bool log)` (net/openvswitch/flow.c): called by
-/// ovs_packet_cmd_execute only, on the skb it just built.
-#[kprobe]
-pub fn ovs_flow_key_extract_userspace(ctx: ProbeContext) -> u32 {
-    match nonzero(ctx.arg(2)) {
-        Ok(skb) => execute(skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
-}
-
-#[fentry(function = "ovs_flow_key_extract_userspace")]
-pub fn fentry_key_extract_userspace(ctx: FEntryContext) -> u32 {
-    match fentry_args::<3>(&ctx).and_then(|a| nonzero(Some(a[2]))) {
-        Ok(skb) => execute(skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
+hook! {
+    /// `int ovs_flow_key_extract_userspace(struct net *net, const struct nlattr *attr, struct
+    /// sk_buff *skb, struct sw_flow_key *key, bool log)` (net/openvswitch/flow.c): called by
+    /// ovs_packet_cmd_execute only, on the skb it just built.
+    kprobe ovs_flow_key_extract_userspace,
+    fentry fentry_key_extract_userspace on "ovs_flow_key_extract_userspace",
+    args(skb = 2) => execute
 }
 
 #[inline(always)]

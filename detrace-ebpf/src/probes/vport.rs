@@ -1,34 +1,14 @@
 //! `ovs_vport_send` (net/openvswitch/vport.c): the packet leaves the datapath through a port.
 
-use aya_ebpf::{
-    macros::{fentry, kprobe},
-    programs::{FEntryContext, ProbeContext},
-};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{
-    End, count_end, emit_end, events_enabled, fentry_args, has_ufid, nonzero, now, read,
-};
+use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
 use crate::maps::{CURRENT, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
-/// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
-#[kprobe]
-pub fn ovs_vport_send(ctx: ProbeContext) -> u32 {
-    match nonzero(ctx.arg(0)).and_then(|vport| Ok((vport, nonzero(ctx.arg(1))?))) {
-        Ok((vport, skb)) => vport_send(vport, skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
-}
-
-/// The same hook as an fentry program (see probes/datapath.rs).
-#[fentry(function = "ovs_vport_send")]
-pub fn fentry_vport_send(ctx: FEntryContext) -> u32 {
-    let args =
-        fentry_args::<2>(&ctx).and_then(|a| Ok((nonzero(Some(a[0]))?, nonzero(Some(a[1]))?)));
-    match args {
-        Ok((vport, skb)) => vport_send(vport, skb).unwrap_or_else(|r| r),
-        Err(r) => r,
-    }
+hook! {
+    /// `void ovs_vport_send(struct vport *vport, struct sk_buff *skb, u8 mac_proto)`.
+    kprobe ovs_vport_send, fentry fentry_vport_send on "ovs_vport_send",
+    args(vport = 0, skb = 1) => vport_send
 }
 
 #[inline(always)]

@@ -9,9 +9,10 @@
 //! reasons to a boxed [`FlowStats`]-sized side part, exact in u64 as the kernel keeps them.
 //! Conversions to and from [`FlowStats`] are lossless.
 
-use detrace_common::{DROP_REASON_SLOTS, FlowStats, LATENCY_BUCKETS};
+use detrace_common::{
+    DROP_REASON_SLOTS, FlowStats, LATENCY_BUCKETS, drop_reason_slot, latency_bucket,
+};
 
-use super::{latency_bucket, reason_slot};
 use crate::events::Verdict;
 
 /// Latency buckets kept inline before spilling.
@@ -91,7 +92,7 @@ impl FlowCounters {
                 if after_upcall && self.spill.is_none() {
                     self.spill_out();
                 }
-                self.add_reason(reason_slot(*reason));
+                self.add_reason(drop_reason_slot(*reason));
                 if after_upcall && let Some(s) = &mut self.spill {
                     s.drops_after_upcall += 1;
                 }
@@ -168,7 +169,7 @@ impl FlowCounters {
         self.spill = Some(Box::new(s));
     }
 
-    /// Drops per reason slot (see [`reason_slot`]).
+    /// Drops per reason slot (see [`drop_reason_slot`]).
     pub fn drop_reasons(&self) -> [u64; DROP_REASON_SLOTS] {
         if let Some(s) = &self.spill {
             return s.drop_reasons;

@@ -6,7 +6,9 @@ pub mod ufid_map;
 
 use std::collections::{BTreeMap, HashMap};
 
-use detrace_common::{DROP_REASON_SLOTS, FlowStats, LATENCY_BUCKETS, OVS_DROP_REASON_BASE};
+use detrace_common::{
+    DROP_REASON_SLOTS, FlowStats, OVS_DROP_REASON_BASE, drop_reason_slot, latency_bucket,
+};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -21,51 +23,6 @@ use crate::{
     uuid::Uuid,
 };
 
-/// Adds `b` into `a`.
-pub fn add_stats(a: &mut FlowStats, b: &FlowStats) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.drops += b.drops;
-    a.outputs += b.outputs;
-    a.drops_after_upcall += b.drops_after_upcall;
-    for i in 0..DROP_REASON_SLOTS {
-        a.drop_reasons[i] += b.drop_reasons[i];
-    }
-    for i in 0..LATENCY_BUCKETS {
-        a.latency[i] += b.latency[i];
-    }
-    a.latency_sum_ns += b.latency_sum_ns;
-}
-
-/// `a - b`, saturating (a flow replaced in the kernel restarts its counters).
-pub fn sub_stats(a: &FlowStats, b: &FlowStats) -> FlowStats {
-    let mut d = FlowStats {
-        packets: a.packets.saturating_sub(b.packets),
-        bytes: a.bytes.saturating_sub(b.bytes),
-        drops: a.drops.saturating_sub(b.drops),
-        outputs: a.outputs.saturating_sub(b.outputs),
-        drops_after_upcall: a.drops_after_upcall.saturating_sub(b.drops_after_upcall),
-        latency_sum_ns: a.latency_sum_ns.saturating_sub(b.latency_sum_ns),
-        ..FlowStats::default()
-    };
-    for i in 0..DROP_REASON_SLOTS {
-        d.drop_reasons[i] = a.drop_reasons[i].saturating_sub(b.drop_reasons[i]);
-    }
-    for i in 0..LATENCY_BUCKETS {
-        d.latency[i] = a.latency[i].saturating_sub(b.latency[i]);
-    }
-    d
-}
-
-/// The log2 bucket of a latency, as the kernel side computes it.
-pub fn latency_bucket(ns: u64) -> usize {
-    if ns == 0 {
-        0
-    } else {
-        (63 - ns.leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
-    }
-}
-
 /// Records a packet's fate into a flow's stats, as the kernel does for the last flow hit (or
 /// for the flow installed for a packet executed `after_upcall`).
 pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64, after_upcall: bool) {
@@ -75,23 +32,13 @@ pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64, after_upcall:
             if after_upcall {
                 s.drops_after_upcall += 1;
             }
-            s.drop_reasons[reason_slot(*reason)] += 1;
+            s.drop_reasons[drop_reason_slot(*reason)] += 1;
         }
         Verdict::Output { .. } => s.outputs += 1,
         _ => return,
     }
     s.latency[latency_bucket(latency_ns)] += 1;
     s.latency_sum_ns += latency_ns;
-}
-
-pub fn reason_slot(reason: u32) -> usize {
-    if reason & 0xffff_0000 == OVS_DROP_REASON_BASE
-        && ((reason & 0xffff) as usize) < DROP_REASON_SLOTS - 1
-    {
-        (reason & 0xffff) as usize
-    } else {
-        DROP_REASON_SLOTS - 1
-    }
 }
 
 fn slot_name(slot: usize) -> String {
@@ -232,7 +179,7 @@ impl FlowTable {
                 let d = self
                     .prev
                     .get(u)
-                    .map(|p| sub_stats(&s, &p.to_stats()))
+                    .map(|p| s.saturating_sub(&p.to_stats()))
                     .unwrap_or(s);
                 row(format!("ufid:{u}"), label(u), &s, Some(&d), secs)
             })
@@ -247,12 +194,12 @@ impl FlowTable {
             let d = self
                 .prev
                 .get(u)
-                .map(|p| sub_stats(s, &p.to_stats()))
+                .map(|p| s.saturating_sub(&p.to_stats()))
                 .unwrap_or(*s);
             for o in objects(u) {
                 let e = sums.entry(o).or_default();
-                add_stats(&mut e.0, s);
-                add_stats(&mut e.1, &d);
+                e.0.add(s);
+                e.1.add(&d);
             }
         }
         sums.into_iter()
@@ -343,6 +290,7 @@ pub fn group_drops(
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use super::*;
+    use detrace_common::LATENCY_BUCKETS;
 
     #[test]
     fn buckets_and_percentiles() {
@@ -506,7 +454,7 @@ mod tests {
             .count() as u64;
         assert_eq!(outputs, output_traces);
         let p = percentiles(&t.flows.values().fold(FlowStats::default(), |mut acc, s| {
-            add_stats(&mut acc, &s.to_stats());
+            acc.add(&s.to_stats());
             acc
         }));
         assert_eq!(p.count, outputs + 1);

@@ -7,12 +7,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use detrace_common::{Counter, Event, FlowStats, OVS_DROP_REASON_BASE};
+use detrace_common::{COUNTERS, Event, FlowStats, OVS_DROP_REASON_BASE};
 use serde_json::{Value, json};
 
 use crate::{
     cli::ProbesArgs,
-    probes::{ProbeOptions, Probes},
+    probes::{EventReader, ProbeOptions, Probes, ProgramCost},
     uuid::Uuid,
 };
 
@@ -43,24 +43,6 @@ fn list() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-const COUNTER_NAMES: [(Counter, &str); 15] = [
-    (Counter::Passes, "passes"),
-    (Counter::Hits, "hits"),
-    (Counter::Upcalls, "upcalls"),
-    (Counter::Drops, "drops"),
-    (Counter::Outputs, "outputs"),
-    (Counter::EventsSent, "events_sent"),
-    (Counter::EventsLost, "events_lost"),
-    (Counter::EventsRateLimited, "events_rate_limited"),
-    (Counter::ProbeErrors, "probe_errors"),
-    (Counter::FlowStatsFull, "flow_stats_full"),
-    (Counter::InflightReplaced, "inflight_replaced"),
-    (Counter::FlowInserts, "flow_inserts"),
-    (Counter::Executes, "executes"),
-    (Counter::ExecutesWithoutPut, "executes_without_put"),
-    (Counter::DropsAfterUpcall, "drops_after_upcall"),
-];
 
 /// An Event with every wire field under its wire name (what `--events-out` writes): a
 /// recording of raw kernel events, decodable back into `detrace_common::Event`.
@@ -125,17 +107,110 @@ fn flow_json(ufid: [u32; 4], s: &FlowStats) -> Value {
     })
 }
 
-fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
-    let f = &args.filter;
-    let opts = ProbeOptions {
+fn options(args: &ProbesArgs) -> ProbeOptions {
+    ProbeOptions {
         events: args.events || args.events_out.is_some(),
         ring_bytes: args.ring_bytes,
         rate_limit: args.rate_limit,
-        filter: f.to_filter(),
+        filter: args.filter.to_filter(),
         cost: args.cost,
         kprobes_only: args.kprobes,
+    }
+}
+
+fn attached_json(probes: &Probes, opts: &ProbeOptions) -> Value {
+    json!({"type": "attached", "attach_ms": probes.attach_time().as_secs_f64() * 1e3,
+           "events": opts.events,
+           "hooks": probes.hook_kinds().iter()
+               .map(|(f, k)| ((*f).to_string(), json!(k)))
+               .collect::<serde_json::Map<_, _>>(),
+           "phases_ms": probes.attach_phases().iter()
+               .map(|(k, d)| ((*k).to_string(), json!(d.as_secs_f64() * 1e3)))
+               .collect::<serde_json::Map<_, _>>()})
+}
+
+/// Where the events go while `--attach` waits: the events file (all of them) and stdout (up
+/// to `max_events`).
+struct EventSink<'a> {
+    file: Option<BufWriter<std::fs::File>>,
+    stdout: std::io::StdoutLock<'a>,
+    max_events: usize,
+    printed: usize,
+    read: u64,
+}
+
+impl EventSink<'_> {
+    fn write(&mut self, e: &Event, print: bool) -> std::io::Result<()> {
+        self.read += 1;
+        let v = event_json(e);
+        if let Some(w) = self.file.as_mut() {
+            writeln!(w, "{v}")?;
+        }
+        if print && self.printed < self.max_events {
+            self.printed += 1;
+            let mut v = v;
+            v["type"] = json!("event");
+            writeln!(self.stdout, "{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams events into `sink` until `wait` is over or a signal comes; says which.
+async fn stream(
+    reader: &mut Option<EventReader>,
+    sink: &mut EventSink<'_>,
+    wait: Duration,
+) -> anyhow::Result<&'static str> {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        tokio::select! {
+            _ = &mut deadline => return Ok("time"),
+            _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
+            _ = term.recv() => return Ok("SIGTERM"),
+            r = async {
+                match reader.as_mut() {
+                    Some(r) => r.read_batch(&mut batch).await,
+                    None => std::future::pending().await,
+                }
+            } => r.context("reading events")?,
+        }
+        for e in &batch {
+            sink.write(e, true)?;
+        }
+    }
+}
+
+fn counters_json(counters: &[u64], read: u64, malformed: u64, why: &str) -> Value {
+    let mut c = serde_json::Map::new();
+    c.insert("type".into(), json!("counters"));
+    for info in &COUNTERS {
+        c.insert(info.name.into(), json!(counters[info.counter as usize]));
+    }
+    c.insert("events_read".into(), json!(read));
+    c.insert("malformed".into(), json!(malformed));
+    c.insert("stopped_by".into(), json!(why));
+    Value::Object(c)
+}
+
+fn cost_json(p: &ProgramCost) -> Value {
+    let avg_ns = if p.runs == 0 {
+        0.0
+    } else {
+        p.time.as_nanos() as f64 / p.runs as f64
     };
-    let mut out_file = match &args.events_out {
+    json!({"type": "cost", "program": p.name, "runs": p.runs,
+           "time_ns": p.time.as_nanos() as u64, "avg_ns": avg_ns})
+}
+
+fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
+    let opts = options(args);
+    let file = match &args.events_out {
         Some(p) => Some(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
@@ -147,102 +222,39 @@ fn attach(args: &ProbesArgs, wait: Duration) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let mut probes = Probes::attach(&opts).context("attaching the probes")?;
-    let stdout = std::io::stdout();
-    let mut stdout = stdout.lock();
-    writeln!(
-        stdout,
-        "{}",
-        json!({"type": "attached", "attach_ms": probes.attach_time().as_secs_f64() * 1e3,
-               "events": opts.events,
-               "hooks": probes.hook_kinds().iter()
-                   .map(|(f, k)| ((*f).to_string(), json!(k)))
-                   .collect::<serde_json::Map<_, _>>(),
-               "phases_ms": probes.attach_phases().iter()
-                   .map(|(k, d)| ((*k).to_string(), json!(d.as_secs_f64() * 1e3)))
-                   .collect::<serde_json::Map<_, _>>()})
-    )?;
-    stdout.flush()?;
+    let mut sink = EventSink {
+        file,
+        stdout: std::io::stdout().lock(),
+        max_events: args.max_events,
+        printed: 0,
+        read: 0,
+    };
+    writeln!(sink.stdout, "{}", attached_json(&probes, &opts))?;
+    sink.stdout.flush()?;
 
     let mut reader = probes.take_events();
     if let Some(hold) = args.hold.filter(|_| reader.is_some()) {
         // Self-test of the ring's overflow accounting: let the kernel fill it unread.
         std::thread::sleep(Duration::from_secs_f64(hold.clamp(0.0, wait.as_secs_f64())));
     }
-    let (mut printed, mut read) = (0usize, 0u64);
-    let outcome: anyhow::Result<&str> = rt.block_on(async {
-        let deadline = tokio::time::sleep(wait);
-        tokio::pin!(deadline);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            tokio::select! {
-                _ = &mut deadline => return Ok("time"),
-                _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
-                _ = term.recv() => return Ok("SIGTERM"),
-                r = async {
-                    match reader.as_mut() {
-                        Some(r) => r.read_batch(&mut batch).await,
-                        None => std::future::pending().await,
-                    }
-                } => r.context("reading events")?,
-            }
-            for e in &batch {
-                read += 1;
-                let v = event_json(e);
-                if let Some(w) = out_file.as_mut() {
-                    writeln!(w, "{v}")?;
-                }
-                if printed < args.max_events {
-                    printed += 1;
-                    let mut v = v;
-                    v["type"] = json!("event");
-                    writeln!(stdout, "{v}")?;
-                }
-            }
-        }
-    });
-    let why = outcome?;
-    // What is still in the ring when time is up.
+    let why = rt.block_on(stream(&mut reader, &mut sink, wait))?;
+    // What is still in the ring when time is up: to the events file only.
     if let Some(r) = reader.as_mut() {
         let mut rest = Vec::new();
         r.try_read(&mut rest);
         for e in &rest {
-            read += 1;
-            if let Some(w) = out_file.as_mut() {
-                writeln!(w, "{}", event_json(e))?;
-            }
+            sink.write(e, false)?;
         }
     }
-    if let Some(mut w) = out_file.take() {
+    if let Some(mut w) = sink.file.take() {
         w.flush().context("writing the events file")?;
     }
+    let malformed = reader.as_ref().map_or(0, |r| r.malformed());
+    let (read, mut stdout) = (sink.read, sink.stdout);
     let counters = probes.counters()?;
-    let mut c = serde_json::Map::new();
-    c.insert("type".into(), json!("counters"));
-    for (k, name) in COUNTER_NAMES {
-        c.insert(name.into(), json!(counters[k as usize]));
-    }
-    c.insert("events_read".into(), json!(read));
-    c.insert(
-        "malformed".into(),
-        json!(reader.as_ref().map_or(0, |r| r.malformed())),
-    );
-    c.insert("stopped_by".into(), json!(why));
-    writeln!(stdout, "{}", Value::Object(c))?;
+    writeln!(stdout, "{}", counters_json(&counters, read, malformed, why))?;
     for p in probes.program_costs()? {
-        let avg_ns = if p.runs == 0 {
-            0.0
-        } else {
-            p.time.as_nanos() as f64 / p.runs as f64
-        };
-        writeln!(
-            stdout,
-            "{}",
-            json!({"type": "cost", "program": p.name, "runs": p.runs,
-                   "time_ns": p.time.as_nanos() as u64, "avg_ns": avg_ns})
-        )?;
+        writeln!(stdout, "{}", cost_json(&p))?;
     }
     let mut flows = probes.flow_stats()?;
     flows.sort_by_key(|f| std::cmp::Reverse(f.1.packets));

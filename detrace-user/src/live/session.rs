@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detrace_common::{Event, FlowStats};
+use detrace_common::{Counter, Event, FlowStats};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -443,9 +443,9 @@ pub async fn run_events<T: Tracer, S: EventSource, A: Appctl>(
                 sess.tick(tracer, ticks.is_multiple_of(2))?;
                 sess.out.flush()?;
                 let loss = LossReport::from_counters(&tracer.counters()?);
-                if loss.events_lost > last_lost {
-                    eprintln!("detrace: {} events lost so far (ring buffer full)", loss.events_lost);
-                    last_lost = loss.events_lost;
+                if loss.get(Counter::EventsLost) > last_lost {
+                    eprintln!("detrace: {} events lost so far (ring buffer full)", loss.get(Counter::EventsLost));
+                    last_lost = loss.get(Counter::EventsLost);
                 }
                 if let Some(every) = report_every && last_report.elapsed() >= every {
                     last_report = Instant::now();
@@ -645,7 +645,7 @@ mod tests {
         let loss = rt
             .block_on(run_events(&fake, &mut src, &mut sess, deadline))
             .unwrap();
-        assert_eq!(loss.events_lost, 7);
+        assert_eq!(loss.get(Counter::EventsLost), 7);
         assert_eq!(sess.packets_shown, 2);
         let text = String::from_utf8(buf.0.borrow().clone()).unwrap();
         let lines: Vec<RecordLine> = text
@@ -684,7 +684,7 @@ mod tests {
                 .any(|l| matches!(l, RecordLine::Flow { stats, .. } if stats.drops == 1))
         );
         assert!(
-            matches!(lines.last().unwrap(), RecordLine::Summary { loss, .. } if loss.events_lost == 7)
+            matches!(lines.last().unwrap(), RecordLine::Summary { loss, .. } if loss.get(Counter::EventsLost) == 7)
         );
 
         // The same events through `drops`: one group, the unexplained flow, with its sample.

@@ -1,7 +1,12 @@
 //! The seams between the live commands and the kernel: the per-flow counters and the event
 //! stream. The eBPF probes implement them; tests and replays use their own.
 
-use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats};
+use detrace_common::{COUNTER_SLOTS, COUNTERS, Counter, Event, FlowStats};
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{IgnoredAny, MapAccess, Visitor},
+    ser::SerializeStruct as _,
+};
 
 /// Kernel-side aggregates.
 pub trait Tracer {
@@ -23,100 +28,148 @@ pub trait EventSource {
     fn malformed(&self) -> u64;
 }
 
-/// The counters a user must see to trust the output: what was lost, and where.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+/// The counters a user must see to trust the output: what was lost, and where. Every
+/// [`Counter`], serialized under its wire name from [`COUNTERS`] (in recordings: one field
+/// per counter; a counter absent from an older recording reads as 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LossReport {
-    pub passes: u64,
-    pub hits: u64,
-    pub upcalls: u64,
-    pub drops: u64,
-    pub outputs: u64,
-    pub events_sent: u64,
-    pub events_lost: u64,
-    pub events_rate_limited: u64,
-    pub probe_errors: u64,
-    pub flow_stats_full: u64,
-    /// Absent from recordings made before the counter existed.
-    #[serde(default)]
-    pub inflight_replaced: u64,
-    /// After an upcall (absent from older recordings): flows installed, packets executed by
-    /// ovs-vswitchd, executes with no install before them (not followed), and drops of
-    /// executed packets (of `drops`).
-    #[serde(default)]
-    pub flow_inserts: u64,
-    #[serde(default)]
-    pub executes: u64,
-    #[serde(default)]
-    pub executes_without_put: u64,
-    #[serde(default)]
-    pub drops_after_upcall: u64,
+    counts: [u64; COUNTER_SLOTS as usize],
 }
 
 impl LossReport {
     pub fn from_counters(c: &[u64; COUNTER_SLOTS as usize]) -> Self {
-        let g = |k: Counter| c[k as usize];
-        Self {
-            passes: g(Counter::Passes),
-            hits: g(Counter::Hits),
-            upcalls: g(Counter::Upcalls),
-            drops: g(Counter::Drops),
-            outputs: g(Counter::Outputs),
-            events_sent: g(Counter::EventsSent),
-            events_lost: g(Counter::EventsLost),
-            events_rate_limited: g(Counter::EventsRateLimited),
-            probe_errors: g(Counter::ProbeErrors),
-            flow_stats_full: g(Counter::FlowStatsFull),
-            inflight_replaced: g(Counter::InflightReplaced),
-            flow_inserts: g(Counter::FlowInserts),
-            executes: g(Counter::Executes),
-            executes_without_put: g(Counter::ExecutesWithoutPut),
-            drops_after_upcall: g(Counter::DropsAfterUpcall),
-        }
+        Self { counts: *c }
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counts[c as usize]
+    }
+
+    /// (wire name, value) of every counter, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        COUNTERS.iter().map(|i| (i.name, self.get(i.counter)))
     }
 
     /// One line for stderr; says loudly when anything was lost.
     pub fn line(&self) -> String {
         let mut s = format!(
             "kernel: {} passes, {} hits, {} upcalls, {} drops, {} outputs",
-            self.passes, self.hits, self.upcalls, self.drops, self.outputs
+            self.get(Counter::Passes),
+            self.get(Counter::Hits),
+            self.get(Counter::Upcalls),
+            self.get(Counter::Drops),
+            self.get(Counter::Outputs)
         );
-        if self.executes > 0 || self.drops_after_upcall > 0 {
+        if self.get(Counter::Executes) > 0 || self.get(Counter::DropsAfterUpcall) > 0 {
             s.push_str(&format!(
                 "; after upcalls: {} executes ({} without an install before them: not \
                  followed), {} drops",
-                self.executes, self.executes_without_put, self.drops_after_upcall
+                self.get(Counter::Executes),
+                self.get(Counter::ExecutesWithoutPut),
+                self.get(Counter::DropsAfterUpcall)
             ));
         }
-        s.push_str(&format!("; events: {} sent", self.events_sent));
-        if self.events_lost > 0 {
+        s.push_str(&format!("; events: {} sent", self.get(Counter::EventsSent)));
+        if self.get(Counter::EventsLost) > 0 {
             s.push_str(&format!(
                 ", {} LOST (ring buffer full: raise --ring-size or narrow the filters)",
-                self.events_lost
+                self.get(Counter::EventsLost)
             ));
         }
-        if self.events_rate_limited > 0 {
+        if self.get(Counter::EventsRateLimited) > 0 {
             s.push_str(&format!(
                 ", {} not sent (over --rate-limit)",
-                self.events_rate_limited
+                self.get(Counter::EventsRateLimited)
             ));
         }
-        if self.probe_errors > 0 {
-            s.push_str(&format!("; {} probe read errors", self.probe_errors));
+        if self.get(Counter::ProbeErrors) > 0 {
+            s.push_str(&format!(
+                "; {} probe read errors",
+                self.get(Counter::ProbeErrors)
+            ));
         }
-        if self.flow_stats_full > 0 {
+        if self.get(Counter::FlowStatsFull) > 0 {
             s.push_str(&format!(
                 "; {} flow updates not counted (flow table full)",
-                self.flow_stats_full
+                self.get(Counter::FlowStatsFull)
             ));
         }
-        if self.inflight_replaced > 0 {
+        if self.get(Counter::InflightReplaced) > 0 {
             s.push_str(&format!(
                 "; {} packets' in-flight state taken over by a later packet (they left the \
                  datapath without an output or drop the probes see, or collided in the \
                  per-CPU table)",
-                self.inflight_replaced
+                self.get(Counter::InflightReplaced)
             ));
         }
         s
+    }
+}
+
+impl Serialize for LossReport {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut s = ser.serialize_struct("LossReport", COUNTERS.len())?;
+        for (name, v) in self.iter() {
+            s.serialize_field(name, &v)?;
+        }
+        s.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LossReport {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LossReport;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of kernel counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LossReport, A::Error> {
+                let mut r = LossReport::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match COUNTERS.iter().find(|i| i.name == key) {
+                        Some(i) => r.counts[i.counter as usize] = map.next_value()?,
+                        // Unknown fields are skipped, as serde's derive does.
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        de.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON of recordings: every counter under its name, in slot order, and back.
+    #[test]
+    fn loss_report_json_round_trips() {
+        let mut c = [0u64; COUNTER_SLOTS as usize];
+        for (i, v) in c.iter_mut().enumerate() {
+            *v = i as u64 * 10;
+        }
+        let r = LossReport::from_counters(&c);
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert!(
+            json.starts_with(r#"{"passes":0,"hits":10,"upcalls":20,"drops":30,"outputs":40,"#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#""drops_after_upcall":140}"#), "{json}");
+        let back: LossReport = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, r);
+        // An older recording: later counters absent, unknown fields skipped.
+        let old: LossReport =
+            serde_json::from_str(r#"{"passes":3,"events_lost":2,"future":{"x":1}}"#)
+                .unwrap_or_default();
+        assert_eq!(
+            (old.get(Counter::Passes), old.get(Counter::EventsLost)),
+            (3, 2)
+        );
+        assert_eq!(old.get(Counter::Executes), 0);
     }
 }

@@ -9,101 +9,45 @@
 //! maps aya created (same maps, so user space reads one set), then BPF_PROG_LOAD with the
 //! module's BTF object and BPF_RAW_TRACEPOINT_OPEN to attach. Closing the link fd detaches.
 //!
-//! Any failure here is reported to the caller, which falls back to the kprobe of the same hook.
+//! The bpf(2) arguments are aya-obj's bindgen of include/uapi/linux/bpf.h (`union bpf_attr`,
+//! `struct bpf_prog_info`, `struct bpf_btf_info`). Any failure here is a [`FentryError`]
+//! reported to the caller, which falls back to the kprobe of the same hook.
 
 use std::{
     collections::HashSet,
-    ffi::CString,
+    ffi::CStr,
     io,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 use aya::{Ebpf, maps::Map};
+use aya_obj::generated::{
+    bpf_attach_type::BPF_TRACE_FENTRY,
+    bpf_attr, bpf_btf_info,
+    bpf_cmd::{self, *},
+    bpf_prog_info,
+    bpf_prog_type::BPF_PROG_TYPE_TRACING,
+};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
-const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
-const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
-const BPF_PROG_TYPE_TRACING: u32 = 26;
-const BPF_TRACE_FENTRY: u32 = 24;
+use super::error::FentryError;
 
-/// The BPF_PROG_LOAD part of `union bpf_attr` (include/uapi/linux/bpf.h), up to
-/// `attach_btf_obj_fd`; the kernel zero-fills what follows.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    prog_btf_fd: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    func_info_cnt: u32,
-    line_info_rec_size: u32,
-    line_info: u64,
-    line_info_cnt: u32,
-    attach_btf_id: u32,
-    attach_btf_obj_fd: u32,
+const LICENSE: &CStr = c"GPL";
+
+/// A zeroed `union bpf_attr`: the kernel wants every byte a command does not use to be zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a repr(C) union of integer-only structs: all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
-/// BPF_BTF_GET_NEXT_ID / BPF_BTF_GET_FD_BY_ID: `start_id`/`btf_id`, `next_id`, `open_flags`.
-#[repr(C)]
-#[derive(Default)]
-struct IdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
-/// BPF_OBJ_GET_INFO_BY_FD.
-#[repr(C)]
-#[derive(Default)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-/// `struct bpf_btf_info`.
-#[repr(C)]
-#[derive(Default)]
-struct BtfInfo {
-    btf: u64,
-    btf_size: u32,
-    id: u32,
-    name: u64,
-    name_len: u32,
-    kernel_btf: u32,
-}
-
-/// BPF_RAW_TRACEPOINT_OPEN: no name for a tracing program (its target is in the program).
-#[repr(C)]
-#[derive(Default)]
-struct RawTpAttr {
-    name: u64,
-    prog_fd: u32,
-    _pad: u32,
-}
-
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a live, initialised repr(C) prefix of `union bpf_attr` for this command,
-    // and its size is passed along; the kernel reads (and for some commands writes) only that.
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a live, initialised `union bpf_attr` and its size is passed along; the
+    // kernel reads (and for some commands writes) only that.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             std::ptr::from_mut(attr),
-            std::mem::size_of::<T>(),
+            std::mem::size_of::<bpf_attr>(),
         )
     };
     if r < 0 {
@@ -118,47 +62,46 @@ fn owned(fd: libc::c_long) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
+/// BPF_OBJ_GET_INFO_BY_FD into `info` (a `struct bpf_*_info`); returns the length filled.
+fn obj_info<T>(fd: &OwnedFd, info: &mut T) -> io::Result<u32> {
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<T>() as u32;
+    attr.info.info = std::ptr::from_mut(info) as u64;
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: the info member was written above and by the kernel.
+    Ok(unsafe { attr.info.info_len })
+}
+
 /// The fd of the kernel BTF object named `name` (a module's: "openvswitch").
-pub fn module_btf(name: &str) -> io::Result<OwnedFd> {
+pub fn module_btf(name: &'static str) -> Result<OwnedFd, FentryError> {
+    let err = |call| move |source| FentryError::ModuleBtf { name, call, source };
     let mut id = 0;
     loop {
-        let mut next = IdAttr {
-            id,
-            ..Default::default()
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
+        match sys_bpf(BPF_BTF_GET_NEXT_ID, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(FentryError::NoModuleBtf { name });
+            }
+            r => r.map_err(err("BPF_BTF_GET_NEXT_ID"))?,
         };
-        if let Err(e) = sys_bpf(BPF_BTF_GET_NEXT_ID, &mut next) {
-            return Err(if e.raw_os_error() == Some(libc::ENOENT) {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no BTF object named {name} is loaded"),
-                )
-            } else {
-                e
-            });
-        }
-        id = next.next_id;
-        let mut get = IdAttr {
-            id,
-            ..Default::default()
-        };
-        let fd = match sys_bpf(BPF_BTF_GET_FD_BY_ID, &mut get) {
+        // SAFETY: the member BPF_BTF_GET_NEXT_ID fills.
+        id = unsafe { attr.__bindgen_anon_6.next_id };
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_6.__bindgen_anon_1.btf_id = id;
+        let fd = match sys_bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) {
             Ok(fd) => owned(fd),
             // Unloaded in between.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(err("BPF_BTF_GET_FD_BY_ID")(e)),
         };
         let mut buf = [0u8; 64];
-        let mut info = BtfInfo {
-            name: buf.as_mut_ptr() as u64,
-            name_len: buf.len() as u32,
-            ..Default::default()
-        };
-        let mut attr = InfoAttr {
-            bpf_fd: fd.as_raw_fd() as u32,
-            info_len: std::mem::size_of::<BtfInfo>() as u32,
-            info: std::ptr::from_mut(&mut info) as u64,
-        };
-        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        // SAFETY: bpf_btf_info is a repr(C) struct of integers: all zeroes is valid.
+        let mut info: bpf_btf_info = unsafe { std::mem::zeroed() };
+        info.name = buf.as_mut_ptr() as u64;
+        info.name_len = buf.len() as u32;
+        obj_info(&fd, &mut info).map_err(err("BPF_OBJ_GET_INFO_BY_FD"))?;
         let got = buf.split(|&b| b == 0).next().unwrap_or_default();
         if info.kernel_btf != 0 && got == name.as_bytes() {
             return Ok(fd);
@@ -188,20 +131,19 @@ pub struct Attached {
 
 impl Attached {
     /// Runs and time inside the program, from the kernel's BPF statistics (`struct
-    /// bpf_prog_info` run_time_ns at byte 192, run_cnt at 200; counted while BPF_ENABLE_STATS
-    /// is held).
+    /// bpf_prog_info` run_cnt and run_time_ns, counted while BPF_ENABLE_STATS is held).
     pub fn cost(&self) -> io::Result<(u64, std::time::Duration)> {
-        let mut info = [0u64; 32];
-        let mut attr = InfoAttr {
-            bpf_fd: self.prog.as_raw_fd() as u32,
-            info_len: std::mem::size_of_val(&info) as u32,
-            info: info.as_mut_ptr() as u64,
-        };
-        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        if attr.info_len < 208 {
+        // SAFETY: bpf_prog_info is a repr(C) struct of integers: all zeroes is valid.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        let len = obj_info(&self.prog, &mut info)?;
+        let needed = std::mem::offset_of!(bpf_prog_info, run_cnt) + size_of::<u64>();
+        if (len as usize) < needed {
             return Err(io::Error::other("bpf_prog_info without run statistics"));
         }
-        Ok((info[25], std::time::Duration::from_nanos(info[24])))
+        Ok((
+            info.run_cnt,
+            std::time::Duration::from_nanos(info.run_time_ns),
+        ))
     }
 }
 
@@ -211,117 +153,124 @@ pub struct Relocated {
 }
 
 impl Relocated {
-    pub fn new(object: &[u8], ebpf: &Ebpf) -> Result<Self, String> {
-        let mut obj = aya_obj::Object::parse(object).map_err(|e| format!("parsing: {e}"))?;
+    pub fn new(object: &[u8], ebpf: &Ebpf) -> Result<Self, FentryError> {
+        let mut obj =
+            aya_obj::Object::parse(object).map_err(|source| FentryError::Parse { source })?;
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-        let mut fds = Vec::new();
+        let mut defs = Vec::new();
         for (name, map) in ebpf.maps() {
-            let fd = map_fd(map).ok_or_else(|| format!("map {name}: unexpected type"))?;
-            fds.push((name.to_string(), fd));
+            let fd = map_fd(map).ok_or_else(|| FentryError::MapType {
+                name: name.to_string(),
+            })?;
+            if let Some(m) = obj.maps.get(name) {
+                defs.push((name.to_string(), fd, m.clone()));
+            }
         }
-        let defs: Vec<(String, i32, aya_obj::Map)> = fds
-            .into_iter()
-            .filter_map(|(name, fd)| obj.maps.get(&name).cloned().map(|m| (name, fd, m)))
-            .collect();
         obj.relocate_maps(
             defs.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
             &text_sections,
         )
-        .map_err(|e| format!("relocating maps: {e}"))?;
+        .map_err(|source| FentryError::RelocateMaps { source })?;
         obj.relocate_calls(&text_sections)
-            .map_err(|e| format!("relocating calls: {e}"))?;
+            .map_err(|source| FentryError::RelocateCalls { source })?;
         Ok(Self { obj })
     }
 
     /// Loads program `name` as fentry on the function of type id `func_id` in the BTF object
     /// `btf`, and attaches it. On a verifier rejection the error carries the end of its log.
-    pub fn attach(&self, name: &str, btf: &OwnedFd, func_id: u32) -> Result<Attached, String> {
+    pub fn attach(
+        &self,
+        name: &'static str,
+        btf: &OwnedFd,
+        func_id: u32,
+    ) -> Result<Attached, FentryError> {
         let prog = self
             .obj
             .programs
             .get(name)
-            .ok_or_else(|| format!("no program {name} in the object"))?;
+            .ok_or(FentryError::NoProgram { name })?;
         let func = self
             .obj
             .functions
             .get(&prog.function_key())
-            .ok_or_else(|| format!("no code for program {name}"))?;
-        let license = CString::new("GPL").expect("no NUL inside");
-        let mut prog_name = [0u8; 16];
-        for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
-            *d = s;
-        }
+            .ok_or(FentryError::NoCode { name })?;
         let load = |log: &mut [u8]| {
-            let mut attr = ProgLoadAttr {
-                prog_type: BPF_PROG_TYPE_TRACING,
-                insn_cnt: func.instructions.len() as u32,
-                insns: func.instructions.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: u32::from(!log.is_empty()),
-                log_size: log.len() as u32,
-                // NULL without a log: the kernel refuses a buffer with log_level 0.
-                log_buf: if log.is_empty() {
-                    0
-                } else {
-                    log.as_mut_ptr() as u64
-                },
-                prog_name,
-                expected_attach_type: BPF_TRACE_FENTRY,
-                attach_btf_id: func_id,
-                attach_btf_obj_fd: btf.as_raw_fd() as u32,
-                ..Default::default()
+            let mut attr = zeroed_attr();
+            // SAFETY: writing plain integer fields of the BPF_PROG_LOAD member.
+            let a = unsafe { &mut attr.__bindgen_anon_3 };
+            a.prog_type = BPF_PROG_TYPE_TRACING as u32;
+            a.insn_cnt = func.instructions.len() as u32;
+            a.insns = func.instructions.as_ptr() as u64;
+            a.license = LICENSE.as_ptr() as u64;
+            a.log_level = u32::from(!log.is_empty());
+            a.log_size = log.len() as u32;
+            // NULL without a log: the kernel refuses a buffer with log_level 0.
+            a.log_buf = if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
             };
+            for (d, s) in a.prog_name.iter_mut().zip(name.bytes().take(15)) {
+                *d = s as libc::c_char;
+            }
+            a.expected_attach_type = BPF_TRACE_FENTRY as u32;
+            a.attach_btf_id = func_id;
+            a.__bindgen_anon_1.attach_btf_obj_fd = btf.as_raw_fd() as u32;
             sys_bpf(BPF_PROG_LOAD, &mut attr)
         };
         let prog_fd = match load(&mut []) {
             Ok(fd) => owned(fd),
-            Err(e) => {
-                // Again with the verifier's log, for the message: its last lines, and the
-                // first line that reads like a complaint.
-                let mut log = vec![0u8; 64 << 20];
-                let again = match load(&mut log) {
-                    Ok(fd) => {
-                        drop(owned(fd));
-                        "loads with a log".to_string()
-                    }
-                    Err(e) => e.to_string(),
-                };
-                let text = String::from_utf8_lossy(&log);
-                let text = text.trim_end_matches('\0').trim_end();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-                let complaint = lines.iter().find(|l| {
-                    let l = l.to_ascii_lowercase();
-                    [
-                        "invalid",
-                        "unknown",
-                        "not allowed",
-                        "prohibited",
-                        "misconfigured",
-                        "must",
-                        "expected",
-                        "unsupported",
-                        "too ",
-                    ]
-                    .iter()
-                    .any(|k| l.contains(k))
-                });
-                return Err(format!(
-                    "BPF_PROG_LOAD: {e} (again with the verifier's log: {again}, {} lines); first complaint: {}; last: {tail}",
-                    lines.len(),
-                    complaint.unwrap_or(&"none"),
-                ));
-            }
+            Err(source) => return Err(load_error(source, load)),
         };
-        let mut attr = RawTpAttr {
-            prog_fd: prog_fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
+        let mut attr = zeroed_attr();
+        attr.raw_tracepoint.prog_fd = prog_fd.as_raw_fd() as u32;
         let link = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
-            .map_err(|e| format!("attaching (BPF_RAW_TRACEPOINT_OPEN): {e}"))?;
+            .map_err(|source| FentryError::Attach { source })?;
         Ok(Attached {
             _link: owned(link),
             prog: prog_fd,
         })
+    }
+}
+
+/// A refused BPF_PROG_LOAD, loaded again with the verifier's log for the message.
+fn load_error(
+    source: io::Error,
+    load: impl Fn(&mut [u8]) -> io::Result<libc::c_long>,
+) -> FentryError {
+    let mut log = vec![0u8; 64 << 20];
+    let again = match load(&mut log) {
+        Ok(fd) => {
+            drop(owned(fd));
+            "loads with a log".to_string()
+        }
+        Err(e) => e.to_string(),
+    };
+    let text = String::from_utf8_lossy(&log);
+    let text = text.trim_end_matches('\0').trim_end();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let complaint = lines.iter().find(|l| {
+        let l = l.to_ascii_lowercase();
+        [
+            "invalid",
+            "unknown",
+            "not allowed",
+            "prohibited",
+            "misconfigured",
+            "must",
+            "expected",
+            "unsupported",
+            "too ",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    });
+    FentryError::Load {
+        source,
+        again,
+        lines: lines.len(),
+        complaint: complaint.unwrap_or(&"none").to_string(),
+        tail,
     }
 }

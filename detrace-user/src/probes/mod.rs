@@ -1,5 +1,12 @@
-//! The kernel side as user space sees it: the embedded eBPF object, the struct offsets it needs
-//! (read from BTF at load time), and the loader that attaches it and reads its maps.
+//! The kernel side as user space sees it, one concern per file:
+//! - [`kernel`]: what this kernel offers (root, the openvswitch module, tracefs, kprobes);
+//! - [`config`] and [`offsets`]: the load-time configuration, what to trace and the struct
+//!   offsets read from [`btf`];
+//! - [`hooks`]: the hooked openvswitch functions, attached by [`fentry`] where that works and
+//!   as kprobes otherwise;
+//! - [`maps`] and [`ring`]: reading what the probes count and send;
+//! - [`loader`]: [`Probes`], which ties these together and detaches everything when dropped;
+//! - [`error`]: what can go wrong, typed.
 //!
 //! Offsets policy: rustc emits no CO-RE relocations and aya relocates against vmlinux BTF only,
 //! while the structs the probes read live in the openvswitch module. So every offset the probes
@@ -8,11 +15,20 @@
 //! offset is hard-coded.
 
 pub mod btf;
+mod config;
+mod error;
 mod fentry;
+mod hooks;
+mod kernel;
 pub mod loader;
+mod maps;
 mod offsets;
+mod ring;
 
-pub use loader::{EventReader, Filter, ProbeError, ProbeOptions, Probes};
+pub use error::{FentryError, ProbeError};
+pub use hooks::{AttachedHook, Attachment};
+pub use loader::{EventReader, Filter, ProbeOptions, Probes, ProgramCost};
+pub use maps::sum_stats;
 
 /// detrace-ebpf, compiled for bpfel-unknown-none by aya-build, aligned for aya's ELF parser.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detrace"));

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use detrace_common::Config;
 
-use super::{btf::Btf, loader::ProbeError};
+use super::{btf::Btf, error::ProbeError};
 
 /// (config field setter, struct, member path, expected size): sizes are what the probes read;
 /// a kernel whose layout differs is refused with the member named rather than misread.

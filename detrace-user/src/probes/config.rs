@@ -1,0 +1,197 @@
+//! The load-time configuration of the probes ([`Config`], a global of the eBPF object): what
+//! to trace ([`ProbeOptions`], [`Filter`]) and this kernel's struct offsets (BTF and tracefs,
+//! see [`super::offsets`]).
+
+use std::{io, net::IpAddr, path::Path};
+
+use detrace_common::{
+    Config, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC,
+};
+
+use super::{btf::Btf, error::ProbeError, offsets};
+
+const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+const BTF_OPENVSWITCH: &str = "/sys/kernel/btf/openvswitch";
+
+/// What to trace and how.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Per-packet events through the ring buffer (counting in FLOW_STATS/COUNTERS is always on).
+    pub events: bool,
+    /// Ring buffer size in bytes (power of two, >= 4096); ignored without `events`.
+    pub ring_bytes: u32,
+    /// Max events per second per CPU; 0: unlimited.
+    pub rate_limit: u32,
+    pub filter: Filter,
+    /// Have the kernel time every program run ([`Probes::program_costs`]); this costs two
+    /// clock reads per run, so it is off unless asked for.
+    pub cost: bool,
+    /// Hook the datapath with kprobes even where fentry would attach.
+    pub kprobes_only: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            events: false,
+            ring_bytes: 1 << 20,
+            rate_limit: 0,
+            filter: Filter::default(),
+            cost: false,
+            kprobes_only: false,
+        }
+    }
+}
+
+/// Which packets produce events, decided on each packet's first datapath pass (before any NAT)
+/// and kept for its later passes. All set fields must match.
+#[derive(Default, Clone, Debug)]
+pub struct Filter {
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    /// Either address.
+    pub host: Option<IpAddr>,
+    /// Either port.
+    pub port: Option<u16>,
+    /// IP protocol number.
+    pub proto: Option<u8>,
+    /// Datapath port number of the first pass.
+    pub in_port: Option<u32>,
+}
+
+impl Filter {
+    fn apply(&self, cfg: &mut Config) -> Result<(), ProbeError> {
+        let mut version = None;
+        let mut addr = |a: IpAddr| -> Result<[u8; 16], ProbeError> {
+            let (v, bytes) = match a {
+                IpAddr::V4(a) => {
+                    let mut b = [0; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    (4u8, b)
+                }
+                IpAddr::V6(a) => (6u8, a.octets()),
+            };
+            if version.is_some_and(|old| old != v) {
+                return Err(ProbeError::Filter {
+                    why: "addresses of both IPv4 and IPv6: no packet can match".into(),
+                });
+            }
+            version = Some(v);
+            Ok(bytes)
+        };
+        if self.src.is_some() && self.host.is_some() {
+            return Err(ProbeError::Filter {
+                why: "give either a source address or a host address, not both".into(),
+            });
+        }
+        if let Some(a) = self.src {
+            cfg.filter_src = addr(a)?;
+            cfg.filter_flags |= FILTER_SRC;
+        }
+        if let Some(a) = self.host {
+            cfg.filter_src = addr(a)?;
+            cfg.filter_flags |= FILTER_HOST;
+        }
+        if let Some(a) = self.dst {
+            cfg.filter_dst = addr(a)?;
+            cfg.filter_flags |= FILTER_DST;
+        }
+        cfg.filter_ip_version = version.unwrap_or(0);
+        if let Some(p) = self.port {
+            cfg.filter_port = p;
+            cfg.filter_flags |= FILTER_PORT;
+        }
+        if let Some(p) = self.proto {
+            cfg.filter_proto = p;
+            cfg.filter_flags |= FILTER_PROTO;
+        }
+        if let Some(p) = self.in_port {
+            cfg.filter_in_port = p;
+            cfg.filter_flags |= FILTER_IN_PORT;
+        }
+        Ok(())
+    }
+}
+
+fn read_btf(path: &str, hint: &'static str) -> Result<Vec<u8>, ProbeError> {
+    std::fs::read(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ProbeError::NoBtf {
+                path: path.into(),
+                hint,
+            }
+        } else {
+            ProbeError::BtfRead {
+                path: path.into(),
+                source,
+            }
+        }
+    })
+}
+
+/// Builds the load-time configuration (offsets from BTF and tracefs, filter, rate limit); the
+/// kernel's BTF comes back too, for the fentry targets.
+pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf), ProbeError> {
+    let vmlinux = read_btf(
+        BTF_VMLINUX,
+        "this kernel was built without CONFIG_DEBUG_INFO_BTF",
+    )?;
+    let module = read_btf(
+        BTF_OPENVSWITCH,
+        "this kernel has no module BTF (CONFIG_DEBUG_INFO_BTF_MODULES), or openvswitch is not loaded",
+    )?;
+    let btf = Btf::parse_split(vmlinux, module).map_err(|source| ProbeError::BtfParse {
+        path: BTF_OPENVSWITCH.into(),
+        source,
+    })?;
+    let mut cfg = Config::default();
+    offsets::from_btf(&btf, &mut cfg)?;
+    offsets::from_tracefs(tracefs, &mut cfg)?;
+    cfg.events_enabled = u32::from(opts.events);
+    cfg.rate_limit = opts.rate_limit;
+    opts.filter.apply(&mut cfg)?;
+    Ok((cfg, btf))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn filter_to_config() {
+        let mut cfg = Config::default();
+        Filter {
+            host: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 4))),
+            port: Some(9999),
+            proto: Some(6),
+            ..Filter::default()
+        }
+        .apply(&mut cfg)
+        .expect("valid filter");
+        assert_eq!(cfg.filter_flags, FILTER_HOST | FILTER_PORT | FILTER_PROTO);
+        assert_eq!(&cfg.filter_src[..4], &[10, 244, 1, 4]);
+        assert_eq!(&cfg.filter_src[4..], &[0; 12]);
+        assert_eq!(cfg.filter_ip_version, 4);
+        assert_eq!((cfg.filter_port, cfg.filter_proto), (9999, 6));
+    }
+
+    #[test]
+    fn filter_rejects_nonsense() {
+        let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let both = Filter {
+            src: Some(v4),
+            dst: Some(v6),
+            ..Filter::default()
+        };
+        assert!(both.apply(&mut Config::default()).is_err());
+        let src_host = Filter {
+            src: Some(v4),
+            host: Some(v4),
+            ..Filter::default()
+        };
+        assert!(src_host.apply(&mut Config::default()).is_err());
+    }
+}
