@@ -481,7 +481,9 @@ fn boot_batch(
         );
         match result {
             Err(e) if !guest_spoke && attempt < 2 => {
-                progress(&format!("QEMU failed before the guest started ({e}); starting it again"));
+                progress(&format!(
+                    "QEMU failed before the guest started ({e}); starting it again"
+                ));
                 attempt += 1;
             }
             other => return other,
