@@ -35,21 +35,74 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             continue;
         }
         let (segs, end) = segments(code, i);
-        if segs.len() > 1 || code[end..].starts_with("::{") {
-            if code[end..].starts_with("::{") {
-                let close = code[end..].find('}').map_or(code.len(), |c| end + c);
-                for member in code[end + 3..close].split(',') {
-                    let mut full = segs.clone();
-                    full.extend(member.split("::").map(|s| s.trim().to_string()));
-                    out.push(full);
-                }
-            } else {
-                out.push(segs);
+        if code[end..].starts_with("::{") {
+            let close = matching_brace(code, end + 2);
+            for member in expand(&code[end + 3..close]) {
+                let mut full = segs.clone();
+                full.extend(member);
+                out.push(full);
             }
+            i = close + 1;
+            continue;
+        }
+        if segs.len() > 1 {
+            out.push(segs);
         }
         i = end.max(i + 1);
     }
     out
+}
+
+/// The members of a use group (`a, b::c, d::{e, f}`), nested groups expanded.
+fn expand(group: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let (mut depth, mut from) = (0, 0);
+    let mut members = Vec::new();
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                members.push(&group[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(&group[from..]);
+    for m in members.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+        match m.find("::{") {
+            Some(at) => {
+                let head: Vec<String> = m[..at].split("::").map(|s| s.trim().to_string()).collect();
+                let close = matching_brace(m, at + 2);
+                for tail in expand(&m[at + 3..close]) {
+                    let mut full = head.clone();
+                    full.extend(tail);
+                    out.push(full);
+                }
+            }
+            None => out.push(m.split("::").map(|s| s.trim().to_string()).collect()),
+        }
+    }
+    out
+}
+
+/// The offset of the `}` closing the `{` at `open` (the end of `code` when unbalanced).
+fn matching_brace(code: &str, open: usize) -> usize {
+    let mut depth = 0;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + i;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
 }
 
 fn segments(code: &str, mut i: usize) -> (Vec<String>, usize) {
@@ -197,7 +250,9 @@ mod tests {
         let mut m = Modules::new();
         m.insert(String::new(), "mod a; mod b;".into());
         m.insert("a".into(), "use crate::b::X;".into());
-        m.insert("b".into(), "use super::{a::Y, c};".into());
+        m.insert("b".into(), "use super::{c, d::{e}, a::{Y, Z}};".into());
+        m.insert("c".into(), "use crate::{d::{X, Y}};".into());
+        m.insert("d".into(), String::new());
         let e = edges(&m);
         assert_eq!(cycles(&e), vec![vec!["a".to_string(), "b".to_string()]]);
         assert!(!parent_child_only(&cycles(&e)[0], &e));
