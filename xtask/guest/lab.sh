@@ -15,7 +15,11 @@ explain_story() {
     $DETRACE explain "$u"
   done
   echo "### detrace explain --all (summary line; the full chain of every flow: run it in --shell)"
-  $DETRACE explain --all | tail -1
+  # Its exit code goes to the host (`explain-end rc=`), which prints the last one at the end.
+  $DETRACE explain --all > /tmp/explain-all.txt
+  local rc=$?
+  tail -1 /tmp/explain-all.txt
+  return $rc
 }
 
 end=$((SECONDS + ${DURATION:-60})) n=1
@@ -23,7 +27,7 @@ while :; do
   mark explain-begin pass=$n
   echo "### round $n; traffic: $(cat /tmp/traffic.stats 2>/dev/null)"
   explain_story
-  mark explain-end
+  mark explain-end rc=$?
   echo "### detrace watch --dst $VIP --duration 6   (live packets to the load balancer VIP)"
   $DETRACE watch --dst $VIP --duration 6 | head -40
   echo "### detrace watch --port 9999 --duration 5   (live packets the ACL drops)"

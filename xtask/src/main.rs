@@ -4,6 +4,7 @@
 mod bench;
 mod deps;
 mod lab;
+mod sizes;
 mod test;
 mod util;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Benchmarks, figures printed: replica at scale, the user-space pipeline, and the datapath
     /// overhead of detrace in the lab VM (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// List the .rs files over 500 lines, the functions over 80 lines and the module import
+    /// cycles in detrace-user, detrace-common, detrace-ebpf and xtask (a report, not a gate).
+    Sizes(sizes::SizesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Lab(args) => lab::run_lab(args),
         Command::IntegrationTest(args) => lab::run_integration_test(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Sizes(args) => sizes::run(args),
     }
 }

@@ -51,32 +51,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let mut ovs = connect_vswitchd(&args)?;
     ovs.retry.attempts = args.detrace_retries.max(1);
 
-    let mut flows: Vec<(String, DpFlow)> = Vec::new();
-    let mut failures = 0usize;
-    if args.all {
-        for dp in ovs.datapaths()? {
-            let (f, errors) = ovs.dump_flows(&dp)?;
-            for e in errors {
-                tracing::warn!("skipping a malformed flow line: {e}");
-                eprintln!("detrace: warning: skipping a malformed flow line: {e}");
-                failures += 1;
-            }
-            flows.extend(f.into_iter().map(|f| (dp.clone(), f)));
-        }
-    } else {
-        for u in &ufids {
-            match ovs.get_flow(*u) {
-                Ok(found) => flows.push(found),
-                Err(e @ VswitchdError::UfidNotFound { .. }) => {
-                    eprintln!(
-                        "detrace: {e}\nhint: list the current flows with `detrace explain --all`"
-                    );
-                    failures += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+    let (flows, failures) = flows_to_explain(&args, &ufids, &mut ovs)?;
 
     ovn.wait_ready(args.conn.timeout()).map_err(|e| {
         anyhow::anyhow!(
@@ -101,38 +76,86 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         explained.push(e);
     }
     if args.format == Format::Text && args.all {
-        let unresolved: usize = explained
-            .iter()
-            .flat_map(|e| &e.rules)
-            .filter(|r| r.unresolved)
-            .count();
-        let no_rules = explained.iter().filter(|e| e.rules.is_empty()).count();
-        // Flows whose rules were re-translated because ofproto/detrace could not answer.
-        let fallback = explained
-            .iter()
-            .filter(|e| e.rules_error.is_some() && !e.rules.is_empty())
-            .count();
-        let (sbs, nbs) = ovn.status();
-        writeln!(
-            out,
-            "{} flows explained with {} ({} through the ofproto/trace fallback, {} without rules), {} cookies unresolved; SB {} logical flows via {}, NB via {}",
-            explained.len(),
-            if ovs.has_detrace() {
-                "ofproto/detrace"
-            } else {
-                "ofproto/trace (OVS < 3.4)"
-            },
-            fallback,
-            no_rules,
-            unresolved,
-            ovn.sb().lflows.len(),
-            sbs.connected_to.unwrap_or_default(),
-            nbs.connected_to.unwrap_or_default()
-        )?;
+        write_summary(&mut out, &explained, &ovs, &ovn)?;
     }
     out.flush()?;
     if failures > 0 && explained.is_empty() {
         bail!("nothing to explain");
     }
+    Ok(())
+}
+
+/// The flows asked for (every datapath's with --all) with their datapath, and how many could
+/// not be had (malformed lines, UFIDs that are not current flows: each said on stderr).
+fn flows_to_explain(
+    args: &ExplainArgs,
+    ufids: &[Uuid],
+    ovs: &mut Vswitchd<UnixctlClient>,
+) -> anyhow::Result<(Vec<(String, DpFlow)>, usize)> {
+    let mut flows: Vec<(String, DpFlow)> = Vec::new();
+    let mut failures = 0usize;
+    if args.all {
+        for dp in ovs.datapaths()? {
+            let (f, errors) = ovs.dump_flows(&dp)?;
+            for e in errors {
+                tracing::warn!("skipping a malformed flow line: {e}");
+                eprintln!("detrace: warning: skipping a malformed flow line: {e}");
+                failures += 1;
+            }
+            flows.extend(f.into_iter().map(|f| (dp.clone(), f)));
+        }
+    } else {
+        for u in ufids {
+            match ovs.get_flow(*u) {
+                Ok(found) => flows.push(found),
+                Err(e @ VswitchdError::UfidNotFound { .. }) => {
+                    eprintln!(
+                        "detrace: {e}\nhint: list the current flows with `detrace explain --all`"
+                    );
+                    failures += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok((flows, failures))
+}
+
+/// The closing line of `explain --all` in text: how the rules were found and what stayed
+/// unresolved.
+fn write_summary(
+    out: &mut impl std::io::Write,
+    explained: &[FlowExplanation],
+    ovs: &Vswitchd<UnixctlClient>,
+    ovn: &OvnReplicas,
+) -> anyhow::Result<()> {
+    let unresolved: usize = explained
+        .iter()
+        .flat_map(|e| &e.rules)
+        .filter(|r| r.unresolved)
+        .count();
+    let no_rules = explained.iter().filter(|e| e.rules.is_empty()).count();
+    // Flows whose rules were re-translated because ofproto/detrace could not answer.
+    let fallback = explained
+        .iter()
+        .filter(|e| e.rules_error.is_some() && !e.rules.is_empty())
+        .count();
+    let (sbs, nbs) = ovn.status();
+    writeln!(
+        out,
+        "{} flows explained with {} ({} through the ofproto/trace fallback, {} without rules), {} cookies unresolved; SB {} logical flows via {}, NB via {}",
+        explained.len(),
+        if ovs.has_detrace() {
+            "ofproto/detrace"
+        } else {
+            "ofproto/trace (OVS < 3.4)"
+        },
+        fallback,
+        no_rules,
+        unresolved,
+        ovn.sb().lflows.len(),
+        sbs.connected_to.unwrap_or_default(),
+        nbs.connected_to.unwrap_or_default()
+    )?;
     Ok(())
 }

@@ -434,8 +434,31 @@ pub fn drop_decision(e: &FlowExplanation) -> Option<Culprit> {
         .enumerate()
         .flat_map(|(i, r)| r.sb.iter().map(move |c| (i, c)))
         .collect();
-    // An ACL whose action drops: when its flow matched, the packet was dropped by it.
-    for (i, c) in &steps {
+    if let Some(c) = acl_drop(e, &steps) {
+        return Some(c);
+    }
+    // The last logical flow of the pass that ends the packet.
+    let at = steps
+        .iter()
+        .rposition(|(_, c)| lflow(c).is_some_and(|l| ends_packet(l.actions)))?;
+    let lf = lflow_on(steps[at].1, metadata_of(&e.rules[steps[at].0].rule.match_))?;
+    if let Some(c) = port_security_drop(&steps, at, &lf) {
+        return Some(c);
+    }
+    let nb = |t: &str| lf.nb.iter().find(|o| o.table == t);
+    if let Some(lb) = nb("Load_Balancer") {
+        return Some(lb_no_backends(lb, &lf));
+    }
+    if let Some(p) = nb("Logical_Router_Policy") {
+        return Some(router_policy_culprit(p, Some(&lf)));
+    }
+    let kind = stage_kind(&lf);
+    Some(stage_culprit(kind, &lf, kind_text(kind)))
+}
+
+/// An ACL whose action drops: when its flow matched, the packet was dropped by it.
+fn acl_drop(e: &FlowExplanation, steps: &[(usize, &SbCandidate)]) -> Option<Culprit> {
+    for (i, c) in steps {
         if let Some(acl) = c.nb().iter().find(|o| {
             o.table == "ACL"
                 && o.fields
@@ -451,19 +474,19 @@ pub fn drop_decision(e: &FlowExplanation) -> Option<Culprit> {
             });
         }
     }
-    // The last logical flow of the pass that ends the packet.
-    let at = steps
-        .iter()
-        .rposition(|(_, c)| lflow(c).is_some_and(|l| ends_packet(l.actions)))?;
-    let lf = lflow_on(steps[at].1, metadata_of(&e.rules[steps[at].0].rule.match_))?;
+    None
+}
+
+/// A drop in a port-security stage (`lf`, the flow at `at` in `steps`), named after the port
+/// whose port security refused; None for any other stage.
+fn port_security_drop(steps: &[(usize, &SbCandidate)], at: usize, lf: &Lf<'_>) -> Option<Culprit> {
     let stage = lf.stage;
-    let nb = |t: &str| lf.nb.iter().find(|o| o.table == t);
     if stage.ends_with("apply_port_sec") {
-        return Some(match port_security(&steps, at) {
-            Some(lsp) => port_security_culprit(lsp, Some(&lf)),
+        return Some(match port_security(steps, at) {
+            Some(lsp) => port_security_culprit(lsp, Some(lf)),
             None => stage_culprit(
                 CulpritKind::PortSecurity,
-                &lf,
+                lf,
                 "the port whose port security refused was not found among the rules",
             ),
         });
@@ -472,20 +495,19 @@ pub fn drop_decision(e: &FlowExplanation) -> Option<Culprit> {
         // Drops before any port's check (VLAN tagged, multicast source): the input port.
         let inport = steps[..at].iter().find_map(|(_, c)| lsp_of(c));
         let mut c = match inport {
-            Some(lsp) => port_security_culprit(lsp, Some(&lf)),
-            None => stage_culprit(CulpritKind::PortSecurity, &lf, ""),
+            Some(lsp) => port_security_culprit(lsp, Some(lf)),
+            None => stage_culprit(CulpritKind::PortSecurity, lf, ""),
         };
         c.detail = format!("{} refused: match=({}); {}", lf.stage, lf.match_, c.detail);
         return Some(c);
     }
-    if let Some(lb) = nb("Load_Balancer") {
-        return Some(lb_no_backends(lb, &lf));
-    }
-    if let Some(p) = nb("Logical_Router_Policy") {
-        return Some(router_policy_culprit(p, Some(&lf)));
-    }
-    let m = lf.match_;
-    let kind = if m.contains("ct.inv") {
+    None
+}
+
+/// What kind of drop a generic stage's flow is, from its stage name, match and actions.
+fn stage_kind(lf: &Lf<'_>) -> CulpritKind {
+    let (m, stage) = (lf.match_, lf.stage);
+    if m.contains("ct.inv") {
         CulpritKind::CtInvalid
     } else if m.contains("ip.ttl == {0, 1}")
         || m.contains("ip.ttl == 0")
@@ -506,16 +528,19 @@ pub fn drop_decision(e: &FlowExplanation) -> Option<Culprit> {
         CulpritKind::Meter
     } else {
         CulpritKind::LogicalFlow
-    };
-    let what = match kind {
+    }
+}
+
+/// The sentence for a stage drop's detail ("" where the flow itself says it all).
+fn kind_text(kind: CulpritKind) -> &'static str {
+    match kind {
         CulpritKind::CtInvalid => "conntrack marked the packet invalid",
         CulpritKind::TtlExpired => "IP TTL expired: ICMP time exceeded sent back",
         CulpritKind::NoRoute => "no route matches the destination",
         CulpritKind::NeighborUnresolved => "next hop's MAC unknown: ARP/ND request sent",
         CulpritKind::NoL2Destination => "destination MAC unknown on the switch",
         _ => "",
-    };
-    Some(stage_culprit(kind, &lf, what))
+    }
 }
 
 /// The responsible object for a dropped packet whose last flow is `e`: the decision of

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::guest_dir;
+use super::paths::guest_dir;
 
 /// A temp directory shared with the guest, removed when dropped.
 pub struct Share {

@@ -3,24 +3,33 @@
 //! on the seed talk and live traffic. `cargo xtask lab` shows detrace on it;
 //! `cargo xtask integration-test vm` runs the kernel-level tests in it. See docs/lab.md.
 //!
-//! image.rs builds and caches what QEMU boots, qemu.rs boots it, guest.rs is the share
-//! directory contract, xtask/guest/ holds what runs inside.
+//! host.rs installs what the host needs, image/ builds and caches what QEMU boots (while
+//! detrace_build.rs builds detrace), qemu.rs boots it, guest.rs is the share directory
+//! contract, interrupt.rs turns Ctrl-C/SIGTERM into a flag every wait loop checks, paths.rs
+//! says where things are; xtask/guest/ holds what runs inside.
 
+mod detrace_build;
 mod guest;
+mod host;
 mod image;
+mod interrupt;
+mod paths;
 mod qemu;
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, run, workspace_root};
-use qemu::{End, MARK};
+use self::{
+    detrace_build::DetraceBuild,
+    interrupt::{install_signal_handler, interrupted},
+    paths::{guest_dir, lab_target, progress},
+    qemu::{End, MARK},
+};
 
 #[derive(clap::Args)]
 pub struct LabArgs {
@@ -57,157 +66,14 @@ enum TestTarget {
     Vm,
 }
 
-/// The guest-side files (xtask/guest/).
-pub fn guest_dir() -> PathBuf {
-    workspace_root().join("xtask/guest")
-}
-
-fn lab_target() -> PathBuf {
-    workspace_root().join("target/lab")
-}
-
-/// Progress with the time since xtask started, so every step's cost is visible.
-pub fn progress(msg: &str) {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("lab [{:>6.1}s] {msg}", t.as_secs_f64());
-}
-
-/// Packages the host needs to build and boot the image (qemu comes separately, see below).
-const HOST_PACKAGES: &[&str] = &[
-    "debootstrap",
-    "busybox-static",
-    "cpio",
-    "xz-utils",
-    "e2fsprogs",
-    "kmod",
-    "zstd",
-    "debian-archive-keyring",
-];
-
-/// What `lab` and `integration-test vm` need on the host. Checks first: a warm machine pays
-/// only the checks.
-fn ensure_host() -> anyhow::Result<()> {
-    crate::deps::ensure_apt(HOST_PACKAGES)?;
-    ensure_qemu()?;
-    // The toolchain's rust-src and bpf-linker, to build detrace with its eBPF programs.
-    crate::deps::all()
-}
-
-/// qemu-system-x86 comes from bookworm-backports: bookworm's own 7.2 conflicts with the
-/// qemu-utils 10.0 (backports) these machines ship. The backports entry exists only for the
-/// install and is removed again, so the host's apt sources end as they were.
-fn ensure_qemu() -> anyhow::Result<()> {
-    if crate::util::runs_ok(qemu::qemu_binary(), &["--version"]) {
-        return Ok(());
-    }
-    if !is_root() {
-        bail!(
-            "{} is missing: run as root so xtask can install qemu-system-x86 from \
-             bookworm-backports",
-            qemu::qemu_binary()
-        );
-    }
-    progress("installing qemu-system-x86 from bookworm-backports");
-    let mirror = image::mirror_uri()?;
-    let list = PathBuf::from("/etc/apt/sources.list.d/detrace-lab-backports.list");
-    struct RemoveList<'a>(&'a Path);
-    impl Drop for RemoveList<'_> {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(self.0);
-            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        }
-    }
-    fs::write(&list, format!("deb {mirror} bookworm-backports main\n"))
-        .with_context(|| format!("writing {}", list.display()))?;
-    let _cleanup = RemoveList(&list);
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(["-t", "bookworm-backports", "qemu-system-x86"]))
-    .context("installing qemu-system-x86 from bookworm-backports")?;
-    qemu::check_qemu()
-}
-
-/// `cargo build --release -p detrace-user`: the binary that runs in the guest (built on
-/// bookworm's glibc 2.36, it runs on trixie's newer one). Started in the background so a cold
-/// image build and a cold compile overlap; its output goes to target/lab/build-detrace.log.
-struct DetraceBuild {
-    child: Option<std::process::Child>,
-    log: PathBuf,
-    start: Instant,
-}
-
-impl DetraceBuild {
-    fn start() -> anyhow::Result<Self> {
-        let log = lab_target().join("build-detrace.log");
-        fs::create_dir_all(lab_target())?;
-        let f = fs::File::create(&log)?;
-        progress(&format!(
-            "building detrace in the background (cargo build --release -p detrace-user, log {})",
-            log.display()
-        ));
-        let child = Command::new("cargo")
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "detrace-user"])
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .context("starting cargo build")?;
-        Ok(Self {
-            child: Some(child),
-            log,
-            start: Instant::now(),
-        })
-    }
-
-    fn wait(mut self) -> anyhow::Result<PathBuf> {
-        let status = self
-            .child
-            .take()
-            .context("build already waited for")?
-            .wait()?;
-        if !status.success() {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "building detrace failed ({status}); end of {}:\n{}",
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-        let bin = workspace_root().join("target/release/detrace");
-        if !bin.exists() {
-            bail!("cargo built no {}", bin.display());
-        }
-        progress(&format!(
-            "detrace built ({:.0}s after it started)",
-            self.start.elapsed().as_secs_f64()
-        ));
-        Ok(bin)
-    }
-}
-
-impl Drop for DetraceBuild {
-    /// An image build that failed must not leave cargo running behind us.
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn prepare() -> anyhow::Result<(image::Image, PathBuf)> {
-    qemu::install_signal_handler()?;
+    install_signal_handler()?;
     progress("checking host dependencies");
-    ensure_host()?;
+    host::ensure_host()?;
     qemu::check_qemu()?;
     let build = DetraceBuild::start()?;
     let image = image::ensure()?;
-    if qemu::interrupted() {
+    if interrupted() {
         bail!("interrupted");
     }
     let detrace = build.wait()?;
@@ -382,30 +248,6 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails with the numbers when the filesystem holding `path` has less than `need` bytes free.
-pub fn ensure_free_space(path: &Path, need: u64) -> anyhow::Result<()> {
-    fs::create_dir_all(path)?;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .context("path with a NUL byte")?;
-    // SAFETY: statvfs is plain old data, fully written by a successful statvfs(3) call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", path.display()));
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
-    if free < need {
-        bail!(
-            "not enough disk space for the lab image: {} has {} MiB free, {} MiB needed",
-            path.display(),
-            free >> 20,
-            need >> 20
-        );
-    }
-    Ok(())
-}
-
 /// `cargo xtask bench`'s datapath part: boots the guest in bench mode (xtask/guest/bench.sh) and
 /// returns the per-run lines (`mode rep tcp_bps udp_pps`), the attach/detach lines and the probe
 /// cost lines.
@@ -481,7 +323,9 @@ fn boot_batch(
         );
         match result {
             Err(e) if !guest_spoke && attempt < 2 => {
-                progress(&format!("QEMU failed before the guest started ({e}); starting it again"));
+                progress(&format!(
+                    "QEMU failed before the guest started ({e}); starting it again"
+                ));
                 attempt += 1;
             }
             other => return other,

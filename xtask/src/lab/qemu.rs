@@ -1,45 +1,26 @@
 //! Boots the lab image under QEMU (TCG: nested KVM is not available on the machines this runs
 //! on) with no network device, the host share over virtio-9p, and the serial console copied to a
 //! log file. The QEMU we start is the only process we ever signal, by its pid, on a timeout,
-//! Ctrl-C, SIGTERM or any error path (the guard's Drop).
+//! Ctrl-C, SIGTERM (see interrupt.rs) or any error path (the guard's Drop).
 
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        OnceLock,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use super::image::Image;
+use super::{
+    image::Image,
+    interrupt::{install_signal_handler, interrupted},
+};
 
 /// Lines the guest prints to tell the host where it is (see xtask/guest/init.sh).
 pub const MARK: &str = "DETRACE-GUEST ";
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Ctrl-C, SIGTERM and SIGHUP only raise a flag; the boot loop sees it and stops QEMU.
-pub fn install_signal_handler() -> anyhow::Result<()> {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    if ONCE.get().is_some() {
-        return Ok(());
-    }
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C/SIGTERM handler")?;
-    let _ = ONCE.set(());
-    Ok(())
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
 
 pub struct Boot<'a> {
     pub image: &'a Image,
@@ -106,11 +87,21 @@ pub fn qemu_binary() -> &'static str {
 
 /// Boots, feeds every console line (with the time since start) to `on_line`, and returns how
 /// the run ended. The console log is kept whatever happens.
-pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Result<End> {
+pub fn boot(spec: &Boot, on_line: impl FnMut(Duration, &str)) -> anyhow::Result<End> {
     install_signal_handler()?;
     if let Some(p) = spec.console_log.parent() {
         fs::create_dir_all(p)?;
     }
+    let cmd = command(spec);
+    if spec.interactive {
+        boot_interactive(cmd, spec)
+    } else {
+        boot_piped(cmd, spec, on_line)
+    }
+}
+
+/// The QEMU command line common to both ways of running it (the serial console comes after).
+fn command(spec: &Boot) -> Command {
     let mut cmd = Command::new(qemu_binary());
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "3072"])
         .arg("-smp")
@@ -136,35 +127,46 @@ pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Res
             "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4 detrace.mode={}",
             spec.mode
         ));
-    let start = Instant::now();
-    if spec.interactive {
-        // QEMU owns the terminal: Ctrl-C goes to the guest (signal=off), the log is QEMU's.
-        cmd.arg("-chardev")
-            .arg(format!(
-                "stdio,id=con0,signal=off,logfile={}",
-                spec.console_log.display()
-            ))
-            .args(["-serial", "chardev:con0", "-monitor", "none"]);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", qemu_binary()))?;
-        let mut guard = QemuGuard { child };
-        loop {
-            if let Some(status) = guard.child.try_wait()? {
-                return Ok(End::Exited(status));
-            }
-            if interrupted() {
-                guard.stop();
-                return Ok(End::Interrupted);
-            }
-            if start.elapsed() > spec.timeout {
-                guard.stop();
-                return Ok(End::TimedOut);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    cmd
+}
 
+/// QEMU owns the terminal: Ctrl-C goes to the guest (signal=off), the log is QEMU's.
+fn boot_interactive(mut cmd: Command, spec: &Boot) -> anyhow::Result<End> {
+    let start = Instant::now();
+    cmd.arg("-chardev")
+        .arg(format!(
+            "stdio,id=con0,signal=off,logfile={}",
+            spec.console_log.display()
+        ))
+        .args(["-serial", "chardev:con0", "-monitor", "none"]);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", qemu_binary()))?;
+    let mut guard = QemuGuard { child };
+    loop {
+        if let Some(status) = guard.child.try_wait()? {
+            return Ok(End::Exited(status));
+        }
+        if interrupted() {
+            guard.stop();
+            return Ok(End::Interrupted);
+        }
+        if start.elapsed() > spec.timeout {
+            guard.stop();
+            return Ok(End::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The console piped through us: copied to the log, fed to `on_line`, watched for the guest's
+/// first progress line (the boot timeout) and for the end.
+fn boot_piped(
+    mut cmd: Command,
+    spec: &Boot,
+    mut on_line: impl FnMut(Duration, &str),
+) -> anyhow::Result<End> {
+    let start = Instant::now();
     cmd.args(["-serial", "stdio", "-monitor", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -176,25 +178,7 @@ pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Res
         .with_context(|| format!("starting {}", qemu_binary()))?;
     let mut guard = QemuGuard { child };
     let stdout = guard.child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let rx = console_lines(stdout);
     let mut log = fs::File::create(&spec.console_log)
         .with_context(|| format!("creating {}", spec.console_log.display()))?;
     let mut userspace = false;
@@ -227,6 +211,30 @@ pub fn boot(spec: &Boot, mut on_line: impl FnMut(Duration, &str)) -> anyhow::Res
             return Ok(End::TimedOut);
         }
     }
+}
+
+/// The console's lines, read on a thread so the caller can wait on them with a timeout.
+fn console_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Fails with a hint when QEMU is not there (deps install it; this catches a skipped install).
