@@ -9,10 +9,10 @@ use aya::{
 };
 
 use super::{
-    EBPF_OBJECT,
     btf::Btf,
     error::{FentryError, ProbeError},
     fentry, kernel,
+    object::EBPF_OBJECT,
 };
 
 /// One openvswitch function, with one program per way of attaching to it.

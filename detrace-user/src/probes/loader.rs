@@ -17,9 +17,10 @@ use aya::{Ebpf, EbpfLoader};
 use detrace_common::{COUNTER_SLOTS, FlowStats, GLOBAL_CONFIG, MAP_EVENTS};
 
 use super::{
-    EBPF_OBJECT, config,
+    config,
     hooks::{self, AttachedHook, Attachment},
     kernel, maps,
+    object::EBPF_OBJECT,
 };
 pub use super::{
     config::{Filter, ProbeOptions},

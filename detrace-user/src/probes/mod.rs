@@ -22,6 +22,7 @@ mod hooks;
 mod kernel;
 pub mod loader;
 mod maps;
+mod object;
 mod offsets;
 mod ring;
 
@@ -29,6 +30,4 @@ pub use error::{FentryError, ProbeError};
 pub use hooks::{AttachedHook, Attachment};
 pub use loader::{EventReader, Filter, ProbeOptions, Probes, ProgramCost};
 pub use maps::sum_stats;
-
-/// detrace-ebpf, compiled for bpfel-unknown-none by aya-build, aligned for aya's ELF parser.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detrace"));
+pub use object::EBPF_OBJECT;
