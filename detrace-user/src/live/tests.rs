@@ -129,12 +129,38 @@ fn borrowed_record_lines_are_the_recorded_format() {
     ));
 }
 
-#[test]
-fn record_then_drops_and_loss_are_reported() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A kernel that counted one drop on flow 0xb and lost 7 events.
+fn fake_kernel() -> Fake {
+    let mut dropstats = FlowStats {
+        drops: 1,
+        packets: 1,
+        ..Default::default()
+    };
+    dropstats.drop_reasons[3] = 1;
+    Fake {
+        batches: vec![],
+        stats: vec![([0xb, 0, 0, 1], dropstats)],
+        lost: 7,
+    }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        deadline: Some(Instant::now() + Duration::from_millis(300)),
+        report_every: None,
+    }
+}
+
+#[test]
+fn record_writes_packets_flows_and_loss() {
+    let rt = rt();
     let buf = Buf::default();
     let cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
     let mut pipe = Pipeline::new(cache);
@@ -147,25 +173,11 @@ fn record_then_drops_and_loss_are_reported() {
         ev(EventKind::Pass, 2, 0xa, 0, 0),
         ev(EventKind::Output, 2, 0xa, 0, 4),
     ]];
-    let mut dropstats = FlowStats {
-        drops: 1,
-        packets: 1,
-        ..Default::default()
-    };
-    dropstats.drop_reasons[3] = 1;
-    let fake = Fake {
-        batches: vec![],
-        stats: vec![([0xb, 0, 0, 1], dropstats)],
-        lost: 7,
-    };
+    let fake = fake_kernel();
     let _ = &fake.batches;
     let mut src = FakeSource(batches);
-    let opts = RunOptions {
-        deadline: Some(Instant::now() + Duration::from_millis(300)),
-        report_every: None,
-    };
     let loss = rt
-        .block_on(run(&fake, &mut src, &mut pipe, &mut sink, opts))
+        .block_on(run(&fake, &mut src, &mut pipe, &mut sink, opts()))
         .unwrap();
     assert_eq!(loss.events_lost, 7);
     assert_eq!(sink.packets_shown, 2);
@@ -208,8 +220,12 @@ fn record_then_drops_and_loss_are_reported() {
     assert!(
         matches!(lines.last().unwrap(), RecordLine::Summary { loss, .. } if loss.events_lost == 7)
     );
+}
 
-    // The same events through `drops`: one group, the unexplained flow, with its sample.
+/// The same events through `drops`: one group, the unexplained flow, with its sample.
+#[test]
+fn drops_group_the_kernel_counts_with_a_sample() {
+    let (rt, fake) = (rt(), fake_kernel());
     let buf2 = Buf::default();
     let cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
     let mut pipe = Pipeline::new(cache);
@@ -218,11 +234,7 @@ fn record_then_drops_and_loss_are_reported() {
         ev(EventKind::Pass, 1, 0xb, 0, 0),
         ev(EventKind::Drop, 1, 0xb, 0, 0x30003),
     ]]);
-    let opts = RunOptions {
-        deadline: Some(Instant::now() + Duration::from_millis(300)),
-        report_every: None,
-    };
-    rt.block_on(run(&fake, &mut src, &mut pipe, &mut sink, opts))
+    rt.block_on(run(&fake, &mut src, &mut pipe, &mut sink, opts()))
         .unwrap();
     let out = String::from_utf8(buf2.0.borrow().clone()).unwrap();
     let g: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
