@@ -79,7 +79,7 @@ pub enum RecordLine {
         version: u32,
         clock_offset_ns: i64,
         command: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "ports_from_json")]
         ports: Ports,
     },
     Explanation(Box<Explained>),
@@ -94,6 +94,21 @@ pub enum RecordLine {
         explain: ExplainStats,
         malformed_events: u64,
     },
+}
+
+/// Port names as a header stores them: JSON object keys are strings, and a map inside an
+/// internally tagged enum is read back without the number parsing serde does for maps
+/// elsewhere, so the keys are parsed here (a header whose ports failed to read was skipped
+/// whole before, losing its clock offset).
+fn ports_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Ports, D::Error> {
+    let raw = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.parse::<u32>()
+                .map(|n| (n, v))
+                .map_err(|_| serde::de::Error::custom(format!("port number {k:?}")))
+        })
+        .collect()
 }
 
 /// The per-packet lines of a recording, serialized from borrows (the same JSON as

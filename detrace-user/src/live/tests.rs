@@ -243,3 +243,21 @@ fn drops_group_the_kernel_counts_with_a_sample() {
     assert_eq!(g["reasons"]["OVS_DROP_EXPLICIT"], 1);
     assert!(g["sample"].is_object());
 }
+
+/// A header with port names reads back (with its clock offset).
+#[test]
+fn header_with_ports_reads_back() {
+    let mut ports = super::clock::Ports::new();
+    ports.insert(2, "client".into());
+    let h = RecordLine::Header {
+        version: RECORD_VERSION,
+        clock_offset_ns: 42,
+        command: "record".into(),
+        ports,
+    };
+    let text = serde_json::to_string(&h).unwrap();
+    let rec = super::record::Recording::read(text.as_bytes()).unwrap();
+    assert_eq!(rec.malformed_lines, 0, "{:?}", rec.malformed);
+    assert_eq!(rec.clock_offset_ns, Some(42));
+    assert_eq!(rec.ports.get(&2).map(String::as_str), Some("client"));
+}
