@@ -120,6 +120,7 @@ fn borrowed_record_lines_are_the_recorded_format() {
         "full": {"rules": []}
     }))
     .unwrap();
+    top_table_of_a_recording(&e);
     let owned = serde_json::to_string(&RecordLine::Explanation(Box::new(e.clone()))).unwrap();
     let borrowed = serde_json::to_string(&RecordLineRef::Explanation(&e)).unwrap();
     assert_eq!(borrowed, owned);
@@ -260,4 +261,37 @@ fn header_with_ports_reads_back() {
     assert_eq!(rec.malformed_lines, 0, "{:?}", rec.malformed);
     assert_eq!(rec.clock_offset_ns, Some(42));
     assert_eq!(rec.ports.get(&2).map(String::as_str), Some("client"));
+}
+
+/// `top`'s one table builder on a recording: an explained flow named by its label and, as it
+/// drops, carrying its culprit; a flow the recording does not explain said so; typed keys.
+fn top_table_of_a_recording(e: &Explained) {
+    use crate::aggregate::{FlowTable, RowKey, SortKey};
+    let (known, unknown) = (e.summary.ufid, Uuid(0xc << 96 | 1));
+    let mut cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 1.0);
+    cache.insert(e.clone());
+    let pipe = Pipeline::new(cache);
+    let mut table = FlowTable::default();
+    let s = |packets, drops| FlowStats {
+        packets,
+        drops,
+        ..Default::default()
+    };
+    table.snapshot([(known, s(5, 2)), (unknown, s(9, 0))]);
+    let t = super::sinks::top::TopTables::build(&pipe.view(), &table, 0.0, SortKey::Packets, 10);
+    assert_eq!(t.flows[0].key, RowKey::Flow(unknown));
+    assert_eq!(t.flows[0].label, "(unexplained)");
+    assert_eq!(t.flows[1].label, "ACL drop-9999");
+    assert_eq!(
+        t.flows[1].culprit.as_ref().map(|c| c.name.as_str()),
+        Some("drop-9999")
+    );
+    let mut text = String::new();
+    super::render::table::table(&mut text, "flows", &t.flows).unwrap();
+    assert!(
+        text.lines()
+            .nth(3)
+            .unwrap()
+            .ends_with(&format!("ufid:{}", &known.to_string()[..8]))
+    );
 }
