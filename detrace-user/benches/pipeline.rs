@@ -1,5 +1,7 @@
-//! User-space pipeline throughput on one core: raw ring-buffer records -> decode -> path
-//! assembly across recirculations -> cached explanation lookup -> per-flow aggregation.
+//! User-space pipeline throughput on one core: raw ring-buffer records -> size-checked copy
+//! into `Event`s (as the ring-buffer reader does) -> the live pipeline (`live::pipeline`:
+//! decode -> path assembly across recirculations -> the explain stage) -> a sink that looks
+//! every pass's explanation up (as watch and record do) and one that aggregates per flow.
 //!
 //!   cargo bench -p detrace-user --bench pipeline -- [N_FLOWS] [N_EVENTS]   (default 100000 5000000)
 //!
@@ -10,10 +12,13 @@
 use std::{hint::black_box, time::Instant};
 
 use detrace::{
-    aggregate::FlowTable,
-    events::{Kind, PacketEvent, path::PathAssembler},
+    events::path::PacketTrace,
     explain::{FlowSummary, culprit::Culprit},
-    live::explainer::{Backend, ExplainCache, Explained, LookupRef},
+    live::{
+        explainer::{Backend, ExplainCache, Explained, LookupRef},
+        pipeline::{Needs, Pipeline, Sink, Tee, View},
+        sinks::flows::FlowSink,
+    },
     ovs::unixctl::UnixctlClient,
     uuid::Uuid,
 };
@@ -150,6 +155,33 @@ fn summary(u: Uuid) -> Explained {
     }
 }
 
+/// Records per batch, as one ring-buffer wake-up drains them.
+const BATCH: usize = 1024;
+
+/// Reads every pass's explanation when its packet ends, as watch and record do.
+#[derive(Default)]
+struct Explanations {
+    explained: u64,
+}
+
+impl Sink<UnixctlClient> for Explanations {
+    fn needs(&self) -> Needs {
+        Needs {
+            passes: true,
+            ..Needs::default()
+        }
+    }
+    #[inline]
+    fn packet(&mut self, view: &View<'_, UnixctlClient>, t: &PacketTrace) -> std::io::Result<()> {
+        for p in &t.passes {
+            if let LookupRef::Explained(e) = view.peek(&p.ufid) {
+                self.explained += black_box(e.summary.label.len() as u64).min(1);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
@@ -166,41 +198,34 @@ fn main() {
     }
     let cache_bytes = common::live() - live0;
 
-    let mut asm = PathAssembler::new(65_536, 2_000_000_000);
-    let mut table = FlowTable::default();
-    let mut traces = Vec::new();
-    let (mut explained, mut decode_errors) = (0u64, 0u64);
+    let mut pipe = Pipeline::new(cache);
+    let mut sink = Tee(Explanations::default(), FlowSink::default());
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let live1 = common::live();
     let t = Instant::now();
-    for rec in &records {
-        match PacketEvent::decode_bytes(rec) {
-            Ok(e) => {
-                // As the live session does: a pass's explanation is fetched from memory while
-                // its packet is still in flight.
-                if let (Kind::Pass, Some(u)) = (e.kind, e.ufid) {
-                    cache.warm(u);
-                }
-                asm.push(&e, &mut traces);
-            }
-            Err(_) => decode_errors += 1,
-        }
-        for tr in traces.drain(..) {
-            for p in &tr.passes {
-                if let LookupRef::Explained(e) = cache.lookup(p.ufid) {
-                    explained += black_box(e.summary.label.len() as u64).min(1);
-                }
-            }
-            table.add_trace(&tr);
-        }
+    for chunk in records.chunks(BATCH) {
+        // What the ring-buffer reader hands over: whole records, copied out unaligned.
+        batch.extend(
+            chunk
+                .iter()
+                .filter(|r| r.len() == std::mem::size_of::<Event>())
+                // SAFETY: the record is exactly one Event of plain integers; read_unaligned
+                // copies it out whatever its alignment.
+                .map(|r| unsafe { std::ptr::read_unaligned(r.as_ptr().cast::<Event>()) }),
+        );
+        pipe.ingest(&batch, &mut sink)
+            .expect("in-memory sinks do not fail");
+        batch.clear();
     }
     let secs = t.elapsed().as_secs_f64();
     let table_bytes = common::live().saturating_sub(live1);
-    assert_eq!(decode_errors, 0);
-    assert!(explained > 0);
+    let (Explanations { explained }, FlowSink { table }) = (&sink.0, &sink.1);
+    assert_eq!(pipe.decode_errors, 0);
+    assert!(*explained > 0);
     println!(
         "events={n_events} flows={} packets={} secs={secs:.2} rate={:.2}M events/s (one core)  memory: explanations {:.0} MiB ({:.0} B/flow), flow table {:.0} MiB ({:.0} B/flow), in-flight bound 65536 packets",
         table.flows.len(),
-        asm.stats.traces,
+        pipe.asm.stats.traces,
         n_events as f64 / secs / 1e6,
         cache_bytes as f64 / 1048576.0,
         cache_bytes as f64 / (n_flows * 3) as f64,

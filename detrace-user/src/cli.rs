@@ -4,6 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Defined where they are used (the library does not depend on the command line).
+pub use crate::{aggregate::SortKey, live::render::Format};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "detrace",
@@ -138,15 +141,6 @@ pub struct WatchArgs {
     pub events: EventArgs,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SortKey {
-    Packets,
-    Rate,
-    Bytes,
-    Drops,
-    Latency,
-}
-
 #[derive(Args, Debug)]
 pub struct TopArgs {
     #[command(flatten)]
@@ -235,14 +229,6 @@ pub struct ProbesArgs {
     pub kprobes: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Human-readable chain.
-    Text,
-    /// One JSON object per flow, one per line.
-    Json,
 }
 
 #[derive(Args, Debug)]

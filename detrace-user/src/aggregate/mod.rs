@@ -2,7 +2,10 @@
 //! recorded packets), per-OVN-object sums, latency percentiles, and drops by culprit.
 
 pub mod counters;
+pub mod drops;
 pub mod ufid_map;
+
+pub use drops::{DropGroup, group_drops};
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,11 +18,8 @@ use serde::Serialize;
 use crate::{
     FastMap,
     aggregate::counters::FlowCounters,
-    events::{Packet, Verdict, drop_reason_name, path::PacketTrace},
-    explain::{
-        ObjectName,
-        culprit::{Culprit, CulpritKind},
-    },
+    events::{Verdict, drop_reason_name, path::PacketTrace},
+    explain::{ObjectName, culprit::Culprit},
     uuid::Uuid,
 };
 
@@ -87,10 +87,58 @@ pub fn percentiles(s: &FlowStats) -> Percentiles {
     }
 }
 
+/// What a table row counts: a datapath flow, or an OVN object all its flows trace back to.
+/// Serialized as `ufid:<uuid>` and `<table> <uuid>`, as `top --format json` has always shown.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RowKey {
+    Flow(Uuid),
+    Object { table: String, uuid: Uuid },
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flow(u) => write!(f, "ufid:{u}"),
+            Self::Object { table, uuid } => write!(f, "{table} {uuid}"),
+        }
+    }
+}
+
+impl Serialize for RowKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The order of `top`'s tables (largest first).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    Packets,
+    Rate,
+    Bytes,
+    Drops,
+    Latency,
+}
+
+/// Sorts rows by `key`, largest first, then by packets (stable: ties keep their order).
+pub fn sort_rows(rows: &mut [Row], key: SortKey) {
+    let k = |r: &Row| match key {
+        SortKey::Packets => r.packets as f64,
+        SortKey::Rate => r.pps,
+        SortKey::Bytes => r.bytes as f64,
+        SortKey::Drops => r.drops as f64,
+        SortKey::Latency => r.latency.p99_ns as f64,
+    };
+    rows.sort_by(|a, b| {
+        k(b).total_cmp(&k(a))
+            .then_with(|| b.packets.cmp(&a.packets))
+    });
+}
+
 /// One row of a table: a flow or an OVN object.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    pub key: String,
+    pub key: RowKey,
     pub label: String,
     pub packets: u64,
     pub bytes: u64,
@@ -106,7 +154,7 @@ pub struct Row {
     pub stats: FlowStats,
 }
 
-fn row(key: String, label: String, s: &FlowStats, delta: Option<&FlowStats>, secs: f64) -> Row {
+fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, secs: f64) -> Row {
     let mut reasons = BTreeMap::new();
     for (i, &n) in s.drop_reasons.iter().enumerate() {
         if n > 0 {
@@ -181,7 +229,7 @@ impl FlowTable {
                     .get(u)
                     .map(|p| s.saturating_sub(&p.to_stats()))
                     .unwrap_or(s);
-                row(format!("ufid:{u}"), label(u), &s, Some(&d), secs)
+                row(RowKey::Flow(*u), label(u), &s, Some(&d), secs)
             })
             .collect()
     }
@@ -205,7 +253,10 @@ impl FlowTable {
         sums.into_iter()
             .map(|(o, (s, d))| {
                 row(
-                    format!("{} {}", o.table, o.uuid),
+                    RowKey::Object {
+                        table: o.table.clone(),
+                        uuid: o.uuid,
+                    },
                     format!("{} {}", o.table, o.name),
                     &s,
                     Some(&d),
@@ -216,81 +267,13 @@ impl FlowTable {
     }
 }
 
-/// Drops grouped by the object responsible.
-#[derive(Clone, Debug, Serialize)]
-pub struct DropGroup {
-    pub culprit: Culprit,
-    /// Every drop: `in_kernel + after_upcall`.
-    pub drops: u64,
-    /// Dropped by a flow the packet hit in the kernel's flow table.
-    pub in_kernel: u64,
-    /// Dropped while ovs-vswitchd executed the packet after its upcall, with the actions of the
-    /// flow it installed for it (often a conversation's first packet).
-    pub after_upcall: u64,
-    pub reasons: BTreeMap<String, u64>,
-    pub flows: Vec<Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sample: Option<Packet>,
-    /// How the culprit was found when it matters (e.g. explained after the flow expired).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-/// Groups per-flow drop counts by culprit; `sample` gives a packet seen dropped by a flow.
-pub fn group_drops(
-    flows: &FastMap<Uuid, FlowStats>,
-    culprit: impl Fn(&Uuid) -> Culprit,
-    sample: impl Fn(&Uuid) -> Option<Packet>,
-) -> Vec<DropGroup> {
-    // One group per object: flows explained at different times (or on different datapaths)
-    // may word the same culprit's detail differently.
-    let mut groups: BTreeMap<(CulpritKind, String), DropGroup> = BTreeMap::new();
-    for (u, s) in flows.iter().filter(|(_, s)| s.drops > 0) {
-        let c = culprit(u);
-        let g = groups
-            .entry((c.kind, c.id.clone()))
-            .or_insert_with(|| DropGroup {
-                culprit: c,
-                drops: 0,
-                in_kernel: 0,
-                after_upcall: 0,
-                reasons: BTreeMap::new(),
-                flows: Vec::new(),
-                sample: None,
-                notes: Vec::new(),
-            });
-        g.drops += s.drops;
-        // A subset of drops; saturating for counters read while the kernel updates them.
-        let after = s.drops_after_upcall.min(s.drops);
-        g.after_upcall += after;
-        g.in_kernel += s.drops - after;
-        for (i, &n) in s.drop_reasons.iter().enumerate() {
-            if n > 0 {
-                *g.reasons.entry(slot_name(i)).or_default() += n;
-            }
-        }
-        g.flows.push(*u);
-        if g.sample.is_none() {
-            g.sample = sample(u);
-        }
-    }
-    let mut v: Vec<DropGroup> = groups.into_values().collect();
-    for g in &mut v {
-        g.flows.sort();
-    }
-    v.sort_by(|a, b| {
-        b.drops
-            .cmp(&a.drops)
-            .then_with(|| a.culprit.cmp(&b.culprit))
-    });
-    v
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 mod tests {
     use super::*;
     use detrace_common::LATENCY_BUCKETS;
+
+    use crate::events::Packet;
 
     #[test]
     fn buckets_and_percentiles() {
@@ -362,7 +345,8 @@ mod tests {
         assert_eq!(groups[0].reasons["OVS_DROP_EXPLICIT"], 12);
         assert!(groups[0].sample.is_some());
         let rows = t.rows(2.0, |_| String::new());
-        let r1 = rows.iter().find(|r| r.key == format!("ufid:{u1}")).unwrap();
+        let r1 = rows.iter().find(|r| r.key == RowKey::Flow(u1)).unwrap();
+        assert_eq!(serde_json::to_value(&r1.key).unwrap(), format!("ufid:{u1}"));
         assert_eq!(r1.pps, 5.0);
         // Objects: both flows belong to one ACL.
         let orows = t.object_rows(2.0, |u| {

@@ -1,139 +1,103 @@
 //! `detrace replay FILE`: a recording shown as watch, top or drops, without root or daemons.
+//! The recording is the source of the same pipeline the live commands run; each view is its
+//! live sink.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::BufReader;
 
 use anyhow::{Context as _, bail};
 
 use crate::{
-    aggregate::FlowTable,
-    cli::{Format, ReplayArgs, ReplayAs},
+    aggregate::SortKey,
+    cli::{ReplayArgs, ReplayAs},
     live::{
+        clock::Clock,
         explainer::{Backend, ExplainCache},
-        print::{self, Clock},
-        session::{Mode, RECORD_VERSION, RecordLine, Session},
+        pipeline::{FlowsAt, Pipeline, Sink, Tee},
+        record::{Recording, RecordingError},
+        sinks::{
+            drops::DropsSink,
+            flows::FlowSink,
+            top::{TopMode, TopSink},
+            watch::WatchSink,
+        },
     },
     ovs::unixctl::UnixctlClient,
-    uuid::Uuid,
 };
 
-pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+fn read(args: &ReplayArgs) -> anyhow::Result<Recording> {
     let file = std::fs::File::open(&args.file)
         .with_context(|| format!("opening {}", args.file.display()))?;
-    let mut cache = ExplainCache::<UnixctlClient>::new(Backend::Recorded, 1.0);
-    let mode = match args.as_ {
-        ReplayAs::Watch => Mode::Watch,
-        ReplayAs::Drops => Mode::Drops { interval: None },
-        ReplayAs::Top => Mode::Watch,
+    let rec = match Recording::read(BufReader::new(file)) {
+        Ok(r) => r,
+        Err(RecordingError::Version { version }) => bail!(
+            "{} is a version {version} recording; this detrace reads up to {}",
+            args.file.display(),
+            crate::live::record::RECORD_VERSION
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", args.file.display())),
     };
-    let mut packets = Vec::new();
-    let mut flows: crate::FastMap<Uuid, detrace_common::FlowStats> = crate::FastMap::default();
-    let mut clock = Clock::new();
-    let mut ports = crate::live::print::Ports::new();
-    let mut bad = 0u64;
-    let mut summary = None;
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", args.file.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<RecordLine>(&line) {
-            Ok(RecordLine::Header {
-                version,
-                clock_offset_ns,
-                ports: recorded_ports,
-                ..
-            }) => {
-                ports = recorded_ports;
-                if version > RECORD_VERSION {
-                    bail!(
-                        "{} is a version {version} recording; this detrace reads up to {RECORD_VERSION}",
-                        args.file.display()
-                    );
-                }
-                clock = Clock::with_offset(i128::from(clock_offset_ns));
-            }
-            Ok(RecordLine::Explanation(e)) => cache.insert(*e),
-            Ok(RecordLine::Packet(p)) => packets.push(p),
-            Ok(RecordLine::Flow { ufid, stats }) => {
-                flows.insert(ufid, (&stats).into());
-            }
-            Ok(RecordLine::Summary { loss, .. }) => summary = Some(loss),
-            Err(e) => {
-                bad += 1;
-                if bad <= 3 {
-                    eprintln!(
-                        "detrace: {}:{}: skipping a malformed line: {e}",
-                        args.file.display(),
-                        n + 1
-                    );
-                }
-            }
-        }
+    for (n, e) in &rec.malformed {
+        eprintln!(
+            "detrace: {}:{n}: skipping a malformed line: {e}",
+            args.file.display()
+        );
     }
-    if bad > 0 {
-        eprintln!("detrace: {bad} malformed lines skipped");
+    if rec.malformed_lines > 0 {
+        eprintln!("detrace: {} malformed lines skipped", rec.malformed_lines);
     }
-    let out: Box<dyn std::io::Write> = Box::new(std::io::stdout().lock());
-    let mut sess = Session::new(cache, args.format, mode, out);
-    sess.clock = clock;
-    sess.ports = ports;
+    Ok(rec)
+}
+
+/// The recording's packets through the pipeline into `sink`, then its per-flow counters (or,
+/// from a recording interrupted before them, counters rebuilt from its packets).
+fn replay<K: Sink<UnixctlClient>>(mut rec: Recording, sink: K) -> anyhow::Result<()> {
+    let mut cache = ExplainCache::<UnixctlClient>::new(Backend::Recorded, 1.0);
+    for e in rec.explanations.drain(..) {
+        cache.insert(e);
+    }
+    let mut pipe = Pipeline::new(cache);
+    if let Some(off) = rec.clock_offset_ns {
+        pipe.clock = Clock::with_offset(i128::from(off));
+    }
+    pipe.ports = std::mem::take(&mut rec.ports);
+    let mut tee = Tee(sink, FlowSink::default());
+    pipe.feed(&rec.packets, &mut tee)?;
+    let Tee(mut sink, rebuilt) = tee;
+    let flows = if rec.flows.is_empty() {
+        rebuilt.table.stats()
+    } else {
+        std::mem::take(&mut rec.flows)
+    };
+    pipe.explain_flows(sink.needs(), &flows);
+    let at = FlowsAt {
+        flows: &flows,
+        kernel: None,
+        last: true,
+    };
+    sink.flows(&pipe.view(), &at)?;
+    sink.flush()?;
+    Ok(())
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let rec = read(&args)?;
+    let loss = rec.loss;
+    let out = Box::new(std::io::stdout().lock());
     match args.as_ {
-        ReplayAs::Watch | ReplayAs::Drops => {
-            for p in &packets {
-                sess.handle(p)?;
-            }
-            if args.as_ == ReplayAs::Drops {
-                if flows.is_empty() {
-                    // An interrupted recording has no counters: rebuild them from its packets.
-                    let mut t = FlowTable::default();
-                    packets.iter().for_each(|p| t.add_trace(p));
-                    flows = t.stats();
-                }
-                sess.print_drops(&flows)?;
-            }
-        }
+        ReplayAs::Watch => replay(rec, WatchSink::new(args.format, out))?,
+        ReplayAs::Drops => replay(rec, DropsSink::new(args.format, out))?,
         ReplayAs::Top => {
-            let mut t = FlowTable::default();
-            if flows.is_empty() {
-                packets.iter().for_each(|p| t.add_trace(p));
-            } else {
-                t.snapshot(flows);
-            }
-            let label = |u: &Uuid| match sess.cache.cached(u) {
-                Some(e) => e.summary.label.clone(),
-                None => "(unexplained)".into(),
-            };
-            let mut rows = t.rows(0.0, label);
-            rows.sort_by_key(|r| std::cmp::Reverse(r.packets));
-            for r in rows.iter_mut().filter(|r| r.drops > 0) {
-                let u: Option<Uuid> = r.key.trim_start_matches("ufid:").parse().ok();
-                r.culprit = u
-                    .and_then(|u| sess.cache.cached(&u))
-                    .map(|e| e.summary.drop_culprit.clone());
-            }
-            let objs = |u: &Uuid| {
-                sess.cache
-                    .cached(u)
-                    .map(|e| e.summary.objects.clone())
-                    .unwrap_or_default()
-            };
-            let mut orows = t.object_rows(0.0, objs);
-            orows.sort_by_key(|r| std::cmp::Reverse(r.packets));
-            let mut so = std::io::stdout().lock();
-            match args.format {
-                Format::Text => {
-                    write!(so, "{}", print::table("flows", &rows))?;
-                    write!(so, "\n{}", print::table("OVN objects", &orows))?;
-                }
-                Format::Json => writeln!(
-                    so,
-                    "{}",
-                    serde_json::json!({"flows": rows, "objects": orows})
-                )?,
-            }
+            let sink = TopSink::new(
+                args.format,
+                SortKey::Packets,
+                usize::MAX,
+                TopMode::Replay,
+                out,
+            );
+            replay(rec, sink)?;
         }
     }
-    if let Some(loss) = summary {
+    if let Some(loss) = loss {
         eprintln!("detrace: recorded with {}", loss.line());
     }
     Ok(())

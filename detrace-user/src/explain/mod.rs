@@ -115,6 +115,66 @@ pub struct ObjectName {
     pub name: String,
 }
 
+/// One line of a [`FlowSummary`]'s details, typed: what it is about is known without reading
+/// the text. Serialized as the line itself (`dropped by ...`, `LB name: ...`, `ACL name: ...`),
+/// as recordings have always stored it; read back from that line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Who decided the drop when this pass ends the packet (the culprit's text).
+    DroppedBy(String),
+    /// A load balancer met, with its VIPs and backends.
+    Lb { name: String, detail: String },
+    /// An ACL met, with its direction, priority, match and action.
+    Acl { name: String, detail: String },
+    /// A line of no known kind (from a recording made by a later detrace).
+    Other(String),
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DroppedBy(c) => write!(f, "dropped by {c}"),
+            Self::Lb { name, detail } => write!(f, "LB {name}: {detail}"),
+            Self::Acl { name, detail } => write!(f, "ACL {name}: {detail}"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Detail {
+    /// The line as written (by [`Display`](std::fmt::Display)) back into its kind: only where
+    /// a recording is read. `Display` of the result is always `line` again.
+    pub fn parse(line: &str) -> Self {
+        let named = |rest: &str| {
+            rest.split_once(": ")
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+        };
+        if let Some(c) = line.strip_prefix("dropped by ") {
+            return Self::DroppedBy(c.to_string());
+        }
+        if let Some((name, detail)) = line.strip_prefix("LB ").and_then(named) {
+            return Self::Lb { name, detail };
+        }
+        if let Some((name, detail)) = line.strip_prefix("ACL ").and_then(named) {
+            return Self::Acl { name, detail };
+        }
+        Self::Other(line.to_string())
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Detail {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let line = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Self::parse(&line))
+    }
+}
+
 /// What the live commands show of a flow: enough to print and aggregate, and to record and
 /// replay without the daemons.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -134,7 +194,7 @@ pub struct FlowSummary {
     pub drop_culprit: culprit::Culprit,
     /// One line per ACL and load balancer met: `ACL name: ...`, `LB name: vips ...`.
     #[serde(default)]
-    pub details: Vec<String>,
+    pub details: Vec<Detail>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules_error: Option<String>,
 }
@@ -156,9 +216,9 @@ impl FlowSummary {
                 }
             }
         }
-        let mut details: Vec<String> = Vec::new();
+        let mut details: Vec<Detail> = Vec::new();
         if let Some(c) = &e.drop_culprit {
-            details.push(format!("dropped by {}", c.text()));
+            details.push(Detail::DroppedBy(c.text()));
         }
         for o in e
             .rules
@@ -167,8 +227,14 @@ impl FlowSummary {
             .flat_map(SbCandidate::nb)
         {
             let d = match o.table {
-                "Load_Balancer" => format!("LB {}: {}", o.label(), culprit::lb_culprit(o).detail),
-                "ACL" => format!("ACL {}: {}", o.label(), culprit::acl_culprit(o).detail),
+                "Load_Balancer" => Detail::Lb {
+                    name: o.label(),
+                    detail: culprit::lb_culprit(o).detail,
+                },
+                "ACL" => Detail::Acl {
+                    name: o.label(),
+                    detail: culprit::acl_culprit(o).detail,
+                },
                 _ => continue,
             };
             if !details.contains(&d) {
@@ -266,10 +332,30 @@ mod tests {
         let s = FlowSummary::of(&e);
         assert!(s.label.contains("ACL drop-9999"), "{}", s.label);
         assert!(
-            s.details[0].starts_with("dropped by ACL: ACL drop-9999 (to-lport priority 1002"),
+            matches!(&s.details[0], Detail::DroppedBy(c)
+                if c.starts_with("ACL: ACL drop-9999 (to-lport priority 1002")),
             "{:?}",
             s.details
         );
+        // Typed, and written and read back as the lines recordings have always held.
+        let json = serde_json::to_value(&s.details).unwrap();
+        assert!(
+            json[0]
+                .as_str()
+                .unwrap()
+                .starts_with("dropped by ACL: ACL drop-9999")
+        );
+        let back: Vec<Detail> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s.details);
+        for line in [
+            "LB lb0: 10.0.0.100:80 -> 10.0.0.12:8080",
+            "ACL a: b: c",
+            "LB x",
+            "other",
+        ] {
+            assert_eq!(Detail::parse(line).to_string(), line);
+        }
+        assert!(matches!(Detail::parse("LB lb0: vips"), Detail::Lb { name, .. } if name == "lb0"));
         assert!(
             s.stages.iter().any(|st| st.contains("acl")),
             "{:?}",

@@ -5,10 +5,16 @@ use std::time::Duration;
 use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
 
 use super::source::{EventSource, Tracer};
-use crate::{
-    cli::EventArgs,
-    probes::loader::{EventReader, ProbeOptions, Probes},
-};
+use crate::probes::loader::{EventReader, Filter, ProbeOptions, Probes};
+
+/// The event path's settings: what the kernel sends, and how much.
+pub struct EventOptions {
+    pub filter: Filter,
+    /// Ring buffer size in bytes.
+    pub ring_size: u32,
+    /// Events per second per CPU (0: none).
+    pub rate_limit: u32,
+}
 
 /// Attached probes; dropping this detaches them.
 pub struct KernelTracer(Probes);
@@ -39,7 +45,7 @@ impl EventSource for KernelEvents {
 
 /// Attaches the probes; per-packet events (with the filters) only when `events`.
 pub fn attach_live(
-    args: &EventArgs,
+    args: &EventOptions,
     events: bool,
     kprobes_only: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
@@ -47,7 +53,7 @@ pub fn attach_live(
         events,
         ring_bytes: args.ring_size,
         rate_limit: args.rate_limit,
-        filter: args.filter.to_filter(),
+        filter: args.filter.clone(),
         cost: false,
         kprobes_only,
     };

@@ -1,7 +1,23 @@
-//! What the live commands share: the explanation cache and the run loop's plumbing.
+//! Live tracing and replay: one pipeline, fed by a source (the kernel's probes, a recording),
+//! into the sink of each view.
+//!
+//! - [`source`]: the seams to the kernel (per-flow counters, the event stream); [`kernel`]:
+//!   the eBPF probes behind them; [`record`]: the recording format, read back as a source.
+//! - [`pipeline`]: decode -> assemble -> explain (through [`explainer`], the cache of
+//!   explanations) -> a [`pipeline::Sink`]; [`run`]: the live loop (ticks, reports, signals).
+//! - [`sinks`]: watch, drops, top, record (and per-flow counters from packets), each
+//!   rendering with [`render`] from resolved data; [`clock`]: kernel time and port names.
 
+pub mod clock;
 pub mod explainer;
 pub mod kernel;
-pub mod print;
-pub mod session;
+pub mod pipeline;
+pub mod record;
+pub mod render;
+pub mod run;
+pub mod sinks;
 pub mod source;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests;

@@ -1,0 +1,391 @@
+//! The explanation cache against fake and fixture-backed daemons.
+
+use super::*;
+use crate::{
+    ovn::schema::{NB_DB, NB_TABLES, SB_DB, SB_TABLES},
+    ovs::unixctl::UnixctlError,
+    ovsdb::Replica,
+};
+
+/// An ovs-vswitchd that knows every UFID and answers in no time, counting what it is asked.
+struct Busy {
+    calls: std::rc::Rc<std::cell::Cell<u64>>,
+}
+impl Appctl for Busy {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+        self.calls.set(self.calls.get() + 1);
+        Ok(match method {
+            "list-commands" => "The available commands are:\n  ofproto/detrace UFID [pmd=PMD-ID]\n".into(),
+            "dpctl/dump-dps" => "system@ovs-system\n".into(),
+            "dpctl/get-flow" => format!(
+                "{}, recirc_id(0),in_port(2),eth_type(0x0800),ipv4(frag=no), packets:3, bytes:180, used:0.1s, actions:3\n",
+                params[1]
+            ),
+            "ofproto/detrace" => "cookie=0x1234, duration=1s, n_packets=3, n_bytes=180, priority=100,in_port=2,actions=output:3\n".into(),
+            other => panic!("unexpected {other}"),
+        })
+    }
+}
+
+/// A cache over [`Busy`] and empty replicas, with its call counter.
+fn busy_cache(per_sec: f64) -> (ExplainCache<Busy>, std::rc::Rc<std::cell::Cell<u64>>) {
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ovs = Vswitchd::new(Busy {
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let ovn = OvnReplicas::from_replicas(
+        Replica::new(SB_DB, SB_TABLES),
+        Replica::new(NB_DB, NB_TABLES),
+    );
+    (
+        ExplainCache::new(Backend::Live { ovs, ovn }, per_sec),
+        calls,
+    )
+}
+
+fn summary(ufid: Uuid, label: &str) -> Explained {
+    Explained {
+        summary: crate::explain::FlowSummary {
+            ufid,
+            datapath: "system@ovs-system".into(),
+            match_compact: "recirc_id(0)".into(),
+            actions: "drop".into(),
+            label: label.into(),
+            objects: Vec::new(),
+            stages: Vec::new(),
+            drop_culprit: crate::explain::culprit::Culprit {
+                kind: crate::explain::culprit::CulpritKind::Acl,
+                id: "x".into(),
+                name: "a".into(),
+                detail: String::new(),
+                nb_table: Some("ACL".into()),
+                datapath: None,
+                flow_desc: None,
+            },
+            details: Vec::new(),
+            rules_error: None,
+        },
+        full: serde_json::Value::Null,
+        summary_json: Default::default(),
+    }
+}
+
+/// A recording's explanations: served borrowed (no reference taken) or owned, the same
+/// ones; unknown UFIDs stay pending and are never asked for.
+#[test]
+fn summary_json_is_the_summary_serialized_once() {
+    let e = summary(Uuid(7), "ACL drop-9999");
+    let text = e.summary_json().get().to_string();
+    assert_eq!(text, serde_json::to_string(&e.summary).unwrap());
+    assert!(text.contains("ACL drop-9999"), "{text}");
+    // Made once: the second call hands out the same text.
+    assert!(std::ptr::eq(e.summary_json(), e.summary_json()));
+    // A recording (serialized Explained) does not carry it; read back, it is made again.
+    let back: Explained = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+    assert!(!serde_json::to_string(&e).unwrap().contains("summary_json"));
+    assert_eq!(back.summary_json().get(), text);
+}
+
+#[test]
+fn recorded_lookups_borrow_or_share_the_same_explanation() {
+    let mut cache = ExplainCache::<Busy>::new(Backend::Recorded, 1.0);
+    let (a, b) = (Uuid(0xa << 96 | 1), Uuid(0xb << 96 | 1));
+    cache.insert(summary(a, "LB lb0"));
+    cache.insert(summary(b, "ACL drop"));
+    let held = match cache.get(a) {
+        Lookup::Explained(e) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(Arc::strong_count(&held), 2, "get shares the cached one");
+    match cache.lookup(a) {
+        LookupRef::Explained(e) => {
+            assert!(Arc::ptr_eq(e, &held));
+            assert_eq!(Arc::strong_count(e), 2, "lookup takes no reference");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(cache.lookup(b), LookupRef::Explained(e) if e.summary.label == "ACL drop"));
+    assert!(matches!(cache.lookup(Uuid(7)), LookupRef::Pending));
+    assert!(matches!(cache.get(Uuid(7)), Lookup::Pending));
+    assert_eq!(cache.explained().count(), 2);
+    assert_eq!(cache.stats.deferred, 0, "a recording defers nothing");
+    // Warming (prefetching) answers nothing and changes nothing, known or not.
+    for n in 0..100 {
+        cache.warm(if n % 2 == 0 { a } else { Uuid(n) });
+    }
+    assert!(matches!(cache.lookup(a), LookupRef::Explained(e) if Arc::ptr_eq(e, &held)));
+    assert_eq!(Arc::strong_count(&held), 2);
+    assert!(matches!(cache.lookup(Uuid(7)), LookupRef::Pending));
+    assert_eq!(cache.explained().count(), 2);
+}
+
+/// An ovs-vswitchd where every flow is gone: the failure is kept (borrowed by `lookup`,
+/// copied by `get`) and not asked again before its retry time.
+struct Gone {
+    calls: std::rc::Rc<std::cell::Cell<u64>>,
+}
+impl Appctl for Gone {
+    fn call(&mut self, method: &str, _: &[&str]) -> Result<String, UnixctlError> {
+        self.calls.set(self.calls.get() + 1);
+        Ok(match method {
+            "list-commands" => "The available commands are:\n  ofproto/detrace UFID\n".into(),
+            "dpctl/dump-dps" => "system@ovs-system\n".into(),
+            _ => String::new(),
+        })
+    }
+}
+
+#[test]
+fn failures_are_kept_until_their_retry_time() {
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ovs = Vswitchd::new(Gone {
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let ovn = OvnReplicas::from_replicas(
+        Replica::new(SB_DB, SB_TABLES),
+        Replica::new(NB_DB, NB_TABLES),
+    );
+    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+    let u = Uuid(0xdead << 96 | 1);
+    let first = match cache.lookup(u) {
+        LookupRef::Failed { error, retry_at } => {
+            assert!(retry_at > Instant::now());
+            error.to_string()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(!first.is_empty());
+    assert_eq!(cache.stats.failed, 1);
+    let asked = calls.get();
+    match cache.get(u) {
+        Lookup::Failed { error, .. } => assert_eq!(error, first),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(cache.lookup(u), LookupRef::Failed { .. }));
+    // Warming never asks ovs-vswitchd, even for a UFID it has never seen.
+    cache.warm(u);
+    for n in 1..20u128 {
+        cache.warm(Uuid(0xbeef << 96 | n));
+    }
+    assert_eq!(calls.get(), asked, "not asked again before retry_at");
+    assert_eq!(cache.stats.ovs_requests + 1, calls.get());
+    assert!(matches!(
+        cache.lookup(Uuid(0xbeef << 96 | 1)),
+        LookupRef::Failed { .. }
+    ));
+    assert!(calls.get() > asked, "a lookup asks");
+    assert_eq!(cache.stats.ovs_requests + 1, calls.get());
+    assert_eq!(cache.stats.failed, 2);
+    assert!(cache.cached(&u).is_none());
+}
+
+/// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows have all expired by the
+/// time they are asked for one by one: only the one-request dump of every flow still has
+/// them.
+struct Expired {
+    calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+impl Appctl for Expired {
+    fn call(&mut self, method: &str, _: &[&str]) -> Result<String, UnixctlError> {
+        self.calls.borrow_mut().push(method.to_string());
+        let f = crate::testutil::fixture;
+        match method {
+            "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
+            "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
+            "dpctl/dump-flows" => Ok(f("ovs-3.5/dump-flows-m.txt")),
+            "dpctl/get-flow" => Err(UnixctlError::Remote {
+                method: method.into(),
+                message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .into(),
+            }),
+            "ofproto/trace" => Ok(f("ovs-3.5/trace-drop9999-recirc-m.txt")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+fn fixture_replicas() -> OvnReplicas {
+    use crate::testutil::replica;
+    OvnReplicas::from_replicas(
+        replica(SB_DB, SB_TABLES, "ovs-3.5/ovsdb/sb-monitor-initial.json"),
+        replica(NB_DB, NB_TABLES, "ovs-3.5/ovsdb/nb-monitor-initial.json"),
+    )
+}
+
+/// UFIDs seen while the budget is short are queued, their matches captured with one dump;
+/// a flow gone before its turn is re-translated from its captured match, names the ACL
+/// that dropped it and says it was explained after expiry.
+#[test]
+fn queued_flows_are_explained_after_they_expire() {
+    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let ovs = Vswitchd::new(Expired {
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let mut cache = ExplainCache::new(
+        Backend::Live {
+            ovs,
+            ovn: fixture_replicas(),
+        },
+        4.0,
+    );
+    cache.settle = Duration::ZERO;
+    let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
+    let vip: Uuid = "3adc8747-c077-47b6-a171-37601f35e511".parse().unwrap();
+    let never_captured = Uuid(0x1234 << 96 | 1);
+    for u in [drop9999, vip, never_captured, drop9999] {
+        cache.seen(u);
+    }
+    assert_eq!(cache.queued(), 3, "seen twice, queued once");
+    assert_eq!(cache.stats.queued, 3);
+    assert!(matches!(cache.peek(&drop9999), LookupRef::Pending));
+    cache.pump();
+    assert_eq!(
+        calls
+            .borrow()
+            .iter()
+            .filter(|m| *m == "dpctl/dump-flows")
+            .count(),
+        1,
+        "{:?}",
+        calls.borrow()
+    );
+    assert_eq!(cache.stats.captured, 2, "the two queued flows in the dump");
+    let LookupRef::Explained(e) = cache.peek(&drop9999) else {
+        panic!("{:?}", cache.peek(&drop9999))
+    };
+    let c = &e.summary.drop_culprit;
+    assert_eq!(
+        (c.kind, c.name.as_str()),
+        (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
+        "{c:?}"
+    );
+    assert!(
+        e.summary
+            .rules_error
+            .as_deref()
+            .is_some_and(|r| r.contains("captured at first sight")),
+        "{:?}",
+        e.summary.rules_error
+    );
+    assert_eq!(cache.stats.after_expiry, 1);
+    // The budget ran out: the rest waits in order, asked for nothing more.
+    let asked = calls.borrow().len();
+    cache.pump();
+    assert_eq!(calls.borrow().len(), asked, "no budget, no request");
+    assert_eq!(cache.queued(), 2);
+    // A second later there is budget again: the VIP flow (captured) is explained, the
+    // one never captured fails with the reason.
+    std::thread::sleep(Duration::from_millis(1100));
+    cache.pump();
+    std::thread::sleep(Duration::from_millis(600));
+    cache.pump();
+    assert_eq!(cache.queued(), 0);
+    assert!(matches!(cache.peek(&vip), LookupRef::Explained(_)));
+    match cache.peek(&never_captured) {
+        LookupRef::Failed { error, .. } => {
+            assert!(error.contains("not a current datapath flow"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.stats.after_expiry, 2);
+    assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
+}
+
+/// A queued UFID waits until its flow's xlate cache can exist (`settle`), then is
+/// explained by the pump without anyone looking it up.
+#[test]
+fn queued_flows_settle_before_they_are_asked_for() {
+    let (mut cache, calls) = busy_cache(100.0);
+    cache.settle = Duration::from_millis(200);
+    let u = Uuid(0xfeed << 96 | 2);
+    cache.seen(u);
+    let asked = calls.get();
+    cache.pump();
+    assert_eq!(calls.get(), asked, "too young to ask");
+    assert!(matches!(cache.peek(&u), LookupRef::Pending));
+    std::thread::sleep(Duration::from_millis(250));
+    cache.pump();
+    assert!(matches!(cache.peek(&u), LookupRef::Explained(_)));
+    assert_eq!(cache.queued(), 0);
+}
+
+/// Explanations are kept after their flows have gone, up to the bound; beyond it the
+/// oldest go first, counted, and are explained again when seen again.
+#[test]
+fn explanations_are_bounded_and_evictions_counted() {
+    let (mut cache, _calls) = busy_cache(1000.0);
+    cache.max_explained = 3;
+    cache.settle = Duration::ZERO;
+    let u = |n: u128| Uuid(n << 64 | 1);
+    for n in 1..=5 {
+        assert!(matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
+    }
+    assert_eq!(cache.explained().count(), 3);
+    assert_eq!(cache.stats.evicted, 2);
+    assert!(matches!(cache.peek(&u(1)), LookupRef::Pending));
+    assert!(matches!(cache.peek(&u(5)), LookupRef::Explained(_)));
+    cache.seen(u(1));
+    assert_eq!(
+        cache.queued(),
+        1,
+        "an evicted UFID seen again is queued again"
+    );
+    cache.pump();
+    assert!(matches!(cache.peek(&u(1)), LookupRef::Explained(_)));
+    assert_eq!(cache.explained().count(), 3);
+}
+
+/// The full chain is kept for recordings only; the summary either way.
+#[test]
+fn full_chain_only_when_kept() {
+    for keep in [true, false] {
+        let (mut cache, _calls) = busy_cache(100.0);
+        cache.keep_full = keep;
+        let u = Uuid(0xfeed << 96 | 1);
+        let LookupRef::Explained(e) = cache.lookup(u) else {
+            panic!("not explained")
+        };
+        assert_eq!(e.summary.ufid, u);
+        assert_eq!(e.summary.actions, "3");
+        assert_eq!(e.full.is_object(), keep, "{keep}");
+    }
+}
+
+/// Flow churn: a new UFID on every lookup, as fast as the loop goes. The requests sent to
+/// ovs-vswitchd stay within the configured rate (plus one burst), the rest is deferred.
+#[test]
+fn request_rate_stays_bounded_under_churn() {
+    let per_sec = 50.0;
+    let (mut cache, calls) = busy_cache(per_sec);
+    let start = Instant::now();
+    let mut n = 0u128;
+    while start.elapsed() < Duration::from_millis(1000) {
+        n += 1;
+        cache.get(Uuid(n << 64 | 1));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let sent = cache.stats.ovs_requests as f64;
+    assert!(
+        sent <= per_sec * secs + per_sec + 3.0,
+        "{sent} requests in {secs:.2}s at {per_sec}/s"
+    );
+    assert!(sent >= per_sec * secs * 0.5, "the budget is used: {sent}");
+    assert_eq!(
+        cache.stats.ovs_requests + 1,
+        calls.get(),
+        "every request counted (+ list-commands)"
+    );
+    assert!(cache.stats.deferred > 0 && cache.stats.explained > 10);
+    assert!(cache.stats.resolve_max_us > 0);
+    // An explained UFID is served from the cache without asking again.
+    let before = calls.get();
+    let first = Uuid(1 << 64 | 1);
+    assert!(matches!(cache.get(first), Lookup::Explained(_)));
+    assert_eq!(calls.get(), before);
+}

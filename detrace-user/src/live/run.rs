@@ -1,0 +1,150 @@
+//! The live run: the kernel's event stream and counters through the pipeline into a sink,
+//! until the duration is over, Ctrl-C or SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use detrace_common::FlowStats;
+
+use super::{
+    pipeline::{FlowsAt, Pipeline, Sink},
+    source::{EventSource, LossReport, Tracer},
+};
+use crate::{FastMap, ovs::unixctl::Appctl, uuid::Uuid};
+
+/// Per-UFID stats from the tracer, keyed by UFID.
+pub fn flow_map<T: Tracer>(t: &T) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
+    Ok(t.flow_stats()?
+        .into_iter()
+        .map(|(w, s)| (Uuid::from_words(w), s))
+        .collect())
+}
+
+/// Resolves when the run should stop: the duration is over, Ctrl-C, or SIGTERM.
+pub async fn stop_signal(deadline: Option<Instant>) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = until => {}
+    }
+}
+
+/// When a run stops and reports.
+pub struct RunOptions {
+    pub deadline: Option<Instant>,
+    /// The sink gets the kernel's per-flow counters this often (and always at the end).
+    pub report_every: Option<Duration>,
+}
+
+/// Gives the sink the kernel's counters, their flows explained first as it needs.
+fn report<T: Tracer, A: Appctl>(
+    tracer: &T,
+    pipe: &mut Pipeline<A>,
+    sink: &mut impl Sink<A>,
+    last: bool,
+) -> anyhow::Result<LossReport> {
+    let flows = flow_map(tracer)?;
+    pipe.explain_flows(sink.needs(), &flows);
+    let loss = LossReport::from_counters(&tracer.counters()?);
+    let at = FlowsAt {
+        flows: &flows,
+        kernel: Some(&loss),
+        last,
+    };
+    sink.flows(&pipe.view(), &at)?;
+    Ok(loss)
+}
+
+/// Every 500 ms: packets whose end never came are closed, the explanation queue pumped (the
+/// kernel's flows read for it once a second), lost events said.
+fn tick<T: Tracer, A: Appctl>(
+    tracer: &T,
+    pipe: &mut Pipeline<A>,
+    sink: &mut impl Sink<A>,
+    scan: bool,
+    last_lost: &mut u64,
+) -> anyhow::Result<()> {
+    pipe.expire(sink)?;
+    let needs = sink.needs();
+    let flows = if scan && needs.drops {
+        Some(flow_map(tracer)?)
+    } else {
+        None
+    };
+    pipe.tick(needs, flows.as_ref());
+    sink.flush()?;
+    let loss = LossReport::from_counters(&tracer.counters()?);
+    if loss.get(detrace_common::Counter::EventsLost) > *last_lost {
+        eprintln!(
+            "detrace: {} events lost so far (ring buffer full)",
+            loss.get(detrace_common::Counter::EventsLost)
+        );
+        *last_lost = loss.get(detrace_common::Counter::EventsLost);
+    }
+    Ok(())
+}
+
+/// Runs the pipeline on the kernel's events and counters until stopped; the sink gets every
+/// packet, the counters every `report_every` and at the end, then the run's summary.
+pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
+    tracer: &T,
+    source: &mut S,
+    pipe: &mut Pipeline<A>,
+    sink: &mut impl Sink<A>,
+    opts: RunOptions,
+) -> anyhow::Result<LossReport> {
+    let stop = stop_signal(opts.deadline);
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut reports = opts
+        .report_every
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let next_report = async |r: &mut Option<tokio::time::Interval>| match r {
+        Some(r) => {
+            r.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    };
+    let mut batch = Vec::with_capacity(1024);
+    let (mut last_lost, mut ticks) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            r = source.read_batch(&mut batch) => {
+                r?;
+                pipe.ingest(&batch, sink)?;
+                batch.clear();
+                // What this batch printed goes out now (the output may be buffered).
+                sink.flush()?;
+            }
+            _ = ticker.tick() => {
+                ticks += 1;
+                tick(tracer, pipe, sink, ticks.is_multiple_of(2), &mut last_lost)?;
+            }
+            _ = next_report(&mut reports) => {
+                report(tracer, pipe, sink, false)?;
+            }
+        }
+    }
+    // Close what is open, then the last report.
+    pipe.expire(sink)?;
+    pipe.release_held(sink)?;
+    pipe.tick(sink.needs(), Some(&flow_map(tracer)?));
+    let loss = report(tracer, pipe, sink, true)?;
+    sink.finish(&pipe.end(loss, source.malformed()))?;
+    sink.flush()?;
+    Ok(loss)
+}

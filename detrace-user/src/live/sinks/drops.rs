@@ -1,0 +1,110 @@
+//! `drops`: drops grouped by the object responsible, every interval and at the end.
+
+use std::{collections::HashMap, io::Write};
+
+use detrace_common::FlowStats;
+
+use super::{emit, fmt_err};
+use crate::{
+    FastMap,
+    aggregate::{DropGroup, group_drops},
+    events::{Packet, Verdict, path::PacketTrace},
+    explain::culprit::Culprit,
+    live::{
+        explainer::AFTER_EXPIRY,
+        pipeline::{FlowsAt, Needs, Sink, View},
+        render::{self, Format},
+    },
+    ovs::unixctl::Appctl,
+    uuid::Uuid,
+};
+
+pub struct DropsSink {
+    format: Format,
+    out: Box<dyn Write>,
+    buf: String,
+    /// A dropped packet per last flow.
+    samples: FastMap<Uuid, Packet>,
+}
+
+impl DropsSink {
+    pub fn new(format: Format, out: Box<dyn Write>) -> Self {
+        Self {
+            format,
+            out,
+            buf: String::new(),
+            samples: FastMap::default(),
+        }
+    }
+}
+
+/// Drop groups from per-flow counters, from what `view` knows (see [`View::culprit`]), with
+/// a note for each flow explained after it expired.
+pub fn drop_groups<A: Appctl>(
+    view: &View<'_, A>,
+    flows: &FastMap<Uuid, FlowStats>,
+    samples: &FastMap<Uuid, Packet>,
+) -> Vec<DropGroup> {
+    let culprits: HashMap<Uuid, Culprit> = flows
+        .iter()
+        .filter(|(_, s)| s.drops > 0)
+        .map(|(u, _)| (*u, view.culprit(*u)))
+        .collect();
+    let mut groups = group_drops(
+        flows,
+        |u| {
+            culprits
+                .get(u)
+                .cloned()
+                .unwrap_or_else(|| Culprit::unexplained(*u, ""))
+        },
+        |u| samples.get(u).cloned(),
+    );
+    for g in &mut groups {
+        for u in &g.flows {
+            if let Some(e) = view.cache.cached(u)
+                && let Some(note) = e.summary.rules_error.as_deref()
+                && note.starts_with(AFTER_EXPIRY)
+            {
+                g.notes.push(format!("ufid:{u} {note}"));
+            }
+        }
+    }
+    groups
+}
+
+impl<A: Appctl> Sink<A> for DropsSink {
+    fn needs(&self) -> Needs {
+        Needs {
+            drops: true,
+            ..Needs::default()
+        }
+    }
+
+    fn packet(&mut self, _: &View<'_, A>, t: &PacketTrace) -> std::io::Result<()> {
+        if let (Verdict::Drop { .. }, Some(u)) = (&t.verdict, t.last_ufid()) {
+            self.samples.entry(u).or_insert_with(|| t.packet.clone());
+        }
+        Ok(())
+    }
+
+    fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
+        let groups = drop_groups(view, at.flows, &self.samples);
+        match self.format {
+            Format::Json => {
+                for g in &groups {
+                    writeln!(self.out, "{}", serde_json::to_string(g).unwrap_or_default())?;
+                }
+            }
+            Format::Text => {
+                render::drops::text(&mut self.buf, &groups).map_err(fmt_err)?;
+                emit(&mut self.out, &mut self.buf)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
