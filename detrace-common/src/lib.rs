@@ -433,11 +433,15 @@ const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): repr(C), integer fields and arrays only, explicit padding, every bit
-    // pattern valid.
+    // Each: repr(C), integer fields and arrays only, explicit padding, every bit pattern valid.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketKey {}
 }

@@ -1,6 +1,6 @@
 //! Text rendering of explanations, shaped like the talk's "Connecting the dots" slides.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write};
 
 use super::FlowExplanation;
 use crate::ovn::{NbObject, SbCandidate, resolve::DatapathRef};
@@ -28,21 +28,26 @@ fn field(o: &NbObject, k: &str) -> String {
 
 /// One NB object on one line: the columns an engineer looks for first.
 pub fn nb_line(o: &NbObject) -> String {
-    let mut s = format!("NB {} {} ({})", o.table, o.label(), o.uuid);
+    let mut s = String::new();
+    write_nb_line(&mut s, o).map_or_else(|_| String::new(), |()| s)
+}
+
+fn write_nb_line(s: &mut impl Write, o: &NbObject) -> fmt::Result {
+    write!(s, "NB {} {} ({})", o.table, o.label(), o.uuid)?;
     match o.table {
         "ACL" => {
-            let _ = write!(
+            write!(
                 s,
                 ": {} priority {} match=({}) action={}",
                 field(o, "direction"),
                 field(o, "priority"),
                 field(o, "match"),
                 field(o, "action")
-            );
+            )?;
         }
         "Load_Balancer" => {
             let vips = o.vips_text();
-            let _ = write!(s, ": protocol {} vips {vips}", field(o, "protocol"));
+            write!(s, ": protocol {} vips {vips}", field(o, "protocol"))?;
         }
         // Containers: their name says it all; their member lists are noise here.
         "Logical_Switch" | "Logical_Router" | "Port_Group" => {}
@@ -57,17 +62,17 @@ pub fn nb_line(o: &NbObject) -> String {
                 })
                 .collect();
             if !rest.is_empty() {
-                let _ = write!(s, ": {}", rest.join(" "));
+                write!(s, ": {}", rest.join(" "))?;
             }
         }
     }
     if !o.owners.is_empty() {
-        let _ = write!(s, "  [in {}]", o.owners.join(", "));
+        write!(s, "  [in {}]", o.owners.join(", "))?;
     }
-    s
+    Ok(())
 }
 
-fn sb_line(c: &SbCandidate) -> String {
+fn write_sb_line(s: &mut impl Write, c: &SbCandidate) -> fmt::Result {
     match c {
         SbCandidate::LogicalFlow {
             uuid,
@@ -81,7 +86,8 @@ fn sb_line(c: &SbCandidate) -> String {
             ..
         } => {
             let dps: Vec<String> = datapaths.iter().map(dp_label).collect();
-            format!(
+            write!(
+                s,
                 "SB Logical_Flow {uuid}: {} [{pipeline}] table={table_id} ({stage_name}), priority={priority}, match=({match_}), actions=({actions})",
                 dps.join(", ")
             )
@@ -93,34 +99,39 @@ fn sb_line(c: &SbCandidate) -> String {
             fields,
             ..
         } => {
-            let mut s = format!("SB {table} {uuid}:");
+            write!(s, "SB {table} {uuid}:")?;
             for (k, v) in fields {
                 match v {
                     serde_json::Value::String(t) => {
-                        let _ = write!(s, " {k}={t}");
+                        write!(s, " {k}={t}")?;
                     }
                     other => {
-                        let _ = write!(s, " {k}={other}");
+                        write!(s, " {k}={other}")?;
                     }
                 }
             }
             if let Some(d) = datapath {
-                let _ = write!(s, " on {}", dp_label(d));
+                write!(s, " on {}", dp_label(d))?;
             }
-            s
+            Ok(())
         }
     }
 }
 
+/// A flow's whole chain as text.
 pub fn text(e: &FlowExplanation) -> String {
     let mut s = String::new();
-    let _ = writeln!(
+    write_text(&mut s, e).map_or_else(|_| String::new(), |()| s)
+}
+
+fn write_text(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
+    writeln!(
         s,
         "ufid:{}  {}  packets:{} bytes:{} used:{}",
         e.ufid, e.datapath, e.packets, e.bytes, e.used
-    );
-    let _ = writeln!(s, "  match:   {}", e.match_compact);
-    let _ = writeln!(s, "  actions: {}", e.actions);
+    )?;
+    writeln!(s, "  match:   {}", e.match_compact)?;
+    writeln!(s, "  actions: {}", e.actions)?;
     let how = match e.rules_source {
         Some(crate::ovs::RuleSource::Detrace) => "ofproto/detrace",
         Some(crate::ovs::RuleSource::Trace) => {
@@ -128,22 +139,22 @@ pub fn text(e: &FlowExplanation) -> String {
         }
         None => "none",
     };
-    let _ = writeln!(s, "  OpenFlow rules ({how}):");
+    writeln!(s, "  OpenFlow rules ({how}):")?;
     if let Some(err) = &e.rules_error {
-        let _ = writeln!(s, "    ! {err}");
+        writeln!(s, "    ! {err}")?;
     }
     let mut bridge: Option<&str> = None;
     for r in &e.rules {
         if r.rule.bridge.as_deref() != bridge {
             bridge = r.rule.bridge.as_deref();
-            let _ = writeln!(s, "    bridge {}", bridge.unwrap_or("?"));
+            writeln!(s, "    bridge {}", bridge.unwrap_or("?"))?;
         }
         if r.rule.no_match {
-            let _ = writeln!(s, "    table {}: no match", r.rule.table);
+            writeln!(s, "    table {}: no match", r.rule.table)?;
             continue;
         }
         if let Some(g) = r.rule.group_id {
-            let _ = writeln!(s, "    group {g}: {}", r.rule.actions);
+            writeln!(s, "    group {g}: {}", r.rule.actions)?;
             continue;
         }
         let prio = r
@@ -156,26 +167,30 @@ pub fn text(e: &FlowExplanation) -> String {
         } else {
             format!(" cookie=0x{:x}", r.rule.cookie)
         };
-        let _ = writeln!(
+        writeln!(
             s,
             "    table {}{prio}{cookie} {}",
             r.rule.table, r.rule.match_
-        );
-        let _ = writeln!(s, "      actions={}", r.rule.actions);
+        )?;
+        writeln!(s, "      actions={}", r.rule.actions)?;
         if r.unresolved {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "      ? cookie 0x{:x}: no OVN Southbound row (not OVN's, or deleted since)",
                 r.rule.cookie
-            );
+            )?;
         }
         if r.sb.len() > 1 {
-            let _ = writeln!(s, "      ! cookie collision: {} candidate rows", r.sb.len());
+            writeln!(s, "      ! cookie collision: {} candidate rows", r.sb.len())?;
         }
         for c in &r.sb {
-            let _ = writeln!(s, "      {}", sb_line(c));
+            s.write_str("      ")?;
+            write_sb_line(s, c)?;
+            s.write_char('\n')?;
             for o in c.nb() {
-                let _ = writeln!(s, "        {}", nb_line(o));
+                s.write_str("        ")?;
+                write_nb_line(s, o)?;
+                s.write_char('\n')?;
             }
         }
     }
@@ -185,10 +200,10 @@ pub fn text(e: &FlowExplanation) -> String {
             .iter()
             .map(|o| format!("{} {}", o.table, o.name))
             .collect();
-        let _ = writeln!(s, "  OVN objects: {}", objs.join(", "));
+        writeln!(s, "  OVN objects: {}", objs.join(", "))?;
     }
     if let Some(c) = &e.drop_culprit {
-        let _ = writeln!(s, "  dropped by {}", c.text());
+        writeln!(s, "  dropped by {}", c.text())?;
     }
-    s
+    Ok(())
 }
