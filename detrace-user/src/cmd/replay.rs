@@ -28,7 +28,20 @@ fn read(args: &ReplayArgs) -> anyhow::Result<Recording> {
     let file = std::fs::File::open(&args.file)
         .with_context(|| format!("opening {}", args.file.display()))?;
     let rec = match Recording::read(BufReader::new(file)) {
+        Ok(r) if !r.has_header() => bail!(
+            "{} is not a detrace recording ({}); make one with `detrace record -o FILE`",
+            args.file.display(),
+            if r.malformed_lines == 0 && r.truncated_line.is_none() && r.packets.is_empty() {
+                "it is empty"
+            } else {
+                "it has no header line"
+            }
+        ),
         Ok(r) => r,
+        Err(RecordingError::Read(e)) if e.kind() == std::io::ErrorKind::InvalidData => bail!(
+            "{} is not a detrace recording (not text: {e})",
+            args.file.display()
+        ),
         Err(RecordingError::Version { version }) => bail!(
             "{} is a version {version} recording; this detrace reads up to {}",
             args.file.display(),
@@ -44,6 +57,13 @@ fn read(args: &ReplayArgs) -> anyhow::Result<Recording> {
     }
     if rec.malformed_lines > 0 {
         eprintln!("detrace: {} malformed lines skipped", rec.malformed_lines);
+    }
+    if let Some(n) = rec.truncated_line {
+        eprintln!(
+            "detrace: {}:{n}: the last line is cut off (the recording was interrupted, a full \
+             disk?): replaying what came before it",
+            args.file.display()
+        );
     }
     Ok(rec)
 }

@@ -134,6 +134,9 @@ pub struct Recording {
     /// Lines that were not a record line: (line number, error), the first few.
     pub malformed: Vec<(usize, String)>,
     pub malformed_lines: u64,
+    /// The last line, cut off mid-way (a recording interrupted by a full disk or a crash): its
+    /// line number. Not counted as malformed.
+    pub truncated_line: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,10 +150,15 @@ pub enum RecordingError {
 impl Recording {
     pub fn read(r: impl BufRead) -> Result<Self, RecordingError> {
         let mut rec = Self::default();
+        // A line that ended mid-value: the recording's cut-off end if nothing follows it.
+        let mut cut: Option<(usize, String)> = None;
         for (n, line) in r.lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
+            }
+            if let Some((n, e)) = cut.take() {
+                rec.malformed_line(n, e);
             }
             match serde_json::from_str::<RecordLine>(&line) {
                 Ok(RecordLine::Header {
@@ -171,14 +179,23 @@ impl Recording {
                     rec.flows.insert(ufid, (&stats).into());
                 }
                 Ok(RecordLine::Summary { loss, .. }) => rec.loss = Some(loss),
-                Err(e) => {
-                    rec.malformed_lines += 1;
-                    if rec.malformed.len() < 3 {
-                        rec.malformed.push((n + 1, e.to_string()));
-                    }
-                }
+                Err(e) if e.is_eof() => cut = Some((n + 1, e.to_string())),
+                Err(e) => rec.malformed_line(n + 1, e.to_string()),
             }
         }
+        rec.truncated_line = cut.map(|(n, _)| n);
         Ok(rec)
+    }
+
+    fn malformed_line(&mut self, n: usize, e: String) {
+        self.malformed_lines += 1;
+        if self.malformed.len() < 3 {
+            self.malformed.push((n, e));
+        }
+    }
+
+    /// Whether a header was read: without one, the input is not a recording at all.
+    pub fn has_header(&self) -> bool {
+        self.clock_offset_ns.is_some()
     }
 }

@@ -263,6 +263,32 @@ fn header_with_ports_reads_back() {
     assert_eq!(rec.ports.get(&2).map(String::as_str), Some("client"));
 }
 
+/// A recording cut off mid-line (disk full, crash): the lines before it read back, the cut
+/// line is said apart from malformed lines; nothing at all is not a recording.
+#[test]
+fn truncated_and_empty_recordings() {
+    let h = RecordLine::Header {
+        version: RECORD_VERSION,
+        clock_offset_ns: 7,
+        command: "record".into(),
+        ports: Default::default(),
+    };
+    let header = serde_json::to_string(&h).unwrap();
+    let text = format!("{header}\nnot json\n{}", &header[..header.len() / 2]);
+    let rec = super::record::Recording::read(text.as_bytes()).unwrap();
+    assert!(rec.has_header());
+    assert_eq!(rec.truncated_line, Some(3));
+    assert_eq!(rec.malformed_lines, 1, "{:?}", rec.malformed);
+    // A cut-off line followed by more is malformed, not the end.
+    let text = format!("{}\n{header}\n", &header[..10]);
+    let rec = super::record::Recording::read(text.as_bytes()).unwrap();
+    assert_eq!((rec.truncated_line, rec.malformed_lines), (None, 1));
+    for empty in ["", "\n\n", "hello\n"] {
+        let rec = super::record::Recording::read(empty.as_bytes()).unwrap();
+        assert!(!rec.has_header(), "{empty:?}");
+    }
+}
+
 /// `top`'s one table builder on a recording: an explained flow named by its label and, as it
 /// drops, carrying its culprit; a flow the recording does not explain said so; typed keys.
 fn top_table_of_a_recording(e: &Explained) {
