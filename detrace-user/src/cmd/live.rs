@@ -118,6 +118,7 @@ fn run_live<K: Sink<DaemonCtl>>(
 /// The pipeline of a live command: the explanation cache (the full chain of each
 /// explanation only for a recording), ovs-vswitchd's port names.
 fn pipeline(live: &LiveArgs, keep_full: bool) -> anyhow::Result<Pipeline<DaemonCtl>> {
+    crate::probes::preflight()?;
     let mut cache = explainer(live)?;
     cache.keep_full = keep_full;
     let ports = cache.port_names();
@@ -177,12 +178,23 @@ pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
 }
 
 pub fn record(args: RecordArgs) -> anyhow::Result<()> {
+    crate::probes::preflight()?;
     let f = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let pipe = pipeline(&args.live, true)?;
     let mut sink = RecordSink::new(Box::new(std::io::BufWriter::new(f)));
-    sink.header("record", &pipe.clock, &pipe.ports)?;
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, None)?;
+    // The probes are detached by the time a full disk is reported; what was written replays
+    // (`replay` says where it was cut off).
+    let full = |e: anyhow::Error| match e.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::StorageFull => e.context(format!(
+            "writing {}: the disk is full; the recording so far replays with `detrace replay`",
+            args.output.display()
+        )),
+        _ => e,
+    };
+    sink.header("record", &pipe.clock, &pipe.ports)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    run_live(&args.live, Some(&args.events), pipe, &mut sink, None).map_err(full)?;
     eprintln!("detrace: recorded to {}", args.output.display());
     Ok(())
 }

@@ -27,6 +27,13 @@ mod offsets;
 mod ring;
 
 pub use error::{FentryError, ProbeError};
+
+/// Root and the openvswitch module, checked before anything else is asked (the daemons'
+/// sockets are root's too: without this a live command would fail on them first, with a
+/// message that does not say what is missing).
+pub fn preflight() -> Result<(), ProbeError> {
+    kernel::check_privileges()
+}
 pub use hooks::{AttachedHook, Attachment};
 pub use loader::{EventReader, Filter, ProbeOptions, Probes, ProgramCost};
 pub use maps::sum_stats;

@@ -389,3 +389,79 @@ fn request_rate_stays_bounded_under_churn() {
     assert!(matches!(cache.get(first), Lookup::Explained(_)));
     assert_eq!(calls.get(), before);
 }
+
+/// An ovs-vswitchd with `flows` datapath flows (UFIDs `n << 64 | 1` for n in 1..=flows),
+/// every one of them in each `dpctl/dump-flows`.
+struct Flood {
+    flows: u128,
+    calls: std::rc::Rc<std::cell::Cell<u64>>,
+}
+impl Appctl for Flood {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+        if method != "dpctl/dump-flows" {
+            return Busy {
+                calls: self.calls.clone(),
+            }
+            .call(method, params);
+        }
+        self.calls.set(self.calls.get() + 1);
+        let mut out = String::with_capacity(self.flows as usize * 130);
+        for n in 1..=self.flows {
+            out.push_str(&format!(
+                "ufid:{}, recirc_id(0),in_port(2),eth_type(0x0800),ipv4(frag=no), packets:1, \
+                 bytes:60, used:0.1s, actions:3\n",
+                Uuid(n << 64 | 1)
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// 100k datapath flows at once (a flood of new connections): the queue holds QUEUE_MAX and
+/// counts the rest as not queued; the captured matches are bounded the same way; the requests
+/// sent to ovs-vswitchd stay within --ovs-rate (plus one burst and one capture).
+#[test]
+fn a_hundred_thousand_flows_stay_bounded() {
+    const FLOWS: u128 = 100_000;
+    let per_sec = 20.0;
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ovs = Vswitchd::new(Flood {
+        flows: FLOWS,
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let ovn = OvnReplicas::from_replicas(
+        Replica::new(SB_DB, SB_TABLES),
+        Replica::new(NB_DB, NB_TABLES),
+    );
+    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, per_sec);
+    cache.settle = Duration::ZERO;
+    let start = Instant::now();
+    for n in 1..=FLOWS {
+        cache.seen(Uuid(n << 64 | 1));
+    }
+    assert_eq!(cache.queued(), QUEUE_MAX);
+    assert_eq!(cache.stats.queue_full, FLOWS as u64 - QUEUE_MAX as u64);
+    while start.elapsed() < Duration::from_millis(1500) {
+        cache.pump();
+        assert!(cache.queued() <= QUEUE_MAX);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let sent = cache.stats.ovs_requests as f64;
+    assert!(
+        sent <= per_sec * secs + per_sec + 2.0,
+        "{sent} requests in {secs:.2}s at {per_sec}/s"
+    );
+    assert_eq!(
+        cache.stats.ovs_requests + 1,
+        calls.get(),
+        "every request counted"
+    );
+    assert!(cache.stats.explained > 0, "the budget is used");
+    assert!(cache.stats.captured > 0 && cache.captured.len() <= QUEUE_MAX);
+    assert_eq!(
+        cache.queued() + cache.stats.explained as usize + cache.stats.failed as usize,
+        QUEUE_MAX
+    );
+}
