@@ -59,10 +59,10 @@ mount -t tmpfs -o size=256k tmpfs $T/small || fail "mounting a small tmpfs"
 traffic 25
 start=$(date +%s)
 "$D" record -o $T/small/rec.jsonl --duration 30 >$T/full.out 2>$T/full.err
-rc=$?
+rec_rc=$?
 took=$(( $(date +%s) - start ))
 kill $TRAFFIC 2>/dev/null; wait $TRAFFIC 2>/dev/null; TRAFFIC=
-[ "$rc" != 0 ] || fail "record on a full disk exited 0 after ${took}s: $(tail -3 $T/full.err; ls -l $T/small)"
+[ "$rec_rc" != 0 ] || fail "record on a full disk exited 0 after ${took}s: $(tail -3 $T/full.err; ls -l $T/small)"
 grep -q 'the disk is full' $T/full.err || fail "record on a full disk: $(cat $T/full.err)"
 no_crash $T/full.err "record on a full disk"
 nothing_attached "record on a full disk"
@@ -73,7 +73,7 @@ rc=$?
 no_crash $T/replay.err "replay of the partial recording"
 n=$(wc -l < $T/replay.out)
 [ "$n" -gt 0 ] || fail "replay of the partial recording showed no packet: $(cat $T/replay.err)"
-ok "record on a full disk: rc $rc after ${took}s, '$(grep -o 'writing.*' $T/full.err | head -1)'; the $size bytes replay: $n packets; $(grep -o 'the last line is cut off' $T/replay.err || echo 'ended on a whole line')"
+ok "record on a full disk: rc $rec_rc after ${took}s, '$(grep -o 'writing.*' $T/full.err | head -1)'; the $size bytes replay: $n packets; $(grep -o 'the last line is cut off' $T/replay.err || echo 'ended on a whole line')"
 umount $T/small
 
 # --- not root: the message names the capabilities
