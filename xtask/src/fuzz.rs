@@ -95,7 +95,11 @@ pub fn run_fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
             o.crashes.len()
         );
         for c in &o.crashes {
-            println!("  reproduce: cd fuzz && cargo fuzz run {} {}", o.target, c.display());
+            println!(
+                "  reproduce: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --debug-assertions {} {}",
+                o.target,
+                c.display()
+            );
         }
         runs += o.runs;
         corpus += o.corpus;
@@ -199,7 +203,11 @@ fn seed(root: &Path, target: &str, corpus: &Path) -> anyhow::Result<()> {
     let mut found = Vec::new();
     match target {
         "unixctl_reply" => {
-            fixtures(&fx, &["get-flow", "trace-", "detrace-", "dump-dps", "version"], &mut found);
+            fixtures(
+                &fx,
+                &["get-flow", "trace-", "detrace-", "dump-dps", "version"],
+                &mut found,
+            );
             for p in found.iter().take(40) {
                 let text = fs::read_to_string(p)?;
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
