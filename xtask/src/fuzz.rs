@@ -126,7 +126,6 @@ fn fuzz_one(
     kept: &Path,
     seconds: u64,
 ) -> anyhow::Result<Outcome> {
-    let before: Vec<PathBuf> = files(artifacts);
     let mut cmd = Command::new(bin);
     cmd.arg(format!("-max_total_time={seconds}"))
         .arg("-timeout=10")
@@ -147,19 +146,33 @@ fn fuzz_one(
         .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    let crashes: Vec<PathBuf> = files(artifacts)
-        .into_iter()
-        .filter(|p| !before.contains(p))
+    // libFuzzer names each input it kept for a crash, leak, timeout or OOM (a kept crash that
+    // still crashes is written again under the same name, so the folder alone cannot tell).
+    let crashes: Vec<PathBuf> = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("Test unit written to ")
+                .map(|(_, p)| PathBuf::from(p.trim()))
+        })
         .collect();
     if !out.status.success() {
-        if crashes.is_empty() {
-            // A failure that left no input (a kept crash that still crashes names itself).
-            eprintln!("{log}");
-            bail!("fuzz target {target} failed: {}", out.status);
+        // The panic message and libFuzzer's verdict, not the sanitizer's 40-frame stack.
+        let lines: Vec<&str> = log.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("panicked at") || l.contains("ERROR:") || l.starts_with("SUMMARY:") {
+                eprintln!("{target}: {l}");
+                if l.contains("panicked at")
+                    && let Some(msg) = lines.get(i + 1)
+                {
+                    eprintln!("{target}: {msg}");
+                }
+            }
         }
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        for l in tail.iter().rev() {
-            eprintln!("{l}");
+        if crashes.is_empty() {
+            bail!(
+                "fuzz target {target} failed without naming an input: {}",
+                out.status
+            );
         }
     }
     Ok(Outcome {
