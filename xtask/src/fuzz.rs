@@ -241,16 +241,8 @@ fn seed(root: &Path, target: &str, corpus: &Path) -> anyhow::Result<()> {
                     put(&bytes)?;
                     continue;
                 }
-                // The <table-updates> inside a monitor reply or an update notification.
-                let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                    continue;
-                };
-                for updates in [msg.get("result"), msg.pointer("/params/1")]
-                    .into_iter()
-                    .flatten()
-                    .filter(|v| v.is_object())
-                {
-                    put(updates.to_string().as_bytes())?;
+                for updates in table_updates(&bytes) {
+                    put(updates.as_bytes())?;
                 }
             }
         }
@@ -293,4 +285,18 @@ fn seed(root: &Path, target: &str, corpus: &Path) -> anyhow::Result<()> {
         other => bail!("no seeds for fuzz target {other}"),
     }
     Ok(())
+}
+
+/// The `<table-updates>` inside a monitor reply (`result`) or an `update` notification
+/// (`params[1]`), as JSON text.
+fn table_updates(message: &[u8]) -> Vec<String> {
+    let Ok(msg) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return Vec::new();
+    };
+    [msg.get("result"), msg.pointer("/params/1")]
+        .into_iter()
+        .flatten()
+        .filter(|v| v.is_object())
+        .map(ToString::to_string)
+        .collect()
 }
