@@ -10,6 +10,8 @@ use crate::util::{is_root, run, runs_ok};
 /// Must match rust-toolchain.toml.
 pub const TOOLCHAIN: &str = "1.95.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzz driver of `cargo xtask fuzz` (libFuzzer through libfuzzer-sys).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Debian packages for the host integration tests: real OVS 3.1 / OVN 23.03 (userspace datapath),
 /// netns plumbing, and ovn-detrace (in ovn-common, needs python3-openvswitch) to compare against.
@@ -29,7 +31,8 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
 pub fn all() -> anyhow::Result<()> {
     ensure_apt(HOST_TEST_PACKAGES)?;
     ensure_rust_src()?;
-    ensure_bpf_linker()
+    ensure_bpf_linker()?;
+    ensure_cargo_fuzz()
 }
 
 fn missing_packages(pkgs: &[&str]) -> Vec<String> {
@@ -141,4 +144,22 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         bail!("bpf-linker was installed but does not run: is ~/.cargo/bin on PATH?");
     }
     Ok(())
+}
+
+/// cargo-fuzz, pinned and --locked, into ~/.cargo/bin (kept there between runs, like bpf-linker).
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(" {CARGO_FUZZ_VERSION}"))
+        });
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (~1 min)");
+    run(Command::new("rustup")
+        .args(["run", TOOLCHAIN, "cargo", "install", "--locked"])
+        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")))
 }

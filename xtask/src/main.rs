@@ -3,6 +3,7 @@
 
 mod bench;
 mod deps;
+mod fuzz;
 mod lab;
 mod sizes;
 mod test;
@@ -40,6 +41,9 @@ enum Command {
     /// List the .rs files over 500 lines, the functions over 80 lines and the module import
     /// cycles in detrace-user, detrace-common, detrace-ebpf and xtask (a report, not a gate).
     Sizes(sizes::SizesArgs),
+    /// Run every fuzz target (fuzz/, cargo-fuzz + libFuzzer) for a bounded time, seeded from
+    /// tests/fixtures; one line per target and a total; fails on a crash and names its input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::IntegrationTest(args) => lab::run_integration_test(args),
         Command::Bench(args) => bench::run_bench(args),
         Command::Sizes(args) => sizes::run(args),
+        Command::Fuzz(args) => fuzz::run_fuzz(&args),
     }
 }

@@ -17,6 +17,11 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
         "--lib",
         "--bins",
     ]))?;
+    // The parsers that read outside input, fuzzed for a small budget on every run.
+    crate::fuzz::run_fuzz(&crate::fuzz::FuzzArgs {
+        seconds: crate::fuzz::CI_SECONDS,
+        targets: Vec::new(),
+    })?;
     if unit_only {
         return Ok(());
     }

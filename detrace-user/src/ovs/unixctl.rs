@@ -290,7 +290,9 @@ impl Appctl for DaemonCtl {
     }
 }
 
-fn decode_reply(method: &str, path: &Path, reply: &Value) -> Result<String, UnixctlError> {
+/// Public only for the fuzz target (`fuzz/fuzz_targets/unixctl_reply.rs`).
+#[doc(hidden)]
+pub fn decode_reply(method: &str, path: &Path, reply: &Value) -> Result<String, UnixctlError> {
     match (reply.get("result"), reply.get("error")) {
         (_, Some(err)) if !err.is_null() => Err(UnixctlError::Remote {
             method: method.to_string(),
