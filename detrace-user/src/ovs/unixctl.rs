@@ -230,8 +230,10 @@ impl DaemonCtl {
         self.last_attempt = Some(now);
         let conn = UnixctlClient::connect_target(&self.rundir, &self.target, self.timeout)?;
         if let Some(d) = self.down_since.take() {
+            // The loss is noticed at the first request after it: time from then, not from the
+            // restart itself.
             eprintln!(
-                "detrace: {}: reconnected to {} after {:.1}s",
+                "detrace: {}: reconnected to {} ({:.1}s after the loss was noticed)",
                 self.target,
                 conn.path().display(),
                 d.elapsed().as_secs_f64()
