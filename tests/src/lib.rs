@@ -708,6 +708,31 @@ impl Drop for HostLab {
     }
 }
 
+/// Runs the `detrace` under test against `lab`'s daemons (its environment), stdin closed.
+pub fn run_detrace(lab: &HostLab, args: &[&str]) -> std::process::Output {
+    Command::new(detrace_bin())
+        .args(args)
+        .envs(lab.env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run detrace")
+}
+
+/// `detrace explain --all --format json` on `lab`: one JSON object per flow. Panics (the test
+/// fails) when detrace fails or prints a line that is not JSON.
+pub fn explain_all(lab: &HostLab) -> Vec<serde_json::Value> {
+    let out = run_detrace(lab, &["explain", "--all", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "detrace explain --all failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
 /// Path of the `detrace` binary built by cargo for these tests.
 pub fn detrace_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("DETRACE_BIN") {

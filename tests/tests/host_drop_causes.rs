@@ -8,33 +8,14 @@
 //! Traffic stays between the pods' namespaces and the isolated br-int.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
 use detrace_tests::{
     HostLab, LB_EMPTY_VIP, LB_REJECT_VIP, NO_L2_DST_IP, POLICY_DROP_IP, PORTSEC,
-    PORTSEC_SPOOFED_IP, detrace_bin, host_lab_available,
+    PORTSEC_SPOOFED_IP, explain_all, host_lab_available, run_detrace,
 };
-use serde_json::Value;
-
-fn explain_all(lab: &HostLab) -> Vec<Value> {
-    let out = Command::new(detrace_bin())
-        .args(["explain", "--all", "--format", "json"])
-        .envs(lab.env())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run detrace");
-    assert!(
-        out.status.success(),
-        "detrace explain --all failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
 
 /// Background packet trains, one per cause, killed when dropped.
 struct Trains(Vec<Child>);
@@ -214,11 +195,10 @@ fn explain_names_the_culprit_of_each_drop() {
         ps["drop_culprit"]["detail"],
         format!("port_security \"{PORTSEC}\"")
     );
-    let out = Command::new(detrace_bin())
-        .args(["explain", &format!("ufid:{}", ps["ufid"].as_str().unwrap())])
-        .envs(lab.env())
-        .output()
-        .unwrap();
+    let out = run_detrace(
+        &lab,
+        &["explain", &format!("ufid:{}", ps["ufid"].as_str().unwrap())],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!(

@@ -11,27 +11,11 @@ use std::{
     time::Duration,
 };
 
-use detrace_tests::{ACL_DROP_NAME, DROP_PORT, HostLab, VIP, detrace_bin, host_lab_available};
+use detrace_tests::{
+    ACL_DROP_NAME, DROP_PORT, HostLab, VIP, detrace_bin, explain_all, host_lab_available,
+    run_detrace,
+};
 use serde_json::Value;
-
-fn detrace(lab: &HostLab, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(detrace_bin());
-    c.args(args).envs(lab.env()).stdin(Stdio::null());
-    c.output().expect("run detrace")
-}
-
-fn explain_all(lab: &HostLab) -> Vec<Value> {
-    let out = detrace(lab, &["explain", "--all", "--format", "json"]);
-    assert!(
-        out.status.success(),
-        "detrace explain --all failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
 
 fn objects(flow: &Value) -> Vec<(String, String)> {
     flow["objects"]
@@ -227,7 +211,7 @@ fn explain_names_the_ovn_objects_behind_every_flow() {
 
     // One UFID at a time, in text: the same chain, readable.
     let ufid = drop_flow["ufid"].as_str().unwrap();
-    let out = detrace(&lab, &["explain", &format!("ufid:{ufid}")]);
+    let out = run_detrace(&lab, &["explain", &format!("ufid:{ufid}")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
