@@ -20,6 +20,7 @@ use crate::{
     aggregate::counters::FlowCounters,
     events::{Verdict, drop_reason_name, path::PacketTrace},
     explain::{ObjectName, culprit::Culprit},
+    ovn::platform::PlatformRef,
     uuid::Uuid,
 };
 
@@ -93,6 +94,8 @@ pub fn percentiles(s: &FlowStats) -> Percentiles {
 pub enum RowKey {
     Flow(Uuid),
     Object { table: String, uuid: Uuid },
+    /// A platform object (without its rule: a NetworkPolicy, not each of its rules).
+    Platform(PlatformRef),
 }
 
 impl std::fmt::Display for RowKey {
@@ -100,6 +103,7 @@ impl std::fmt::Display for RowKey {
         match self {
             Self::Flow(u) => write!(f, "ufid:{u}"),
             Self::Object { table, uuid } => write!(f, "{table} {uuid}"),
+            Self::Platform(p) => write!(f, "{} {}", p.platform.label(), p),
         }
     }
 }
@@ -150,6 +154,9 @@ pub struct Row {
     /// Who decided the drops of this flow (flows with drops, once explained).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub culprit: Option<Culprit>,
+    /// The platform object of a platform row, structured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
     #[serde(skip)]
     pub stats: FlowStats,
 }
@@ -173,6 +180,7 @@ fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
         drop_reasons: reasons,
         latency: percentiles(s),
         culprit: None,
+        platform: None,
         stats: *s,
     }
 }
@@ -236,7 +244,47 @@ impl FlowTable {
 
     /// Rows per OVN object: a flow counts for every object it traces back to.
     pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
-        let mut sums: HashMap<ObjectName, (FlowStats, FlowStats)> = HashMap::new();
+        self.grouped_rows(secs, objects, |o| {
+            (
+                RowKey::Object {
+                    table: o.table.clone(),
+                    uuid: o.uuid,
+                },
+                format!("{} {}", o.table, o.name),
+            )
+        })
+    }
+
+    /// Rows per platform object (NetworkPolicy, pod, Service...): a flow counts once for each
+    /// platform object its OVN objects belong to.
+    pub fn platform_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
+        let platforms = |u: &Uuid| {
+            let mut ps: Vec<PlatformRef> = objects(u)
+                .into_iter()
+                .filter_map(|o| o.platform.map(|p| p.object()))
+                .collect();
+            ps.sort();
+            ps.dedup();
+            ps
+        };
+        let mut rows =
+            self.grouped_rows(secs, platforms, |p| (RowKey::Platform(p.clone()), p.to_string()));
+        for r in &mut rows {
+            if let RowKey::Platform(p) = &r.key {
+                r.platform = Some(p.clone());
+            }
+        }
+        rows
+    }
+
+    /// Rows per group: a flow counts for every key `keys` gives it (once per key).
+    fn grouped_rows<K: std::hash::Hash + Eq>(
+        &self,
+        secs: f64,
+        keys: impl Fn(&Uuid) -> Vec<K>,
+        head: impl Fn(&K) -> (RowKey, String),
+    ) -> Vec<Row> {
+        let mut sums: HashMap<K, (FlowStats, FlowStats)> = HashMap::new();
         for (u, c) in &self.flows {
             let s = &c.to_stats();
             let d = self
@@ -244,24 +292,16 @@ impl FlowTable {
                 .get(u)
                 .map(|p| s.saturating_sub(&p.to_stats()))
                 .unwrap_or(*s);
-            for o in objects(u) {
-                let e = sums.entry(o).or_default();
+            for k in keys(u) {
+                let e = sums.entry(k).or_default();
                 e.0.add(s);
                 e.1.add(&d);
             }
         }
         sums.into_iter()
-            .map(|(o, (s, d))| {
-                row(
-                    RowKey::Object {
-                        table: o.table.clone(),
-                        uuid: o.uuid,
-                    },
-                    format!("{} {}", o.table, o.name),
-                    &s,
-                    Some(&d),
-                    secs,
-                )
+            .map(|(k, (s, d))| {
+                let (key, label) = head(&k);
+                row(key, label, &s, Some(&d), secs)
             })
             .collect()
     }
@@ -332,6 +372,7 @@ mod tests {
             nb_table: Some("ACL".into()),
             datapath: None,
             flow_desc: None,
+            platform: None,
         };
         let groups = group_drops(
             &t.stats(),
@@ -357,6 +398,7 @@ mod tests {
                     table: "ACL".into(),
                     uuid: Uuid(9),
                     name: "a".into(),
+                    platform: None,
                 }]
             }
         });
@@ -384,6 +426,7 @@ mod tests {
             nb_table: Some("ACL".into()),
             datapath: None,
             flow_desc: None,
+            platform: None,
         };
         let g = group_drops(&flows, |_| c.clone(), |_| None);
         assert_eq!((g[0].drops, g[0].in_kernel, g[0].after_upcall), (12, 10, 2));

@@ -36,6 +36,9 @@ pub struct TopSink {
 pub struct TopTables {
     pub flows: Vec<Row>,
     pub objects: Vec<Row>,
+    /// Per platform object (NetworkPolicy, pod, Service...): empty where no platform wrote
+    /// the OVN rows.
+    pub platform: Vec<Row>,
 }
 
 impl TopTables {
@@ -78,7 +81,14 @@ impl TopTables {
         let mut objects = table.object_rows(secs, objs);
         sort_rows(&mut objects, sort);
         objects.truncate(limit);
-        Self { flows, objects }
+        let mut platform = table.platform_rows(secs, objs);
+        sort_rows(&mut platform, sort);
+        platform.truncate(limit);
+        Self {
+            flows,
+            objects,
+            platform,
+        }
     }
 }
 
@@ -102,17 +112,17 @@ impl TopSink {
     }
 
     fn render(&mut self, t: &TopTables, secs: f64, at: &FlowsAt<'_>) -> std::io::Result<()> {
-        let (rows, orows) = (&t.flows, &t.objects);
+        let (rows, orows, prows) = (&t.flows, &t.objects, &t.platform);
         match (&self.mode, self.format) {
             (TopMode::Live { .. }, Format::Json) => {
-                let v = serde_json::json!({"interval_s": secs, "flows": rows, "objects": orows, "kernel": at.kernel});
+                let v = serde_json::json!({"interval_s": secs, "flows": rows, "objects": orows, "platform": prows, "kernel": at.kernel});
                 writeln!(self.out, "{v}")?;
             }
             (TopMode::Replay, Format::Json) => {
                 writeln!(
                     self.out,
                     "{}",
-                    serde_json::json!({"flows": rows, "objects": orows})
+                    serde_json::json!({"flows": rows, "objects": orows, "platform": prows})
                 )?;
             }
             (TopMode::Live { tty, .. }, Format::Text) => {
@@ -133,6 +143,10 @@ impl TopSink {
                 writeln!(w).map_err(fmt_err)?;
                 table(w, "OVN objects", orows).map_err(fmt_err)?;
                 writeln!(w).map_err(fmt_err)?;
+                if !prows.is_empty() {
+                    table(w, "platform objects", prows).map_err(fmt_err)?;
+                    writeln!(w).map_err(fmt_err)?;
+                }
                 emit(&mut self.out, &mut self.buf)?;
             }
             (TopMode::Replay, Format::Text) => {
@@ -141,6 +155,10 @@ impl TopSink {
                 table(w, "flows", rows).map_err(fmt_err)?;
                 writeln!(w).map_err(fmt_err)?;
                 table(w, "OVN objects", orows).map_err(fmt_err)?;
+                if !prows.is_empty() {
+                    writeln!(w).map_err(fmt_err)?;
+                    table(w, "platform objects", prows).map_err(fmt_err)?;
+                }
                 emit(&mut self.out, &mut self.buf)?;
             }
         }
