@@ -3,10 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    COUNTER_SLOTS, Config, Counter, FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey,
+    AddrKey, COUNTER_SLOTS, Config, Counter, FILTER_ADDRS_MAX, FLOW_STATS_MAX_ENTRIES, FlowKey,
+    FlowStats, PacketKey,
 };
 
 /// Load-time configuration: struct offsets from BTF, tracepoint offsets, filters, rate limit.
@@ -56,6 +57,11 @@ macro_rules! conf {
     };
 }
 pub(crate) use conf;
+
+/// The addresses of `--pod` / `--namespace` (FILTER_ADDRS), updated by user space as pods
+/// come and go.
+#[map(name = "FILTER_ADDRS")]
+pub static FILTER_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(FILTER_ADDRS_MAX, 0);
 
 /// Per-CPU counters: counting in the kernel costs no event per packet.
 #[map(name = "COUNTERS")]

@@ -69,6 +69,22 @@ pub struct FilterArgs {
     /// Datapath input port number (see `ovs-appctl dpctl/show`).
     #[arg(long)]
     pub in_port: Option<u32>,
+    /// A pod, as NAMESPACE/NAME: packets from or to its addresses (read from its logical
+    /// switch port, kept current while detrace runs). ovn-kubernetes and kube-ovn.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod, conflicts_with = "namespace")]
+    pub pod: Option<(String, String)>,
+    /// Packets from or to any pod of a namespace (its pods as they come and go).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: give the pod as NAMESPACE/NAME")),
+    }
 }
 
 impl FilterArgs {
@@ -81,6 +97,33 @@ impl FilterArgs {
             port: self.port,
             proto: self.proto,
             in_port: self.in_port,
+            // Resolved from the Northbound database once it is read (see `selector`).
+            addrs: None,
+        }
+    }
+
+    /// Whether any filter is given (then only the events tell which packets it picks).
+    pub fn is_set(&self) -> bool {
+        self.src.is_some()
+            || self.dst.is_some()
+            || self.host.is_some()
+            || self.port.is_some()
+            || self.proto.is_some()
+            || self.in_port.is_some()
+            || self.pod.is_some()
+            || self.namespace.is_some()
+    }
+
+    /// The pods to filter on, when --pod or --namespace is given.
+    pub fn selector(&self) -> Option<crate::live::select::Selector> {
+        use crate::live::select::Selector;
+        match (&self.pod, &self.namespace) {
+            (Some((namespace, name)), _) => Some(Selector::Pod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+            (None, Some(ns)) => Some(Selector::Namespace(ns.clone())),
+            (None, None) => None,
         }
     }
 }
@@ -139,6 +182,9 @@ pub struct WatchArgs {
     pub live: LiveArgs,
     #[command(flatten)]
     pub events: EventArgs,
+    /// Only packets that ended this way (e.g. `--verdict drop`).
+    #[arg(long, value_enum)]
+    pub verdict: Option<crate::live::sinks::watch::VerdictFilter>,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod drops;
+pub mod platform;
 pub mod ufid_map;
 
 pub use drops::{DropGroup, group_drops};
@@ -93,7 +94,10 @@ pub fn percentiles(s: &FlowStats) -> Percentiles {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RowKey {
     Flow(Uuid),
-    Object { table: String, uuid: Uuid },
+    Object {
+        table: String,
+        uuid: Uuid,
+    },
     /// A platform object (without its rule: a NetworkPolicy, not each of its rules).
     Platform(PlatformRef),
 }
@@ -161,7 +165,13 @@ pub struct Row {
     pub stats: FlowStats,
 }
 
-fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, secs: f64) -> Row {
+pub(crate) fn row(
+    key: RowKey,
+    label: String,
+    s: &FlowStats,
+    delta: Option<&FlowStats>,
+    secs: f64,
+) -> Row {
     let mut reasons = BTreeMap::new();
     for (i, &n) in s.drop_reasons.iter().enumerate() {
         if n > 0 {
@@ -190,7 +200,7 @@ fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
 #[derive(Default)]
 pub struct FlowTable {
     pub flows: FastMap<Uuid, FlowCounters>,
-    prev: FastMap<Uuid, FlowCounters>,
+    pub(crate) prev: FastMap<Uuid, FlowCounters>,
 }
 
 impl FlowTable {
@@ -255,30 +265,8 @@ impl FlowTable {
         })
     }
 
-    /// Rows per platform object (NetworkPolicy, pod, Service...): a flow counts once for each
-    /// platform object its OVN objects belong to.
-    pub fn platform_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
-        let platforms = |u: &Uuid| {
-            let mut ps: Vec<PlatformRef> = objects(u)
-                .into_iter()
-                .filter_map(|o| o.platform.map(|p| p.object()))
-                .collect();
-            ps.sort();
-            ps.dedup();
-            ps
-        };
-        let mut rows =
-            self.grouped_rows(secs, platforms, |p| (RowKey::Platform(p.clone()), p.to_string()));
-        for r in &mut rows {
-            if let RowKey::Platform(p) = &r.key {
-                r.platform = Some(p.clone());
-            }
-        }
-        rows
-    }
-
     /// Rows per group: a flow counts for every key `keys` gives it (once per key).
-    fn grouped_rows<K: std::hash::Hash + Eq>(
+    pub(crate) fn grouped_rows<K: std::hash::Hash + Eq>(
         &self,
         secs: f64,
         keys: impl Fn(&Uuid) -> Vec<K>,

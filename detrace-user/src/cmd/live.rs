@@ -15,6 +15,7 @@ use crate::{
         kernel::{EventOptions, attach_live},
         pipeline::{Pipeline, Sink},
         run::{RunOptions, run},
+        select::Selection,
         sinks::{
             drops::DropsSink,
             record::RecordSink,
@@ -72,7 +73,7 @@ fn run_live<K: Sink<DaemonCtl>>(
 ) -> anyhow::Result<()> {
     let opts = match events {
         Some(e) => EventOptions {
-            filter: e.filter.to_filter(),
+            filter: select_pods(e, &mut pipe),
             ring_size: e.ring_size,
             rate_limit: e.rate_limit,
         },
@@ -113,6 +114,22 @@ fn run_live<K: Sink<DaemonCtl>>(
         );
     }
     Ok(())
+}
+
+/// The kernel filter of `e`, with the addresses of `--pod` / `--namespace` read from the
+/// Northbound database now (the pipeline keeps them current).
+fn select_pods(e: &EventArgs, pipe: &mut Pipeline<DaemonCtl>) -> crate::probes::loader::Filter {
+    let mut filter = e.filter.to_filter();
+    if let Some(selector) = e.filter.selector()
+        && let Some(nb) = pipe.cache.nb()
+    {
+        let sel = Selection::new(selector, &nb);
+        drop(nb);
+        eprintln!("detrace: {}", sel.describe());
+        filter.addrs = Some(sel.current.clone());
+        pipe.selection = Some(sel);
+    }
+    filter
 }
 
 /// The pipeline of a live command: the explanation cache (the full chain of each
@@ -167,12 +184,20 @@ fn stdout() -> Box<dyn std::io::Write> {
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = WatchSink::new(args.live.format, stdout());
+    sink.verdict = args.verdict;
     run_live(&args.live, Some(&args.events), pipe, &mut sink, None)
 }
 
 pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = DropsSink::new(args.live.format, stdout());
+    // The kernel's per-flow drop counters hold every packet; a filter's are the events'.
+    sink.from_events = args.events.filter.is_set();
+    if sink.from_events {
+        eprintln!(
+            "detrace: filtered: drops counted from the packets' events (lost events are said at the end)"
+        );
+    }
     let every = args.interval.map(Duration::from_secs_f64);
     run_live(&args.live, Some(&args.events), pipe, &mut sink, every)
 }

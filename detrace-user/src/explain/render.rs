@@ -197,6 +197,11 @@ fn write_text(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
             }
         }
     }
+    write_objects(s, e)
+}
+
+/// The NB objects met, their platform objects, and who dropped.
+fn write_objects(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
     if !e.objects.is_empty() {
         let objs: Vec<String> = e
             .objects

@@ -1,6 +1,6 @@
 //! The eBPF probes as the live commands' [`Tracer`] and [`EventSource`].
 
-use std::time::Duration;
+use std::{cell::RefCell, collections::BTreeSet, net::IpAddr, time::Duration};
 
 use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
 
@@ -16,18 +16,22 @@ pub struct EventOptions {
     pub rate_limit: u32,
 }
 
-/// Attached probes; dropping this detaches them.
-pub struct KernelTracer(Probes);
+/// Attached probes; dropping this detaches them. In a cell: the filter's address set is
+/// rewritten while the run loop holds the tracer shared.
+pub struct KernelTracer(RefCell<Probes>);
 
 /// Their ring buffer (idle when per-packet events were not asked for).
 pub struct KernelEvents(Option<EventReader>);
 
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
-        Ok(self.0.flow_stats()?)
+        Ok(self.0.borrow().flow_stats()?)
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
-        Ok(self.0.counters()?)
+        Ok(self.0.borrow().counters()?)
+    }
+    fn set_filter_addrs(&self, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
+        Ok(self.0.borrow_mut().set_filter_addrs(addrs)?)
     }
 }
 
@@ -66,5 +70,5 @@ pub fn attach_live(
         .map(|(f, k)| format!("{f}:{k}"))
         .collect();
     tracing::info!("datapath hooks: {}", kinds.join(" "));
-    Ok((KernelTracer(probes), KernelEvents(reader), t))
+    Ok((KernelTracer(RefCell::new(probes)), KernelEvents(reader), t))
 }

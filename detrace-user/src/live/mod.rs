@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod record;
 pub mod render;
 pub mod run;
+pub mod select;
 pub mod sinks;
 pub mod source;
 

@@ -11,6 +11,7 @@ use detrace_common::{Event, FlowStats};
 use super::{
     clock::{Clock, Ports},
     explainer::{ExplainCache, LookupRef},
+    select::Selection,
     source::LossReport,
 };
 use crate::{
@@ -146,6 +147,8 @@ pub struct Pipeline<A: Appctl> {
     traces: Vec<PacketTrace>,
     /// ovs-vswitchd's generation the port names were read at.
     ovs_generation: u64,
+    /// `--pod` / `--namespace`: the addresses the kernel filters on, kept current.
+    pub selection: Option<Selection>,
 }
 
 impl<A: Appctl> Pipeline<A> {
@@ -159,7 +162,17 @@ impl<A: Appctl> Pipeline<A> {
             decode_errors: 0,
             traces: Vec::new(),
             ovs_generation: 0,
+            selection: None,
         }
+    }
+
+    /// The selected pods' addresses when they changed (pods came or went), said on stderr.
+    pub fn refresh_selection(&mut self) -> Option<std::collections::BTreeSet<std::net::IpAddr>> {
+        let sel = self.selection.as_mut()?;
+        let nb = self.cache.nb()?;
+        let now = sel.refresh(&nb)?.clone();
+        eprintln!("detrace: {}", sel.describe());
+        Some(now)
     }
 
     pub fn view(&self) -> View<'_, A> {

@@ -85,6 +85,9 @@ fn tick<T: Tracer, A: Appctl>(
         None
     };
     pipe.tick(needs, flows.as_ref());
+    if scan && let Some(addrs) = pipe.refresh_selection() {
+        tracer.set_filter_addrs(&addrs)?;
+    }
     sink.flush()?;
     let loss = LossReport::from_counters(&tracer.counters()?);
     if loss.get(detrace_common::Counter::EventsLost) > *last_lost {

@@ -2,10 +2,11 @@
 //! to trace ([`ProbeOptions`], [`Filter`]) and this kernel's struct offsets (BTF and tracefs,
 //! see [`super::offsets`]).
 
-use std::{io, net::IpAddr, path::Path};
+use std::{collections::BTreeSet, io, net::IpAddr, path::Path};
 
 use detrace_common::{
-    Config, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC,
+    Config, FILTER_ADDRS, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO,
+    FILTER_SRC,
 };
 
 use super::{btf::Btf, error::ProbeError, offsets};
@@ -57,6 +58,9 @@ pub struct Filter {
     pub proto: Option<u8>,
     /// Datapath port number of the first pass.
     pub in_port: Option<u32>,
+    /// Either address in this set (kept current with [`super::loader::Probes::set_filter_addrs`]):
+    /// a pod's or a namespace's addresses. An empty set matches nothing.
+    pub addrs: Option<BTreeSet<IpAddr>>,
 }
 
 impl Filter {
@@ -108,6 +112,9 @@ impl Filter {
         if let Some(p) = self.in_port {
             cfg.filter_in_port = p;
             cfg.filter_flags |= FILTER_IN_PORT;
+        }
+        if self.addrs.is_some() {
+            cfg.filter_flags |= FILTER_ADDRS;
         }
         Ok(())
     }

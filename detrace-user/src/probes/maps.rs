@@ -1,11 +1,16 @@
 //! The eBPF maps user space reads: per-UFID aggregates (FLOW_STATS), counters (COUNTERS) and
 //! the event ring buffer (EVENTS), each summed over CPUs where the kernel keeps it per CPU.
 
+use std::{collections::BTreeSet, net::IpAddr};
+
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use detrace_common::{COUNTER_SLOTS, FlowKey, FlowStats, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_STATS};
+use detrace_common::{
+    AddrKey, COUNTER_SLOTS, FILTER_ADDRS_MAX, FlowKey, FlowStats, MAP_COUNTERS, MAP_EVENTS,
+    MAP_FILTER_ADDRS, MAP_FLOW_STATS,
+};
 
 use super::{error::ProbeError, ring::EventReader};
 
@@ -59,4 +64,48 @@ pub fn sum_stats<'a>(per_cpu: impl Iterator<Item = &'a FlowStats>) -> FlowStats 
         t.add(s);
     }
     t
+}
+
+/// An address as the probes' packet keys hold it (IPv4 in the first 4 bytes).
+pub fn addr_key(a: IpAddr) -> AddrKey {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            AddrKey { addr, version: 4 }
+        }
+        IpAddr::V6(v6) => AddrKey {
+            addr: v6.octets(),
+            version: 6,
+        },
+    }
+}
+
+/// Makes the FILTER_ADDRS set `addrs`: removes what left, adds what came.
+pub(super) fn set_filter_addrs(
+    ebpf: &mut Ebpf,
+    addrs: &BTreeSet<IpAddr>,
+) -> Result<(), ProbeError> {
+    if addrs.len() > FILTER_ADDRS_MAX as usize {
+        return Err(ProbeError::Filter {
+            why: format!(
+                "{} addresses selected: at most {FILTER_ADDRS_MAX} can be filtered in the kernel",
+                addrs.len()
+            ),
+        });
+    }
+    let err = map_err(MAP_FILTER_ADDRS);
+    let map = ebpf.map_mut(MAP_FILTER_ADDRS).ok_or(ProbeError::NoMap {
+        name: MAP_FILTER_ADDRS,
+    })?;
+    let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(map).map_err(&err)?;
+    let want: Vec<AddrKey> = addrs.iter().map(|a| addr_key(*a)).collect();
+    let have: Vec<AddrKey> = map.keys().collect::<Result<_, _>>().map_err(&err)?;
+    for k in have.iter().filter(|k| !want.contains(k)) {
+        map.remove(k).map_err(&err)?;
+    }
+    for k in want.iter().filter(|k| !have.contains(k)) {
+        map.insert(k, 1, 0).map_err(&err)?;
+    }
+    Ok(())
 }

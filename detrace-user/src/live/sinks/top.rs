@@ -5,7 +5,7 @@ use std::{io::Write, time::Instant};
 
 use super::{emit, fmt_err};
 use crate::{
-    aggregate::{FlowTable, Row, RowKey, SortKey, sort_rows},
+    aggregate::{FlowTable, Row, RowKey, SortKey, platform::FlowPlace, sort_rows},
     events::path::PacketTrace,
     live::{
         explainer::LookupRef,
@@ -81,7 +81,8 @@ impl TopTables {
         let mut objects = table.object_rows(secs, objs);
         sort_rows(&mut objects, sort);
         objects.truncate(limit);
-        let mut platform = table.platform_rows(secs, objs);
+        let place = |u: &_| view.cache.cached(u).map(|e| FlowPlace::of(&e.summary));
+        let mut platform = table.platform_rows(secs, place);
         sort_rows(&mut platform, sort);
         platform.truncate(limit);
         Self {

@@ -51,7 +51,11 @@ pub enum PlatformKind {
     NodeAccess,
     Multicast,
     Pod,
+    /// The pods a NetworkPolicy peer's selector picks (an address set).
+    PodSelector,
     Service,
+    /// A load balancer of the platform's own (Octavia).
+    LoadBalancer,
     Namespace,
     Node,
     /// A network: a Neutron network, a user-defined network.
@@ -80,7 +84,9 @@ impl PlatformKind {
             Self::NodeAccess => "node access",
             Self::Multicast => "multicast policy",
             Self::Pod => "pod",
+            Self::PodSelector => "pods of selector",
             Self::Service => "Service",
+            Self::LoadBalancer => "load balancer",
             Self::Namespace => "namespace",
             Self::Node => "node",
             Self::Network => "network",
@@ -182,9 +188,9 @@ fn ext<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
 /// a row whose owner is held elsewhere, such as a Neutron ACL's security group, from the rows
 /// holding it). None for rows no known platform wrote.
 pub fn identify(nb: &Replica, table: &str, uuid: Uuid, row: &Row) -> Option<PlatformRef> {
-    ovnk::identify(table, row)
+    ovnk::identify(nb, table, row)
         .or_else(|| neutron::identify(nb, table, uuid, row))
-        .or_else(|| kubeovn::identify(table, row))
+        .or_else(|| kubeovn::identify(nb, table, row))
 }
 
 /// The `@port_group` and `$address_set` names in an ACL or policy match, each with the

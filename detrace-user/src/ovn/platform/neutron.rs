@@ -32,20 +32,25 @@ pub(super) fn identify(nb: &Replica, table: &str, uuid: Uuid, row: &Row) -> Opti
             detail: row.str("external_ip").map(|ip| format!("external ip {ip}")),
             ..r(K::FloatingIp, f)
         }),
+        // Octavia's OVN provider: one row per protocol, named by the Octavia LB id.
         "Load_Balancer" => ext(row, "neutron:vip").map(|vip| PlatformRef {
             detail: Some(format!("vip {vip}")),
-            ..r(K::Other, row.str("name").unwrap_or_default())
+            ..r(K::LoadBalancer, row.str("name").unwrap_or_default())
         }),
         _ => None,
     }
 }
 
-/// A port: its Neutron name (often empty: then its id), with the device owner.
+/// A port: its Neutron name, or its id (the row's name) when it has none (most have none),
+/// with its device owner (`compute:nova`, `network:router_interface`...).
 fn port(row: &Row) -> Option<PlatformRef> {
     let owner = ext(row, "neutron:device_owner");
+    if owner.is_none() && ext(row, "neutron:device_id").is_none() {
+        ext(row, "neutron:port_name")?;
+    }
     let name = ext(row, "neutron:port_name")
-        .or_else(|| owner.and(row.str("name")))
-        .or_else(|| ext(row, "neutron:device_id").and(row.str("name")))?;
+        .or_else(|| row.str("name"))
+        .unwrap_or_default();
     Some(PlatformRef {
         detail: owner.map(str::to_string),
         ..r(K::Port, name)
@@ -64,21 +69,33 @@ fn acl(nb: &Replica, uuid: Uuid, row: &Row) -> Option<PlatformRef> {
         "from-lport" => "egress".to_string(),
         other => other.to_string(),
     });
+    let group = holder.and_then(|pg| ext(pg, "neutron:security_group_id"));
     if let Some(rule) = ext(row, "neutron:security_group_rule_id") {
-        let group = holder.and_then(|pg| {
-            ext(pg, "neutron:security_group_id").or_else(|| pg.str("name"))
-        });
         return Some(PlatformRef {
             direction,
             rule: Some(rule.to_string()),
-            ..r(K::SecurityGroupRule, group.unwrap_or_default())
+            ..r(
+                K::SecurityGroupRule,
+                group
+                    .or_else(|| holder.and_then(|pg| pg.str("name")))
+                    .unwrap_or_default(),
+            )
         });
     }
+    let drops = row.str("action") == Some("drop");
     if holder.and_then(|pg| pg.str("name")) == Some(PG_DROP) {
         return Some(PlatformRef {
             direction,
             ..r(K::SecurityGroupDefaultDrop, PG_DROP)
         });
     }
-    None
+    // Newer Neutron: a logged drop per security group, on the group's own port group.
+    match group {
+        Some(g) if drops => Some(PlatformRef {
+            direction,
+            detail: Some(format!("security group {g}")),
+            ..r(K::SecurityGroupDefaultDrop, g)
+        }),
+        _ => None,
+    }
 }

@@ -4,7 +4,7 @@
 //! `pod=true`; Service load balancers carry `k8s.ovn.org/kind` and `k8s.ovn.org/owner`.
 
 use super::{Platform, PlatformKind as K, PlatformRef, ext};
-use crate::ovsdb::Row;
+use crate::ovsdb::{Replica, Row};
 
 const OWNER_TYPE: &str = "k8s.ovn.org/owner-type";
 const NAME: &str = "k8s.ovn.org/name";
@@ -24,57 +24,70 @@ fn namespaced(kind: K, full: &str) -> PlatformRef {
     }
 }
 
-pub(super) fn identify(table: &str, row: &Row) -> Option<PlatformRef> {
+pub(super) fn identify(nb: &Replica, table: &str, row: &Row) -> Option<PlatformRef> {
     if let Some(owner) = ext(row, OWNER_TYPE) {
-        return Some(owned(table, owner, row));
+        let mut p = owned(table, owner, row);
+        if p.kind == K::DefaultDeny && p.detail.is_none() && table == "ACL" {
+            p.detail = Some(isolating_policies(
+                nb,
+                p.namespace.as_deref().unwrap_or_default(),
+            ));
+        }
+        return Some(p);
     }
     match table {
         "Logical_Switch_Port" => pod(row),
         "Load_Balancer" => service(row),
+        "ACL" => legacy_acl(row),
         _ => None,
     }
 }
 
 /// A row with an owner type: policies' ACLs, port groups and address sets, and the rest.
+/// Owner types and keys: db_object_types.go; the values: gress_policy.go,
+/// base_network_controller_policy.go, egressfirewall.go, admin_network_policy/utils.go.
 fn owned(table: &str, owner: &str, row: &Row) -> PlatformRef {
     let name = ext(row, NAME).unwrap_or_default();
+    let in_ns = |kind: K, n: &str| PlatformRef {
+        namespace: Some(name.to_string()),
+        ..r(kind, n)
+    };
     let mut p = match owner {
+        // `<namespace>:<policy>`
         "NetworkPolicy" => namespaced(K::NetworkPolicy, name),
-        "NetpolNamespace" | "NetpolDefault" => PlatformRef {
-            namespace: Some(name.to_string()),
-            ..r(K::DefaultDeny, "")
-        },
+        // A namespace's isolation once a policy selects its pods: drop, and allow ARP/ND.
+        "NetpolNamespace" => in_ns(K::DefaultDeny, ""),
         "NetpolNode" => r(K::NodeAccess, name),
         "AdminNetworkPolicy" => r(K::AdminNetworkPolicy, name),
         "BaselineAdminNetworkPolicy" => r(K::BaselineAdminNetworkPolicy, name),
-        "EgressFirewall" => PlatformRef {
-            namespace: Some(name.to_string()),
-            ..r(K::EgressFirewall, "default")
-        },
-        "MulticastNamespace" => PlatformRef {
-            namespace: Some(name.to_string()),
-            ..r(K::Multicast, "")
-        },
+        // An EgressFirewall is always named `default`; `k8s.ovn.org/name` is its namespace.
+        "EgressFirewall" => in_ns(K::EgressFirewall, "default"),
+        "MulticastNS" => in_ns(K::Multicast, ""),
         "MulticastCluster" => r(K::Multicast, "cluster"),
         "Namespace" => r(K::Namespace, name),
-        "Service" => namespaced(K::Service, name),
+        // `<namespace>_<selector>`: the pods a policy's peer selector picks.
+        "PodSelector" => r(K::PodSelector, name),
         other => PlatformRef {
             detail: Some(other.to_string()),
             ..r(K::Other, name)
         },
     };
-    if table == "ACL" {
+    if matches!(table, "ACL" | "Port_Group" | "Address_Set") {
         p.direction = ext(row, "direction").map(str::to_lowercase);
+    }
+    if table == "ACL" {
         p.rule = ext(row, "gress-index")
             .or_else(|| ext(row, "rule-index"))
             .map(str::to_string);
+        // One ACL per L4 protocol and per ipBlock of a rule: `None` / `-1` when not split.
         let part: Vec<String> = [
             ("port-policy-protocol", "ports"),
             ("ip-block-index", "ipBlock"),
         ]
         .iter()
-        .filter_map(|(k, what)| ext(row, k).map(|v| format!("{what} {v}")))
-        .filter(|s| !s.ends_with(" -1") && !s.ends_with(" None"))
+        .filter_map(|(k, what)| ext(row, k).map(|v| (what, v)))
+        .filter(|(_, v)| *v != "None" && *v != "-1")
+        .map(|(what, v)| format!("{what} {v}"))
         .collect();
         if !part.is_empty() && p.detail.is_none() {
             p.detail = Some(part.join(", "));
@@ -88,6 +101,28 @@ fn owned(table: &str, owner: &str, row: &Row) -> PlatformRef {
     p
 }
 
+/// ACLs of ovn-kubernetes before its owner-type keys (2023): `namespace`, `policy`,
+/// `policy_type`; default deny with `default-deny-policy-type`.
+fn legacy_acl(row: &Row) -> Option<PlatformRef> {
+    if let (Some(ns), Some(policy)) = (ext(row, "namespace"), ext(row, "policy")) {
+        return Some(PlatformRef {
+            namespace: Some(ns.to_string()),
+            direction: ext(row, "policy_type").map(str::to_lowercase),
+            ..r(K::NetworkPolicy, policy)
+        });
+    }
+    let dir = ext(row, "default-deny-policy-type")?;
+    let ns = row
+        .str("name")
+        .and_then(|n| n.split_once('_'))
+        .map(|(ns, _)| ns.to_string());
+    Some(PlatformRef {
+        namespace: ns,
+        direction: Some(dir.to_lowercase()),
+        ..r(K::DefaultDeny, "")
+    })
+}
+
 /// A pod's port: external_ids `pod=true` and `namespace`, named `<namespace>_<pod>`.
 fn pod(row: &Row) -> Option<PlatformRef> {
     if ext(row, "pod") != Some("true") {
@@ -96,9 +131,7 @@ fn pod(row: &Row) -> Option<PlatformRef> {
     let ns = ext(row, "namespace")?;
     let name = row.str("name")?;
     // UDN ports are `<network>_<namespace>_<pod>`.
-    let pod = name
-        .split_once(&format!("{ns}_"))
-        .map_or(name, |(_, p)| p);
+    let pod = name.split_once(&format!("{ns}_")).map_or(name, |(_, p)| p);
     let mut p = PlatformRef {
         namespace: Some(ns.to_string()),
         ..r(K::Pod, pod)
@@ -120,4 +153,25 @@ fn service(row: &Row) -> Option<PlatformRef> {
         namespace: Some(ns.to_string()).filter(|n| !n.is_empty()),
         ..r(K::Service, name)
     })
+}
+
+/// What a namespace's default deny means: none of its NetworkPolicies allowed the packet
+/// (their port groups carry `k8s.ovn.org/name=<namespace>:<policy>`).
+fn isolating_policies(nb: &Replica, ns: &str) -> String {
+    let prefix = format!("{ns}:");
+    let mut names: Vec<&str> = nb
+        .rows("Port_Group")
+        .filter(|(_, pg)| ext(pg, OWNER_TYPE) == Some("NetworkPolicy"))
+        .filter_map(|(_, pg)| ext(pg, NAME)?.strip_prefix(prefix.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        format!("no NetworkPolicy of {ns} allows it")
+    } else {
+        format!(
+            "not allowed by the NetworkPolicies of {ns}: {}",
+            names.join(", ")
+        )
+    }
 }
