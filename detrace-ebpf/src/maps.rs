@@ -106,6 +106,12 @@ pub struct Inflight {
     /// 1 while the packet is one ovs-vswitchd executed after its upcall and no datapath pass
     /// of it was seen since: `ufid` is then the flow installed for it (probes/upcall.rs).
     pub after_upcall: u32,
+    /// An executed packet not counted yet as a packet of its installed flow: its length (0:
+    /// nothing pending). Counted where the packet is next seen (a pass, an output, its drop),
+    /// in the datapath's softirq/BH context: FLOW_STATS is not touched from the handler
+    /// thread's process context, where a softirq program on the same CPU could find the map's
+    /// bucket busy.
+    pub exec_len: u32,
     /// The packet as its first pass saw it (before NAT): its identity in Drop/Output events.
     pub key: PacketKey,
 }

@@ -429,6 +429,18 @@ impl HostLab {
             "ovn-nbctl",
             &["lsp-add", sw, pod, "--", "lsp-set-addresses", pod, &addr],
         )?;
+        self.attach_pod(pod, pod, mac, ip, Some(gw))
+    }
+
+    /// A pod (netns `dt-<pod>`, IPv6 off) plugged into the existing logical port `iface_id`.
+    pub fn attach_pod(
+        &self,
+        pod: &str,
+        iface_id: &str,
+        mac: &str,
+        ip: &str,
+        gw: Option<&str>,
+    ) -> anyhow::Result<()> {
         let ns = format!("dt-{pod}");
         let veth = format!("dt-v-{pod}");
         sh(&mut cmd("ip", &["netns", "add", &ns]))?;
@@ -438,13 +450,16 @@ impl HostLab {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ],
         ))?;
-        for a in [
+        let mut steps = vec![
             vec!["link", "set", "eth0", "address", mac],
             vec!["addr", "add", ip, "dev", "eth0"],
             vec!["link", "set", "lo", "up"],
             vec!["link", "set", "eth0", "up"],
-            vec!["route", "add", "default", "via", gw],
-        ] {
+        ];
+        if let Some(gw) = gw {
+            steps.push(vec!["route", "add", "default", "via", gw]);
+        }
+        for a in steps {
             let mut c = cmd("ip", &["-n", &ns]);
             c.args(a);
             sh(&mut c)?;
@@ -465,7 +480,7 @@ impl HostLab {
                 "set",
                 "interface",
                 &veth,
-                &format!("external_ids:iface-id={pod}"),
+                &format!("external_ids:iface-id={iface_id}"),
             ],
         )?;
         Ok(())

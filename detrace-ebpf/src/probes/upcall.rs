@@ -19,7 +19,8 @@
 //! entry with that UFID, marked `after_upcall`. From there the usual hooks take over: the drop
 //! (skb:kfree_skb) or output counts against the UFID, marked; a recirculation of the executed
 //! packet (after ct) is a flow hit that continues the entry as an ordinary pass (the mark is
-//! cleared). An execute whose thread installed nothing just before (the flow existed, was
+//! cleared). The executed packet also counts as a packet of the installed flow (the kernel's
+//! per-flow counters never see it). An execute whose thread installed nothing just before (the flow existed, was
 //! modified, or its install failed) takes no UFID: counted (`ExecutesWithoutPut`), not
 //! followed, as before. Both hooks run once per upcall, never per datapath pass.
 //!
@@ -109,6 +110,7 @@ fn execute(skb: u64) -> Result<u32, u32> {
     e.in_port = put.in_port;
     e.recirc_id = put.recirc_id;
     e.after_upcall = 1;
+    e.exec_len = 0;
     e.matched = 0;
     if events_enabled() {
         read_frame_key(skb, &mut e.key)?;
@@ -124,8 +126,13 @@ fn execute(skb: u64) -> Result<u32, u32> {
     }
     // User space joins this continuation to the trip that ended in the upcall (same input
     // port and fields), so that one packet is one trace.
+    let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
+    // The flow's actions run for this packet: it counts as one of the flow's packets (the
+    // kernel's own counters miss it: no lookup, no ovs_flow_stats_update), so that a burst's
+    // first packet, which installed the flow, is not missing from `top`. Counted where it is
+    // next seen (see Inflight::exec_len).
+    e.exec_len = len.max(1);
     if events_enabled() && e.matched != 0 {
-        let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
         emit_end(EventKind::Execute, e, ts, 0, len, 0)?;
     }
     Ok(0)

@@ -216,15 +216,13 @@ impl FlowTable {
 
     /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
     /// One table lookup per pass: the last pass's entry also takes the end. A pass executed
-    /// by ovs-vswitchd after an upcall ran its flow's actions without a lookup: not counted as
-    /// a pass, as in the kernel.
+    /// by ovs-vswitchd after an upcall ran its flow's actions: counted for the flow installed
+    /// for it, as the probes count it live (the kernel's own counters do not).
     pub fn add_trace(&mut self, t: &PacketTrace) {
         let last = t.passes.len().wrapping_sub(1);
         for (i, p) in t.passes.iter().enumerate() {
             let c = self.flows.entry(p.ufid).or_default();
-            if !p.executed {
-                c.add_pass(t.len);
-            }
+            c.add_pass(t.len);
             if i == last {
                 c.record_end(&t.verdict, t.latency_ns, t.after_upcall);
             }
