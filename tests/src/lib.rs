@@ -723,6 +723,18 @@ impl Drop for HostLab {
     }
 }
 
+/// Background traffic (a pod's packet trains), killed when dropped.
+pub struct Trains(pub Vec<Child>);
+
+impl Drop for Trains {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Runs the `detrace` under test against `lab`'s daemons (its environment), stdin closed.
 pub fn run_detrace(lab: &HostLab, args: &[&str]) -> std::process::Output {
     Command::new(detrace_bin())

@@ -14,30 +14,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detrace_tests::{HostLab, explain_all, host_lab_available, run_detrace};
+use detrace_tests::{HostLab, Trains, explain_all, host_lab_available, run_detrace};
 
 /// UDP datagrams from a pod, each from a new socket, 0.2 s apart, until killed.
 fn train(lab: &HostLab, pod: &str, dst: &str, port: u16) -> Child {
     let script = "import socket, sys, time\nwhile True:\n s = socket.socket(socket.AF_INET, \
                   socket.SOCK_DGRAM)\n s.sendto(b'x', (sys.argv[1], int(sys.argv[2]))); \
                   s.close(); time.sleep(0.2)\n";
-    lab.in_pod(pod, &["/usr/bin/python3", "-c", script, dst, &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3")
-}
-
-struct Trains(Vec<Child>);
-
-impl Drop for Trains {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    lab.in_pod(
+        pod,
+        &["/usr/bin/python3", "-c", script, dst, &port.to_string()],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("python3")
 }
 
 /// The flow whose drop culprit's platform object is of `kind`.
@@ -68,12 +60,42 @@ fn explain_names_pods_policies_services_and_security_groups() {
     let (vm1, vm2) = (vm("VM1"), vm("VM2"));
     let gw = Some("10.244.8.1");
     for (pod, port, mac, ip, gw) in [
-        ("pc", "prod_client", "0a:58:0a:f4:08:0a", "10.244.8.10/24", gw),
+        (
+            "pc",
+            "prod_client",
+            "0a:58:0a:f4:08:0a",
+            "10.244.8.10/24",
+            gw,
+        ),
         ("pdb", "prod_db", "0a:58:0a:f4:08:0b", "10.244.8.11/24", gw),
-        ("pw", "prod_web-0", "0a:58:0a:f4:08:0c", "10.244.8.12/24", gw),
-        ("dt", "dev_tester", "0a:58:0a:f4:08:0d", "10.244.8.13/24", gw),
-        ("n1", vm1.as_str(), "fa:16:3e:00:50:11", "10.0.50.11/24", None),
-        ("n2", vm2.as_str(), "fa:16:3e:00:50:12", "10.0.50.12/24", None),
+        (
+            "pw",
+            "prod_web-0",
+            "0a:58:0a:f4:08:0c",
+            "10.244.8.12/24",
+            gw,
+        ),
+        (
+            "dt",
+            "dev_tester",
+            "0a:58:0a:f4:08:0d",
+            "10.244.8.13/24",
+            gw,
+        ),
+        (
+            "n1",
+            vm1.as_str(),
+            "fa:16:3e:00:50:11",
+            "10.0.50.11/24",
+            None,
+        ),
+        (
+            "n2",
+            vm2.as_str(),
+            "fa:16:3e:00:50:12",
+            "10.0.50.12/24",
+            None,
+        ),
     ] {
         lab.attach_pod(pod, port, mac, ip, gw).expect("pod");
     }
@@ -86,7 +108,11 @@ fn explain_names_pods_policies_services_and_security_groups() {
     ]);
     // Flows appear as OVN programs the ports and the trains reach them.
     let deadline = Instant::now() + Duration::from_secs(40);
-    let kinds = ["default_deny", "egress_firewall", "security_group_default_drop"];
+    let kinds = [
+        "default_deny",
+        "egress_firewall",
+        "security_group_default_drop",
+    ];
     let flows = loop {
         std::thread::sleep(Duration::from_secs(2));
         let flows = explain_all(&lab);
@@ -114,8 +140,7 @@ fn explain_names_pods_policies_services_and_security_groups() {
     );
 
     let ef = &dropped_by(&flows, "egress_firewall")
-        .unwrap_or_else(|| panic!("no flow dropped by the EgressFirewall: {culprits:#?}"))
-        ["drop_culprit"];
+        .unwrap_or_else(|| panic!("no flow dropped by the EgressFirewall: {culprits:#?}"))["drop_culprit"];
     assert_eq!(
         (&ef["platform"]["namespace"], &ef["platform"]["rule"]),
         (&"dev".into(), &"0".into()),
@@ -123,8 +148,7 @@ fn explain_names_pods_policies_services_and_security_groups() {
     );
 
     let sg = &dropped_by(&flows, "security_group_default_drop")
-        .unwrap_or_else(|| panic!("no flow dropped by neutron_pg_drop: {culprits:#?}"))
-        ["drop_culprit"];
+        .unwrap_or_else(|| panic!("no flow dropped by neutron_pg_drop: {culprits:#?}"))["drop_culprit"];
     assert_eq!(sg["platform"]["platform"], "neutron", "{sg}");
     assert_eq!(sg["platform"]["direction"], "ingress", "{sg}");
 
@@ -149,14 +173,21 @@ fn explain_names_pods_policies_services_and_security_groups() {
         "pod prod/client",
         "pod prod/web-0",
     ] {
-        assert!(all.iter().any(|p| p == want), "no flow names {want}: {all:?}");
+        assert!(
+            all.iter().any(|p| p == want),
+            "no flow names {want}: {all:?}"
+        );
     }
 
     // Text: the platform object first.
     let ufid = ef_ufid(&flows);
     let out = run_detrace(&lab, &["explain", &ufid]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("dropped by EgressFirewall dev/default (rule 0) -> ACL: ACL EF:dev:0"),
         "{text}"

@@ -126,6 +126,87 @@ fn ends_only(s: &FlowStats, again: bool) -> FlowStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        events::Verdict,
+        ovn::platform::{Platform, PlatformKind},
+    };
+
+    fn p(kind: PlatformKind, name: &str) -> PlatformRef {
+        PlatformRef {
+            platform: Platform::OvnKubernetes,
+            kind,
+            namespace: Some("prod".into()),
+            name: name.into(),
+            direction: None,
+            rule: None,
+            detail: None,
+        }
+    }
+
+    /// 10 packets through the Service's flow (recirc 0 -> 5) then its continuation (recirc 5,
+    /// naming the Service again and the NetworkPolicy that allowed, 3 dropped there); 4 other
+    /// packets through a flow of the pod only.
+    #[test]
+    fn each_packet_counts_once_per_object() {
+        let (a, b, c) = (Uuid(1), Uuid(2), Uuid(3));
+        let mut t = FlowTable::default();
+        let drop = Verdict::Drop {
+            reason: 0x30003,
+            reason_name: "".into(),
+        };
+        for i in 0..10 {
+            t.flows.entry(a).or_default().add_pass(100);
+            let cb = t.flows.entry(b).or_default();
+            cb.add_pass(100);
+            let end = if i < 3 {
+                drop.clone()
+            } else {
+                Verdict::Output { port: 2 }
+            };
+            cb.record_end(&end, 1000, false);
+        }
+        for _ in 0..4 {
+            t.flows.entry(c).or_default().add_pass(60);
+        }
+        let (svc, np, pod) = (
+            p(PlatformKind::Service, "web"),
+            p(PlatformKind::NetworkPolicy, "allow-web"),
+            p(PlatformKind::Pod, "client"),
+        );
+        let places = |u: &Uuid| {
+            Some(match u.0 {
+                1 => FlowPlace {
+                    platforms: vec![svc.clone(), pod.clone()],
+                    recirc_id: 0,
+                    recirc_to: vec![5],
+                },
+                2 => FlowPlace {
+                    platforms: vec![svc.clone(), np.clone()],
+                    recirc_id: 5,
+                    recirc_to: vec![],
+                },
+                _ => FlowPlace {
+                    platforms: vec![pod.clone()],
+                    recirc_id: 0,
+                    recirc_to: vec![],
+                },
+            })
+        };
+        let rows = t.platform_rows(1.0, places);
+        let get = |o: &PlatformRef| {
+            let r = rows
+                .iter()
+                .find(|r| r.platform.as_ref() == Some(o))
+                .unwrap();
+            (r.packets, r.bytes, r.drops)
+        };
+        // The Service: 10 packets once (not 20), the 3 drops of its continuation.
+        assert_eq!(get(&svc), (10, 1000, 3));
+        // The policy is first named after the recirculation: its packets count there.
+        assert_eq!(get(&np), (10, 1000, 3));
+        assert_eq!(get(&pod), (14, 1240, 0));
+        assert_eq!(rows.len(), 3);
+    }
 
     #[test]
     fn recirc_arguments() {
