@@ -46,6 +46,10 @@ pub enum Command {
     Record(RecordArgs),
     /// Print or aggregate a recording, without root or daemons.
     Replay(ReplayArgs),
+    /// The node agent: packets and drops per OVN and platform object (pods, NetworkPolicies,
+    /// Services...), drops by culprit and reason, and detrace's own health, for Prometheus at
+    /// http://LISTEN/metrics (and /healthz). Runs until SIGTERM/Ctrl-C.
+    Serve(ServeArgs),
 }
 
 /// Kernel-side packet filters (all given must match, decided on the packet's first pass).
@@ -210,6 +214,18 @@ pub struct DropsArgs {
     /// Seconds between reports (default: one report at the end).
     #[arg(long)]
     pub interval: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Address and port of the HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:9476")]
+    pub listen: String,
+    /// Seconds between two reads of the kernel's counters (what a scrape sees).
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
         Command::Drops(a) => detrace::cmd::live::drops(a),
         Command::Record(a) => detrace::cmd::live::record(a),
         Command::Replay(a) => detrace::cmd::replay::run(a),
+        Command::Serve(a) => detrace::cmd::serve::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -204,6 +204,12 @@ fn upcall(skb: u64, key: u64, info: u64) -> Result<u32, u32> {
     let cmd: u8 = read(info, conf!(off_upcall_cmd))?;
     let ts = now();
     let mut entry = inflight_get(skb);
+    // An executed packet whose next pass misses too (a recirculation not installed yet).
+    if let Some(e) = entry.as_mut()
+        && ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS
+    {
+        settle_executed(e);
+    }
     if events_enabled() {
         let (recirc_id, in_port) = read_pass(key)?;
         let ev = scratch_event()?;

@@ -43,7 +43,7 @@ pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64, after_upcall:
     s.latency_sum_ns += latency_ns;
 }
 
-fn slot_name(slot: usize) -> String {
+pub(crate) fn slot_name(slot: usize) -> String {
     if slot == DROP_REASON_SLOTS - 1 {
         "other".into()
     } else {

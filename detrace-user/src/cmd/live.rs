@@ -64,7 +64,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Attaches the probes (per-packet events only when asked), says so, and runs the pipeline
 /// into `sink` until stopped; prints the closing lines.
-fn run_live<K: Sink<DaemonCtl>>(
+pub(crate) fn run_live<K: Sink<DaemonCtl>>(
     live: &LiveArgs,
     events: Option<&EventArgs>,
     mut pipe: Pipeline<DaemonCtl>,
@@ -134,7 +134,7 @@ fn select_pods(e: &EventArgs, pipe: &mut Pipeline<DaemonCtl>) -> crate::probes::
 
 /// The pipeline of a live command: the explanation cache (the full chain of each
 /// explanation only for a recording), ovs-vswitchd's port names.
-fn pipeline(live: &LiveArgs, keep_full: bool) -> anyhow::Result<Pipeline<DaemonCtl>> {
+pub(crate) fn pipeline(live: &LiveArgs, keep_full: bool) -> anyhow::Result<Pipeline<DaemonCtl>> {
     crate::probes::preflight()?;
     let mut cache = explainer(live)?;
     cache.keep_full = keep_full;

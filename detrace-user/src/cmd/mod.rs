@@ -4,3 +4,4 @@ pub mod explain;
 pub mod live;
 pub mod probes;
 pub mod replay;
+pub mod serve;

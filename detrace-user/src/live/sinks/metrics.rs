@@ -1,0 +1,489 @@
+//! `serve`: a drop ledger and per-object counters for Prometheus, from the kernel's per-flow
+//! counters, each flow's delta attributed once its explanation is known.
+//!
+//! Labels are objects, never flows or packets: OVN rows (table, uuid, name), platform objects
+//! (platform, kind, namespace, name), and drop culprits with their reason; their number is
+//! bounded by the Northbound database, not by traffic. Counters only grow: a flow's counters are
+//! read as deltas from what was attributed before, and a flow that expired keeps what it gave.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use detrace_common::FlowStats;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    FastMap,
+    aggregate::platform::FlowPlace,
+    events::path::PacketTrace,
+    live::{
+        explainer::LookupRef,
+        pipeline::{FlowsAt, Needs, Sink, View},
+    },
+    ovn::platform::PlatformRef,
+    ovs::unixctl::Appctl,
+    uuid::Uuid,
+};
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    packets: u64,
+    bytes: u64,
+    drops: u64,
+}
+
+impl Totals {
+    fn add(&mut self, d: &FlowStats, packets_too: bool) {
+        if packets_too {
+            self.packets += d.packets;
+            self.bytes += d.bytes;
+        }
+        self.drops += d.drops;
+    }
+}
+
+/// What every report adds to: totals per object since the agent started.
+#[derive(Default)]
+pub struct Ledger {
+    /// Per flow: the cumulative counters already attributed.
+    attributed: FastMap<Uuid, FlowStats>,
+    objects: HashMap<Labels, Totals>,
+    platform: HashMap<Labels, Totals>,
+    /// (culprit and reason labels) -> drops.
+    drops: HashMap<Labels, u64>,
+    /// (platform object, recirculation id) out of a flow naming it: see aggregate::platform.
+    continued: HashSet<(PlatformRef, u32)>,
+    /// Flows whose explanation failed: their counters count as unexplained.
+    pub unexplained_packets: u64,
+}
+
+fn platform_labels(p: &PlatformRef) -> Labels {
+    vec![
+        ("platform".into(), p.platform.label().into()),
+        ("kind".into(), serde_plain(&p.kind)),
+        ("namespace".into(), p.namespace.clone().unwrap_or_default()),
+        ("name".into(), p.name.clone()),
+    ]
+}
+
+/// A unit enum variant as serde names it (`network_policy`).
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Ledger {
+    /// Attributes what each explained flow did since the last report.
+    pub fn update<A: Appctl>(&mut self, view: &View<'_, A>, flows: &FastMap<Uuid, FlowStats>) {
+        for (u, s) in flows {
+            let lookup = view.peek(u);
+            if matches!(lookup, LookupRef::Pending) {
+                // Attributed once known: the kernel's counter keeps the delta meanwhile.
+                continue;
+            }
+            let before = self.attributed.insert(*u, *s).unwrap_or_default();
+            let d = s.saturating_sub(&before);
+            if d.packets == 0 && d.drops == 0 {
+                continue;
+            }
+            if let LookupRef::Explained(e) = lookup {
+                for o in &e.summary.objects {
+                    let key = vec![
+                        ("table".into(), o.table.clone()),
+                        ("uuid".into(), o.uuid.to_string()),
+                        ("name".into(), o.name.clone()),
+                    ];
+                    self.objects.entry(key).or_default().add(&d, true);
+                }
+                let place = FlowPlace::of(&e.summary);
+                for p in &place.platforms {
+                    for to in &place.recirc_to {
+                        self.continued.insert((p.clone(), *to));
+                    }
+                }
+                for p in &place.platforms {
+                    let again = place.recirc_id != 0
+                        && self.continued.contains(&(p.clone(), place.recirc_id));
+                    self.platform
+                        .entry(platform_labels(p))
+                        .or_default()
+                        .add(&d, !again);
+                }
+            } else {
+                self.unexplained_packets += d.packets;
+            }
+            if d.drops > 0 {
+                self.add_drops(view, *u, &d);
+            }
+        }
+        // Expired flows gave what they had: forget them (their UFIDs do not come back).
+        self.attributed.retain(|u, _| flows.contains_key(u));
+    }
+
+    fn add_drops<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, d: &FlowStats) {
+        let c = view.culprit(u);
+        let p = c.platform.as_ref();
+        let base: Labels = vec![
+            ("culprit_kind".into(), serde_plain(&c.kind)),
+            ("culprit".into(), c.name.clone()),
+            ("culprit_id".into(), c.id.clone()),
+            (
+                "platform".into(),
+                p.map(|p| p.platform.label().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "platform_kind".into(),
+                p.map(|p| serde_plain(&p.kind)).unwrap_or_default(),
+            ),
+            (
+                "namespace".into(),
+                p.and_then(|p| p.namespace.clone()).unwrap_or_default(),
+            ),
+            (
+                "platform_name".into(),
+                p.map(|p| p.name.clone()).unwrap_or_default(),
+            ),
+        ];
+        for (slot, n) in d.drop_reasons.iter().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            let mut l = base.clone();
+            l.push(("reason".into(), crate::aggregate::slot_name(slot)));
+            *self.drops.entry(l).or_default() += n;
+        }
+    }
+}
+
+/// detrace's own health, as of the last report.
+#[derive(Default, Clone, Copy)]
+pub struct Health {
+    pub explained: u64,
+    pub after_expiry: u64,
+    pub failed: u64,
+    pub ovs_requests: u64,
+    pub queued: u64,
+    pub evicted: u64,
+    pub events_lost: u64,
+    pub ovs_reconnects: u64,
+}
+
+/// The exposition text of a ledger and the agent's health.
+pub fn render(l: &Ledger, h: &Health) -> String {
+    let mut reg = Registry::with_prefix("detrace");
+    let family = |reg: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, u64)>| {
+        let f = Family::<Labels, Counter>::default();
+        for (labels, v) in rows {
+            f.get_or_create(&labels).inc_by(v);
+        }
+        reg.register(name, help, f);
+    };
+    let totals = |m: &HashMap<Labels, Totals>, pick: fn(&Totals) -> u64| {
+        m.iter()
+            .map(|(k, t)| (k.clone(), pick(t)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut reg,
+        "object_packets",
+        "Packets of the datapath flows that trace back to an OVN Northbound row",
+        totals(&l.objects, |t| t.packets),
+    );
+    family(
+        &mut reg,
+        "object_bytes",
+        "Bytes of the datapath flows that trace back to an OVN Northbound row",
+        totals(&l.objects, |t| t.bytes),
+    );
+    family(
+        &mut reg,
+        "object_drops",
+        "Drops at the datapath flows that trace back to an OVN Northbound row",
+        totals(&l.objects, |t| t.drops),
+    );
+    family(
+        &mut reg,
+        "platform_packets",
+        "Packets per platform object (pod, NetworkPolicy, Service, security group...), each once",
+        totals(&l.platform, |t| t.packets),
+    );
+    family(
+        &mut reg,
+        "platform_bytes",
+        "Bytes per platform object, each packet once",
+        totals(&l.platform, |t| t.bytes),
+    );
+    family(
+        &mut reg,
+        "platform_drops",
+        "Drops at flows naming a platform object",
+        totals(&l.platform, |t| t.drops),
+    );
+    family(
+        &mut reg,
+        "drops",
+        "Dropped packets by the object responsible (the culprit) and the kernel's drop reason",
+        l.drops.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    );
+    let health: [(&str, &str, u64); 8] = [
+        ("explanations", "Flows explained", h.explained),
+        (
+            "explanations_after_expiry",
+            "Flows explained after their flow expired",
+            h.after_expiry,
+        ),
+        (
+            "explanations_failed",
+            "Flows whose explanation failed",
+            h.failed,
+        ),
+        (
+            "ovs_requests",
+            "unixctl requests sent to ovs-vswitchd",
+            h.ovs_requests,
+        ),
+        (
+            "explanations_evicted",
+            "Explanations evicted (bound reached)",
+            h.evicted,
+        ),
+        (
+            "events_lost",
+            "Per-packet events lost (ring buffer full)",
+            h.events_lost,
+        ),
+        (
+            "ovs_reconnects",
+            "Reconnections to ovs-vswitchd after a restart",
+            h.ovs_reconnects,
+        ),
+        (
+            "unexplained_packets",
+            "Packets of flows that could not be explained",
+            l.unexplained_packets,
+        ),
+    ];
+    for (name, help, v) in health {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    }
+    let q = Gauge::<i64>::default();
+    q.set(i64::try_from(h.queued).unwrap_or(i64::MAX));
+    reg.register("explain_queue", "Flows waiting for their explanation", q);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// What the HTTP side serves: the latest exposition and when it was made.
+#[derive(Default)]
+pub struct Published {
+    pub text: String,
+    pub at: Option<Instant>,
+}
+
+/// The agent's sink: a ledger, published every report.
+pub struct MetricsSink {
+    pub ledger: Ledger,
+    pub published: Arc<Mutex<Published>>,
+}
+
+impl<A: Appctl> Sink<A> for MetricsSink {
+    fn needs(&self) -> Needs {
+        Needs {
+            flows: true,
+            ..Needs::default()
+        }
+    }
+
+    fn packet(&mut self, _: &View<'_, A>, _: &PacketTrace) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
+        self.ledger.update(view, at.flows);
+        let ex = &view.cache.stats;
+        let h = Health {
+            explained: ex.explained,
+            after_expiry: ex.after_expiry,
+            failed: ex.failed,
+            ovs_requests: ex.ovs_requests,
+            queued: view.cache.queued() as u64,
+            evicted: ex.evicted,
+            events_lost: at
+                .kernel
+                .map_or(0, |k| k.get(detrace_common::Counter::EventsLost)),
+            ovs_reconnects: view.cache.ovs_generation(),
+        };
+        let text = render(&self.ledger, &h);
+        let mut p = self
+            .published
+            .lock()
+            .map_err(|_| std::io::Error::other("metrics lock poisoned"))?;
+        p.text = text;
+        p.at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use super::*;
+    use crate::{
+        explain::{FlowSummary, ObjectName, culprit::Culprit},
+        live::{
+            clock::{Clock, Ports},
+            explainer::{Backend, ExplainCache, Explained},
+        },
+        ovn::platform::{Platform, PlatformKind},
+    };
+
+    struct NoOvs;
+    impl Appctl for NoOvs {
+        fn call(
+            &mut self,
+            _: &str,
+            _: &[&str],
+        ) -> Result<String, crate::ovs::unixctl::UnixctlError> {
+            unreachable!("a recording asks nothing")
+        }
+    }
+
+    fn pod() -> PlatformRef {
+        PlatformRef {
+            platform: Platform::OvnKubernetes,
+            kind: PlatformKind::Pod,
+            namespace: Some("prod".into()),
+            name: "client".into(),
+            direction: None,
+            rule: None,
+            detail: None,
+        }
+    }
+
+    fn explained(u: Uuid, drop: bool) -> Explained {
+        let mut c = Culprit::unexplained(u, "");
+        if drop {
+            c.kind = crate::explain::culprit::CulpritKind::Acl;
+            c.name = "NP:prod:Ingress".into();
+            c.platform = Some(PlatformRef {
+                kind: PlatformKind::DefaultDeny,
+                name: String::new(),
+                ..pod()
+            });
+        }
+        Explained {
+            summary: FlowSummary {
+                ufid: u,
+                datapath: "system@ovs-system".into(),
+                match_compact: "recirc_id(0)".into(),
+                actions: if drop { "drop" } else { "2" }.into(),
+                label: String::new(),
+                objects: vec![ObjectName {
+                    table: "Logical_Switch_Port".into(),
+                    uuid: Uuid(9),
+                    name: "prod_client".into(),
+                    platform: Some(pod()),
+                }],
+                stages: Vec::new(),
+                drop_culprit: c,
+                details: Vec::new(),
+                rules_error: None,
+            },
+            full: serde_json::Value::Null,
+            summary_json: Default::default(),
+        }
+    }
+
+    fn stats(packets: u64, drops: u64) -> FlowStats {
+        let mut s = FlowStats {
+            packets,
+            bytes: packets * 100,
+            drops,
+            ..FlowStats::default()
+        };
+        s.drop_reasons[0] = drops;
+        s
+    }
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} in\n{text}"))
+    }
+
+    /// Deltas are attributed once a flow is explained, counters only grow, expired flows keep
+    /// what they gave; drops carry their culprit, its platform object and the reason.
+    #[test]
+    fn the_ledger_attributes_each_delta_once() {
+        let (out, drop) = (Uuid(1), Uuid(2));
+        let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
+        cache.insert(explained(out, false));
+        let (clock, ports) = (Clock::new(), Ports::new());
+        let mut l = Ledger::default();
+        let flows = |a: FlowStats, b: FlowStats| -> FastMap<Uuid, FlowStats> {
+            [(out, a), (drop, b)].into_iter().collect()
+        };
+        {
+            let view = View {
+                cache: &cache,
+                clock: &clock,
+                ports: &ports,
+            };
+            // The dropping flow is not explained yet: its 5 packets wait in the kernel counter.
+            l.update(&view, &flows(stats(10, 0), stats(5, 5)));
+        }
+        cache.insert(explained(drop, true));
+        let view = View {
+            cache: &cache,
+            clock: &clock,
+            ports: &ports,
+        };
+        l.update(&view, &flows(stats(12, 0), stats(7, 7)));
+        // The output flow expired: what it gave stays.
+        l.update(&view, &[(drop, stats(8, 8))].into_iter().collect());
+        let text = render(&l, &Health::default());
+        let pod = "{platform=\"ovn-kubernetes\",kind=\"pod\",namespace=\"prod\",name=\"client\"}";
+        assert_eq!(
+            line(&text, &format!("detrace_platform_packets_total{pod}"))
+                .rsplit(' ')
+                .next(),
+            Some("20")
+        );
+        assert_eq!(
+            line(&text, &format!("detrace_platform_drops_total{pod}"))
+                .rsplit(' ')
+                .next(),
+            Some("8")
+        );
+        let d = line(&text, "detrace_drops_total{");
+        assert!(
+            d.contains("culprit_kind=\"acl\"") && d.contains("platform_kind=\"default_deny\""),
+            "{d}"
+        );
+        assert!(
+            d.contains("culprit=\"NP:prod:Ingress\"") && d.ends_with(" 8"),
+            "{d}"
+        );
+        assert!(
+            text.contains("detrace_object_packets_total{table=\"Logical_Switch_Port\""),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
