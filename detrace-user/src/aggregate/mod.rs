@@ -8,7 +8,7 @@ pub mod ufid_map;
 
 pub use drops::{DropGroup, group_drops};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use detrace_common::{
     DROP_REASON_SLOTS, FlowStats, OVS_DROP_REASON_BASE, drop_reason_slot, latency_bucket,
@@ -20,7 +20,7 @@ use crate::{
     FastMap,
     aggregate::counters::FlowCounters,
     events::{Verdict, drop_reason_name, path::PacketTrace},
-    explain::{ObjectName, culprit::Culprit},
+    explain::culprit::Culprit,
     ovn::platform::PlatformRef,
     uuid::Uuid,
 };
@@ -249,48 +249,6 @@ impl FlowTable {
             })
             .collect()
     }
-
-    /// Rows per OVN object: a flow counts for every object it traces back to.
-    pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
-        self.grouped_rows(secs, objects, |o| {
-            (
-                RowKey::Object {
-                    table: o.table.clone(),
-                    uuid: o.uuid,
-                },
-                format!("{} {}", o.table, o.name),
-            )
-        })
-    }
-
-    /// Rows per group: a flow counts for every key `keys` gives it (once per key).
-    pub(crate) fn grouped_rows<K: std::hash::Hash + Eq>(
-        &self,
-        secs: f64,
-        keys: impl Fn(&Uuid) -> Vec<K>,
-        head: impl Fn(&K) -> (RowKey, String),
-    ) -> Vec<Row> {
-        let mut sums: HashMap<K, (FlowStats, FlowStats)> = HashMap::new();
-        for (u, c) in &self.flows {
-            let s = &c.to_stats();
-            let d = self
-                .prev
-                .get(u)
-                .map(|p| s.saturating_sub(&p.to_stats()))
-                .unwrap_or(*s);
-            for k in keys(u) {
-                let e = sums.entry(k).or_default();
-                e.0.add(s);
-                e.1.add(&d);
-            }
-        }
-        sums.into_iter()
-            .map(|(k, (s, d))| {
-                let (key, label) = head(&k);
-                row(key, label, &s, Some(&d), secs)
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -375,18 +333,23 @@ mod tests {
         let r1 = rows.iter().find(|r| r.key == RowKey::Flow(u1)).unwrap();
         assert_eq!(serde_json::to_value(&r1.key).unwrap(), format!("ufid:{u1}"));
         assert_eq!(r1.pps, 5.0);
-        // Objects: both flows belong to one ACL.
+        // Objects: both flows (two first passes) belong to one ACL.
         let orows = t.object_rows(2.0, |u| {
-            if *u == u3 {
-                vec![]
-            } else {
-                vec![ObjectName {
-                    table: "ACL".into(),
-                    uuid: Uuid(9),
-                    name: "a".into(),
-                    platform: None,
-                }]
-            }
+            Some(platform::FlowPlace {
+                objects: if *u == u3 {
+                    vec![]
+                } else {
+                    vec![crate::explain::ObjectName {
+                        table: "ACL".into(),
+                        uuid: Uuid(9),
+                        name: "a".into(),
+                        platform: None,
+                    }]
+                },
+                platforms: Vec::new(),
+                recirc_id: 0,
+                recirc_to: Vec::new(),
+            })
         });
         assert_eq!(orows.len(), 1);
         assert_eq!(orows[0].packets, 50);

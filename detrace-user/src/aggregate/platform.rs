@@ -1,4 +1,5 @@
-//! `top`'s rows per platform object (NetworkPolicy, pod, Service...), each packet counted once.
+//! `top`'s rows per OVN object and per platform object (NetworkPolicy, pod, Service...), each
+//! packet counted once.
 //!
 //! A packet crosses several datapath flows (one per recirculation), and a platform object is
 //! often named by more than one of them (a pod's port at the first pass and again at the last,
@@ -8,15 +9,25 @@
 //! named it (its `recirc_id` is the `recirc(...)` target of such a flow); its drops and
 //! latency, recorded where packets end, always count.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
 
 use detrace_common::FlowStats;
 
 use super::{FlowTable, Row, RowKey, row};
-use crate::{explain::FlowSummary, ovn::platform::PlatformRef, uuid::Uuid};
+use crate::{
+    explain::{FlowSummary, ObjectName},
+    ovn::platform::PlatformRef,
+    uuid::Uuid,
+};
 
 /// What a flow tells about its place in a packet's passes.
 pub struct FlowPlace {
+    /// Its OVN Northbound objects.
+    pub objects: Vec<ObjectName>,
+    /// The platform objects they belong to (each once).
     pub platforms: Vec<PlatformRef>,
     pub recirc_id: u32,
     pub recirc_to: Vec<u32>,
@@ -32,6 +43,7 @@ impl FlowPlace {
         platforms.sort();
         platforms.dedup();
         Self {
+            objects: s.objects.clone(),
             platforms,
             recirc_id: hex_arg(&s.match_compact, "recirc_id(")
                 .first()
@@ -39,6 +51,33 @@ impl FlowPlace {
                 .unwrap_or(0),
             recirc_to: hex_arg(&s.actions, "recirc("),
         }
+    }
+}
+
+/// Counting each packet once per key across its passes: the (key, recirculation id) pairs out
+/// of flows that name the key.
+pub struct Continuations<K>(HashSet<(K, u32)>);
+
+impl<K: Hash + Eq + Clone> Default for Continuations<K> {
+    fn default() -> Self {
+        Self(HashSet::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone> Continuations<K> {
+    /// Remembers where the packets of a flow naming `keys` go next.
+    pub fn learn(&mut self, keys: &[K], place: &FlowPlace) {
+        for k in keys {
+            for to in &place.recirc_to {
+                self.0.insert((k.clone(), *to));
+            }
+        }
+    }
+
+    /// Whether the packets of a flow at `place` were already counted for `key` at an earlier
+    /// pass (then only their ends count here).
+    pub fn again(&self, key: &K, place: &FlowPlace) -> bool {
+        place.recirc_id != 0 && self.0.contains(&(key.clone(), place.recirc_id))
     }
 }
 
@@ -64,57 +103,92 @@ fn hex_arg(text: &str, name: &str) -> Vec<u32> {
 }
 
 impl FlowTable {
-    /// Rows per platform object; `place` gives each flow's platform objects and recirculations
-    /// (None: not explained yet).
+    /// Rows per platform object, each packet once; `place` gives each flow's objects and
+    /// recirculations (None: not explained yet).
     pub fn platform_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
-        let places: HashMap<Uuid, FlowPlace> = self
-            .flows
-            .keys()
-            .filter_map(|u| place(u).map(|p| (*u, p)))
-            .collect();
-        // (object, recirc id) for every recirculation out of a flow naming the object.
-        let mut continued: HashSet<(&PlatformRef, u32)> = HashSet::new();
-        for p in places.values() {
-            for o in &p.platforms {
-                for to in &p.recirc_to {
-                    continued.insert((o, *to));
-                }
+        let mut rows = self.once_rows(
+            secs,
+            &place,
+            |p| p.platforms.clone(),
+            |o| (RowKey::Platform(o.clone()), o.to_string()),
+        );
+        for r in &mut rows {
+            if let RowKey::Platform(p) = &r.key {
+                r.platform = Some(p.clone());
             }
         }
-        let mut sums: HashMap<&PlatformRef, (FlowStats, FlowStats)> = HashMap::new();
+        rows
+    }
+
+    /// Rows per OVN object, each packet once.
+    pub fn object_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
+        self.once_rows(
+            secs,
+            &place,
+            |p| p.objects.clone(),
+            |o| {
+                (
+                    RowKey::Object {
+                        table: o.table.clone(),
+                        uuid: o.uuid,
+                    },
+                    format!("{} {}", o.table, o.name),
+                )
+            },
+        )
+    }
+
+    /// Rows per key, a flow's packets counting for a key unless an earlier pass of theirs
+    /// named it already.
+    fn once_rows<K: Hash + Eq + Clone>(
+        &self,
+        secs: f64,
+        place: &impl Fn(&Uuid) -> Option<FlowPlace>,
+        keys: impl Fn(&FlowPlace) -> Vec<K>,
+        head: impl Fn(&K) -> (RowKey, String),
+    ) -> Vec<Row> {
+        let places: HashMap<Uuid, (FlowPlace, Vec<K>)> = self
+            .flows
+            .keys()
+            .filter_map(|u| {
+                let p = place(u)?;
+                let k = keys(&p);
+                Some((*u, (p, k)))
+            })
+            .collect();
+        let mut cont = Continuations::default();
+        for (p, k) in places.values() {
+            cont.learn(k, p);
+        }
+        let mut sums: HashMap<&K, (FlowStats, FlowStats)> = HashMap::new();
         for (u, c) in &self.flows {
-            let Some(p) = places.get(u) else { continue };
+            let Some((p, ks)) = places.get(u) else {
+                continue;
+            };
             let s = c.to_stats();
             let d = self
                 .prev
                 .get(u)
                 .map(|q| s.saturating_sub(&q.to_stats()))
                 .unwrap_or(s);
-            for o in &p.platforms {
-                let again = p.recirc_id != 0 && continued.contains(&(o, p.recirc_id));
-                let e = sums.entry(o).or_default();
+            for k in ks {
+                let again = cont.again(k, p);
+                let e = sums.entry(k).or_default();
                 e.0.add(&ends_only(&s, again));
                 e.1.add(&ends_only(&d, again));
             }
         }
         sums.into_iter()
-            .map(|(o, (s, d))| {
-                let mut r = row(
-                    RowKey::Platform(o.clone()),
-                    o.to_string(),
-                    &s,
-                    Some(&d),
-                    secs,
-                );
-                r.platform = Some(o.clone());
-                r
+            .map(|(k, (s, d))| {
+                let (key, label) = head(k);
+                row(key, label, &s, Some(&d), secs)
             })
             .collect()
     }
 }
 
 /// `s` as it counts for an object its packets already counted for: their ends only.
-fn ends_only(s: &FlowStats, again: bool) -> FlowStats {
+pub fn ends_only(s: &FlowStats, again: bool) -> FlowStats {
     let mut s = *s;
     if again {
         s.packets = 0;
@@ -176,16 +250,19 @@ mod tests {
         let places = |u: &Uuid| {
             Some(match u.0 {
                 1 => FlowPlace {
+                    objects: Vec::new(),
                     platforms: vec![svc.clone(), pod.clone()],
                     recirc_id: 0,
                     recirc_to: vec![5],
                 },
                 2 => FlowPlace {
+                    objects: Vec::new(),
                     platforms: vec![svc.clone(), np.clone()],
                     recirc_id: 5,
                     recirc_to: vec![],
                 },
                 _ => FlowPlace {
+                    objects: Vec::new(),
                     platforms: vec![pod.clone()],
                     recirc_id: 0,
                     recirc_to: vec![],

@@ -7,7 +7,7 @@
 //! read as deltas from what was attributed before, and a flow that expired keeps what it gave.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -21,8 +21,9 @@ use prometheus_client::{
 
 use crate::{
     FastMap,
-    aggregate::platform::FlowPlace,
+    aggregate::platform::{Continuations, FlowPlace},
     events::path::PacketTrace,
+    explain::ObjectName,
     live::{
         explainer::LookupRef,
         pipeline::{FlowsAt, Needs, Sink, View},
@@ -60,10 +61,19 @@ pub struct Ledger {
     platform: HashMap<Labels, Totals>,
     /// (culprit and reason labels) -> drops.
     drops: HashMap<Labels, u64>,
-    /// (platform object, recirculation id) out of a flow naming it: see aggregate::platform.
-    continued: HashSet<(PlatformRef, u32)>,
+    /// Where the packets of flows naming an object go next: each packet counts once per
+    /// object (see aggregate::platform).
+    continued: Continuations<Labels>,
     /// Flows whose explanation failed: their counters count as unexplained.
     pub unexplained_packets: u64,
+}
+
+fn object_labels(o: &ObjectName) -> Labels {
+    vec![
+        ("table".into(), o.table.clone()),
+        ("uuid".into(), o.uuid.to_string()),
+        ("name".into(), o.name.clone()),
+    ]
 }
 
 fn platform_labels(p: &PlatformRef) -> Labels {
@@ -98,27 +108,19 @@ impl Ledger {
                 continue;
             }
             if let LookupRef::Explained(e) = lookup {
-                for o in &e.summary.objects {
-                    let key = vec![
-                        ("table".into(), o.table.clone()),
-                        ("uuid".into(), o.uuid.to_string()),
-                        ("name".into(), o.name.clone()),
-                    ];
-                    self.objects.entry(key).or_default().add(&d, true);
-                }
                 let place = FlowPlace::of(&e.summary);
-                for p in &place.platforms {
-                    for to in &place.recirc_to {
-                        self.continued.insert((p.clone(), *to));
+                let objects: Vec<Labels> = place.objects.iter().map(object_labels).collect();
+                let platforms: Vec<Labels> = place.platforms.iter().map(platform_labels).collect();
+                self.continued.learn(&objects, &place);
+                self.continued.learn(&platforms, &place);
+                for (keys, totals) in [
+                    (objects, &mut self.objects),
+                    (platforms, &mut self.platform),
+                ] {
+                    for k in keys {
+                        let again = self.continued.again(&k, &place);
+                        totals.entry(k).or_default().add(&d, !again);
                     }
-                }
-                for p in &place.platforms {
-                    let again = place.recirc_id != 0
-                        && self.continued.contains(&(p.clone(), place.recirc_id));
-                    self.platform
-                        .entry(platform_labels(p))
-                        .or_default()
-                        .add(&d, !again);
                 }
             } else {
                 self.unexplained_packets += d.packets;
@@ -132,7 +134,12 @@ impl Ledger {
     }
 
     fn add_drops<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, d: &FlowStats) {
-        let c = view.culprit(u);
+        let mut c = view.culprit(u);
+        if c.kind == crate::explain::culprit::CulpritKind::Unexplained {
+            // Its id and name are the flow's UFID: one series per flow, which labels must not be.
+            c.id = String::new();
+            c.name = "(unexplained)".into();
+        }
         let p = c.platform.as_ref();
         let base: Labels = vec![
             ("culprit_kind".into(), serde_plain(&c.kind)),
@@ -198,19 +205,19 @@ pub fn render(l: &Ledger, h: &Health) -> String {
     family(
         &mut reg,
         "object_packets",
-        "Packets of the datapath flows that trace back to an OVN Northbound row",
+        "Packets through an OVN Northbound row (its datapath flows), each packet once",
         totals(&l.objects, |t| t.packets),
     );
     family(
         &mut reg,
         "object_bytes",
-        "Bytes of the datapath flows that trace back to an OVN Northbound row",
+        "Bytes through an OVN Northbound row, each packet once",
         totals(&l.objects, |t| t.bytes),
     );
     family(
         &mut reg,
         "object_drops",
-        "Drops at the datapath flows that trace back to an OVN Northbound row",
+        "Drops at datapath flows naming an OVN Northbound row",
         totals(&l.objects, |t| t.drops),
     );
     family(
@@ -237,6 +244,15 @@ pub fn render(l: &Ledger, h: &Health) -> String {
         "Dropped packets by the object responsible (the culprit) and the kernel's drop reason",
         l.drops.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     );
+    register_health(&mut reg, l, h);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// detrace's own health: counters of the explain stage and the event path.
+fn register_health(reg: &mut Registry, l: &Ledger, h: &Health) {
     let health: [(&str, &str, u64); 8] = [
         ("explanations", "Flows explained", h.explained),
         (
@@ -283,10 +299,6 @@ pub fn render(l: &Ledger, h: &Health) -> String {
     let q = Gauge::<i64>::default();
     q.set(i64::try_from(h.queued).unwrap_or(i64::MAX));
     reg.register("explain_queue", "Flows waiting for their explanation", q);
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, &reg);
-    out
 }
 
 /// What the HTTP side serves: the latest exposition and when it was made.

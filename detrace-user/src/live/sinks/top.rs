@@ -72,16 +72,10 @@ impl TopTables {
         }
         sort_rows(&mut flows, sort);
         flows.truncate(limit);
-        let objs = |u: &_| {
-            view.cache
-                .cached(u)
-                .map(|e| e.summary.objects.clone())
-                .unwrap_or_default()
-        };
-        let mut objects = table.object_rows(secs, objs);
+        let place = |u: &_| view.cache.cached(u).map(|e| FlowPlace::of(&e.summary));
+        let mut objects = table.object_rows(secs, place);
         sort_rows(&mut objects, sort);
         objects.truncate(limit);
-        let place = |u: &_| view.cache.cached(u).map(|e| FlowPlace::of(&e.summary));
         let mut platform = table.platform_rows(secs, place);
         sort_rows(&mut platform, sort);
         platform.truncate(limit);
