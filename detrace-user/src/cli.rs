@@ -321,7 +321,7 @@ pub struct ConnArgs {
     #[arg(long, env = "OVS_RUNDIR", default_value = crate::ovs::unixctl::DEFAULT_OVS_RUNDIR)]
     pub ovs_rundir: PathBuf,
     /// OVN's run directory, for the default database sockets.
-    #[arg(long, env = "OVN_RUNDIR", default_value = "/var/run/ovn")]
+    #[arg(long, env = "OVN_RUNDIR", default_value = crate::paths::OVN_RUNDIR)]
     pub ovn_rundir: PathBuf,
     /// Southbound database: unix:PATH or tcp:HOST:PORT, comma-separated for a cluster
     /// [default: unix:$OVN_RUNDIR/ovnsb_db.sock].

@@ -13,6 +13,7 @@ pub mod live;
 pub mod ovn;
 pub mod ovs;
 pub mod ovsdb;
+pub mod paths;
 pub mod probes;
 pub mod uuid;
 

@@ -11,8 +11,7 @@ use detrace_common::{
 
 use super::{btf::Btf, error::ProbeError, offsets};
 
-const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-const BTF_OPENVSWITCH: &str = "/sys/kernel/btf/openvswitch";
+use crate::paths::{BTF_OPENVSWITCH, BTF_VMLINUX};
 
 /// What to trace and how.
 #[derive(Clone, Debug)]

@@ -75,16 +75,16 @@ kill -0 $P 2>/dev/null || fail "serve exited: $(cat $T/s.err)"
 python3 - $T/metrics <<'PY' || fail "metrics: $(grep -E 'serve|reconnect' $T/metrics | head -20); $(tail -3 $T/s.err)"
 import re, sys
 text = open(sys.argv[1]).read()
-def value(name, **labels):
+def value(metric, **labels):
     rows = []
     for line in text.splitlines():
         m = re.match(r'(\w+)\{(.*)\} (\S+)$', line) or re.match(r'(\w+)() (\S+)$', line)
-        if not m or m.group(1) != name:
+        if not m or m.group(1) != metric:
             continue
         got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)))
         if all(got.get(k) == v for k, v in labels.items()):
             rows.append(float(m.group(3)))
-    assert len(rows) == 1, f"{name}{labels}: {len(rows)} series"
+    assert len(rows) == 1, f"{metric}{labels}: {len(rows)} series"
     return rows[0]
 assert text.rstrip().endswith("# EOF"), "not an OpenMetrics exposition"
 checks = [
