@@ -41,10 +41,8 @@ pub fn build_static() -> anyhow::Result<PathBuf> {
     ]))?;
     let bin = root.join("target").join(MUSL).join("release/detrace");
     // Static: no program interpreter to load it.
-    let file = Command::new("file").arg(&bin).output().context("file(1)")?;
-    let what = String::from_utf8_lossy(&file.stdout);
-    if !what.contains("statically linked") && !what.contains("static-pie linked") {
-        bail!("{} is not static: {what}", bin.display());
+    if let Some(interp) = elf_interpreter(&std::fs::read(&bin)?) {
+        bail!("{} is not static: it needs {interp}", bin.display());
     }
     let version = Command::new(&bin).arg("--version").output()?;
     if !version.status.success() {
@@ -64,13 +62,51 @@ pub fn build_static() -> anyhow::Result<PathBuf> {
         );
     }
     eprintln!(
-        "xtask: {} ({}): {} replays {packets} packets of {RECORDING}",
+        "xtask: {} ({}, static): replays {packets} packets of {RECORDING}",
         bin.display(),
         String::from_utf8_lossy(&version.stdout).trim(),
-        what.split(',')
-            .find(|w| w.contains("linked"))
-            .unwrap_or_default()
-            .trim()
     );
     Ok(bin)
+}
+
+/// The program interpreter (PT_INTERP) an ELF64 little-endian executable asks for, if any.
+fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 8]| u64::from_le_bytes(b) as usize)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum).find_map(|i| {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? != 3 {
+            return None;
+        }
+        let (off, size) = (u64_at(ph + 8)?, u64_at(ph + 32)?);
+        let path = elf.get(off..off + size)?;
+        Some(
+            String::from_utf8_lossy(path)
+                .trim_end_matches('\0')
+                .to_string(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter() {
+        let sh = std::fs::read("/bin/sh").expect("/bin/sh");
+        let interp = super::elf_interpreter(&sh).expect("/bin/sh is dynamic");
+        assert!(interp.contains("ld-linux"), "{interp}");
+        assert_eq!(super::elf_interpreter(b"not an ELF"), None);
+    }
 }
