@@ -12,10 +12,10 @@ use std::{
     time::Instant,
 };
 
-use detrace_common::FlowStats;
+use detrace_common::{FlowStats, LATENCY_BUCKETS};
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -40,6 +40,9 @@ struct Totals {
     packets: u64,
     bytes: u64,
     drops: u64,
+    /// Datapath latency of the packets that ended at these flows (log2 buckets, ns).
+    latency: [u64; LATENCY_BUCKETS],
+    latency_sum_ns: u64,
 }
 
 impl Totals {
@@ -49,6 +52,43 @@ impl Totals {
             self.bytes += d.bytes;
         }
         self.drops += d.drops;
+        for (t, n) in self.latency.iter_mut().zip(d.latency) {
+            *t += n;
+        }
+        self.latency_sum_ns += d.latency_sum_ns;
+    }
+}
+
+/// A histogram already bucketed (the kernel's log2 buckets), for the exposition.
+#[derive(Clone, Debug, Default)]
+struct Log2Histogram(Arc<Mutex<([u64; LATENCY_BUCKETS], u64)>>);
+
+impl TypedMetric for Log2Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Log2Histogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (counts, sum_ns) = *self.0.lock().map_err(|_| std::fmt::Error)?;
+        // Bucket i holds [2^i, 2^(i+1)) ns; the last one everything above.
+        let buckets: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let le = if i + 1 == LATENCY_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    (1u64 << (i + 1)) as f64 / 1e9
+                };
+                (le, *n)
+            })
+            .collect();
+        let count = counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -238,6 +278,21 @@ pub fn render(l: &Ledger, h: &Health) -> String {
         "Drops at flows naming a platform object",
         totals(&l.platform, |t| t.drops),
     );
+    let latency = Family::<Labels, Log2Histogram>::default();
+    for (k, t) in l
+        .platform
+        .iter()
+        .filter(|(_, t)| t.latency.iter().any(|n| *n > 0))
+    {
+        if let Ok(mut h) = latency.get_or_create(k).0.lock() {
+            *h = (t.latency, t.latency_sum_ns);
+        }
+    }
+    reg.register(
+        "platform_latency_seconds",
+        "Datapath latency of packets that ended at flows naming a platform object",
+        latency,
+    );
     family(
         &mut reg,
         "drops",
@@ -353,149 +408,4 @@ impl<A: Appctl> Sink<A> for MetricsSink {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
-mod tests {
-    use super::*;
-    use crate::{
-        explain::{FlowSummary, ObjectName, culprit::Culprit},
-        live::{
-            clock::{Clock, Ports},
-            explainer::{Backend, ExplainCache, Explained},
-        },
-        ovn::platform::{Platform, PlatformKind},
-    };
-
-    struct NoOvs;
-    impl Appctl for NoOvs {
-        fn call(
-            &mut self,
-            _: &str,
-            _: &[&str],
-        ) -> Result<String, crate::ovs::unixctl::UnixctlError> {
-            unreachable!("a recording asks nothing")
-        }
-    }
-
-    fn pod() -> PlatformRef {
-        PlatformRef {
-            platform: Platform::OvnKubernetes,
-            kind: PlatformKind::Pod,
-            namespace: Some("prod".into()),
-            name: "client".into(),
-            direction: None,
-            rule: None,
-            detail: None,
-        }
-    }
-
-    fn explained(u: Uuid, drop: bool) -> Explained {
-        let mut c = Culprit::unexplained(u, "");
-        if drop {
-            c.kind = crate::explain::culprit::CulpritKind::Acl;
-            c.name = "NP:prod:Ingress".into();
-            c.platform = Some(PlatformRef {
-                kind: PlatformKind::DefaultDeny,
-                name: String::new(),
-                ..pod()
-            });
-        }
-        Explained {
-            summary: FlowSummary {
-                ufid: u,
-                datapath: "system@ovs-system".into(),
-                match_compact: "recirc_id(0)".into(),
-                actions: if drop { "drop" } else { "2" }.into(),
-                label: String::new(),
-                objects: vec![ObjectName {
-                    table: "Logical_Switch_Port".into(),
-                    uuid: Uuid(9),
-                    name: "prod_client".into(),
-                    platform: Some(pod()),
-                }],
-                stages: Vec::new(),
-                drop_culprit: c,
-                details: Vec::new(),
-                rules_error: None,
-            },
-            full: serde_json::Value::Null,
-            summary_json: Default::default(),
-        }
-    }
-
-    fn stats(packets: u64, drops: u64) -> FlowStats {
-        let mut s = FlowStats {
-            packets,
-            bytes: packets * 100,
-            drops,
-            ..FlowStats::default()
-        };
-        s.drop_reasons[0] = drops;
-        s
-    }
-
-    fn line<'a>(text: &'a str, start: &str) -> &'a str {
-        text.lines()
-            .find(|l| l.starts_with(start))
-            .unwrap_or_else(|| panic!("no {start} in\n{text}"))
-    }
-
-    /// Deltas are attributed once a flow is explained, counters only grow, expired flows keep
-    /// what they gave; drops carry their culprit, its platform object and the reason.
-    #[test]
-    fn the_ledger_attributes_each_delta_once() {
-        let (out, drop) = (Uuid(1), Uuid(2));
-        let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
-        cache.insert(explained(out, false));
-        let (clock, ports) = (Clock::new(), Ports::new());
-        let mut l = Ledger::default();
-        let flows = |a: FlowStats, b: FlowStats| -> FastMap<Uuid, FlowStats> {
-            [(out, a), (drop, b)].into_iter().collect()
-        };
-        {
-            let view = View {
-                cache: &cache,
-                clock: &clock,
-                ports: &ports,
-            };
-            // The dropping flow is not explained yet: its 5 packets wait in the kernel counter.
-            l.update(&view, &flows(stats(10, 0), stats(5, 5)));
-        }
-        cache.insert(explained(drop, true));
-        let view = View {
-            cache: &cache,
-            clock: &clock,
-            ports: &ports,
-        };
-        l.update(&view, &flows(stats(12, 0), stats(7, 7)));
-        // The output flow expired: what it gave stays.
-        l.update(&view, &[(drop, stats(8, 8))].into_iter().collect());
-        let text = render(&l, &Health::default());
-        let pod = "{platform=\"ovn-kubernetes\",kind=\"pod\",namespace=\"prod\",name=\"client\"}";
-        assert_eq!(
-            line(&text, &format!("detrace_platform_packets_total{pod}"))
-                .rsplit(' ')
-                .next(),
-            Some("20")
-        );
-        assert_eq!(
-            line(&text, &format!("detrace_platform_drops_total{pod}"))
-                .rsplit(' ')
-                .next(),
-            Some("8")
-        );
-        let d = line(&text, "detrace_drops_total{");
-        assert!(
-            d.contains("culprit_kind=\"acl\"") && d.contains("platform_kind=\"default_deny\""),
-            "{d}"
-        );
-        assert!(
-            d.contains("culprit=\"NP:prod:Ingress\"") && d.ends_with(" 8"),
-            "{d}"
-        );
-        assert!(
-            text.contains("detrace_object_packets_total{table=\"Logical_Switch_Port\""),
-            "{text}"
-        );
-        assert!(text.ends_with("# EOF\n"), "{text}");
-    }
-}
+mod tests;
