@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    AddrKey, COUNTER_SLOTS, Config, Counter, FILTER_ADDRS_MAX, FLOW_STATS_MAX_ENTRIES, FlowKey,
-    FlowStats, PacketKey,
+    AddrKey, COUNTER_SLOTS, Config, Counter, ExecStats, FILTER_ADDRS_MAX, FLOW_STATS_MAX_ENTRIES,
+    FlowKey, FlowStats, PacketKey,
 };
 
 /// Load-time configuration: struct offsets from BTF, tracepoint offsets, filters, rate limit.
@@ -78,6 +78,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub static FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats> =
     PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// Packets executed by ovs-vswitchd with a flow's actions after the upcall that installed it,
+/// per UFID and CPU. Touched only by the execute hook (process context, once per upcall) and
+/// preallocated (16 bytes an entry per CPU): no allocation can fail there and no softirq
+/// program contends for its buckets, unlike FLOW_STATS's.
+#[map(name = "EXEC_STATS")]
+pub static EXEC_STATS: PerCpuHashMap<FlowKey, ExecStats> =
+    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, 0);
+
 /// An all-zero FlowStats to insert from: a FlowStats does not fit on the 512-byte BPF stack
 /// next to everything else.
 #[map(name = "ZERO_STATS")]
@@ -106,12 +114,6 @@ pub struct Inflight {
     /// 1 while the packet is one ovs-vswitchd executed after its upcall and no datapath pass
     /// of it was seen since: `ufid` is then the flow installed for it (probes/upcall.rs).
     pub after_upcall: u32,
-    /// An executed packet not counted yet as a packet of its installed flow: its length (0:
-    /// nothing pending). Counted where the packet is next seen (a pass, an output, its drop),
-    /// in the datapath's softirq/BH context: FLOW_STATS is not touched from the handler
-    /// thread's process context, where a softirq program on the same CPU could find the map's
-    /// bucket busy.
-    pub exec_len: u32,
     /// The packet as its first pass saw it (before NAT): its identity in Drop/Output events.
     pub key: PacketKey,
 }

@@ -25,7 +25,7 @@ use detrace_common::{Counter, EventKind, PacketKey};
 
 use super::packet::{
     copy_inflight, count_hit, cpu, emit, events_enabled, matches, now, read, read_key, read_pass,
-    read_skb_key, scratch_event, settle_executed, upcall_flags,
+    read_skb_key, scratch_event, upcall_flags,
 };
 use crate::maps::{
     CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, bump, conf, inflight_claim, inflight_get,
@@ -108,7 +108,6 @@ struct Pass {
 /// clone): the entry moves on to this pass.
 #[inline(always)]
 fn continue_pass(e: &mut Inflight, ufid: [u32; 4], recirc_id: u32, ts: u64) -> Pass {
-    settle_executed(e);
     e.last_ts = ts;
     e.recirc_id = recirc_id;
     e.ufid = ufid;
@@ -151,8 +150,6 @@ fn track_pass(
             if let Some(p) = inflight_get(parent) {
                 if ts.wrapping_sub(p.last_ts) < INFLIGHT_MAX_AGE_NS {
                     // Copied first: the clone's slot may be the parent's own.
-                    // An executed packet's pass counts once: for the parent, now.
-                    settle_executed(p);
                     let p = copy_inflight(p)?;
                     let e = inflight_claim(skb, ts).ok_or(0u32)?;
                     *e = *p;
@@ -171,7 +168,6 @@ fn track_pass(
     e.in_port = in_port;
     e.recirc_id = recirc_id;
     e.after_upcall = 0;
-    e.exec_len = 0;
     let events = events_enabled();
     if events {
         // Decided once, on the first pass: later passes may see NAT-rewritten addresses.
@@ -204,12 +200,6 @@ fn upcall(skb: u64, key: u64, info: u64) -> Result<u32, u32> {
     let cmd: u8 = read(info, conf!(off_upcall_cmd))?;
     let ts = now();
     let mut entry = inflight_get(skb);
-    // An executed packet whose next pass misses too (a recirculation not installed yet).
-    if let Some(e) = entry.as_mut()
-        && ts.wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS
-    {
-        settle_executed(e);
-    }
     if events_enabled() {
         let (recirc_id, in_port) = read_pass(key)?;
         let ev = scratch_event()?;

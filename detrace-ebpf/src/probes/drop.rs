@@ -6,9 +6,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{
-    End, count_end, emit_end, events_enabled, has_ufid, now, read, settle_executed,
-};
+use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
 use crate::maps::{INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
 /// SKB_CONSUMED (include/net/dropreason-core.h): not a drop (6.12 routes it to
@@ -36,10 +34,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     // The slot is free from now on; its other fields stay readable in this run.
     e.skb = 0;
-    if now().wrapping_sub(e.last_ts) < INFLIGHT_MAX_AGE_NS {
-        // Whether dropped or consumed, the flow's actions ran for it.
-        settle_executed(e);
-    }
     let e = &*e;
     // SAFETY: as above.
     let reason: u32 = unsafe { ctx.read_at(off_reason) }.map_err(|_| {

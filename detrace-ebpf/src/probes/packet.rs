@@ -430,18 +430,6 @@ pub fn count_hit(ufid: &[u32; 4], len: u32) {
     }
 }
 
-/// An executed packet's pass, counted for its installed flow once it is seen again (see
-/// [`crate::maps::Inflight::exec_len`]).
-#[inline(always)]
-pub fn settle_executed(e: &mut crate::maps::Inflight) {
-    if e.exec_len != 0 {
-        if has_ufid(&e.ufid) {
-            count_hit(&e.ufid, e.exec_len);
-        }
-        e.exec_len = 0;
-    }
-}
-
 /// How the packet ended after its last flow hit.
 pub enum End {
     Output,

@@ -2,9 +2,7 @@
 
 use detrace_common::{Counter, EventKind};
 
-use super::packet::{
-    End, count_end, emit_end, events_enabled, has_ufid, now, read, settle_executed,
-};
+use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
 use crate::maps::{CURRENT, INFLIGHT_MAX_AGE_NS, bump, conf, inflight_get};
 
 hook! {
@@ -31,13 +29,12 @@ fn vport_send(vport: u64, skb: u64) -> Result<u32, u32> {
         // The slot is free from now on; its other fields stay readable in this run.
         e.skb = 0;
     }
+    let e = &*e;
     let ts = now();
     if ts.wrapping_sub(e.last_ts) >= INFLIGHT_MAX_AGE_NS {
         // A stale entry of a packet that left unseen.
         return Ok(0);
     }
-    settle_executed(e);
-    let e = &*e;
     let latency = ts.wrapping_sub(e.first_ts);
     if has_ufid(&e.ufid) {
         count_end(&e.ufid, End::Output, latency);

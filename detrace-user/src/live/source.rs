@@ -94,7 +94,7 @@ impl LossReport {
         }
         if self.get(Counter::FlowStatsFull) > 0 {
             s.push_str(&format!(
-                "; {} flow updates not counted (flow table full)",
+                "; {} flow updates not counted (per-flow map full or out of memory)",
                 self.get(Counter::FlowStatsFull)
             ));
         }

@@ -8,8 +8,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    AddrKey, COUNTER_SLOTS, FILTER_ADDRS_MAX, FlowKey, FlowStats, MAP_COUNTERS, MAP_EVENTS,
-    MAP_FILTER_ADDRS, MAP_FLOW_STATS,
+    AddrKey, COUNTER_SLOTS, ExecStats, FILTER_ADDRS_MAX, FlowKey, FlowStats, MAP_COUNTERS,
+    MAP_EVENTS, MAP_EXEC_STATS, MAP_FILTER_ADDRS, MAP_FLOW_STATS,
 };
 
 use super::{error::ProbeError, ring::EventReader};
@@ -31,7 +31,37 @@ pub(super) fn flow_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], FlowStats)>, Prob
         let (key, per_cpu) = item.map_err(&err)?;
         out.push((key.ufid, sum_stats(per_cpu.iter())));
     }
+    add_executed(ebpf, &mut out)?;
     Ok(out)
+}
+
+/// Adds to each flow the packets ovs-vswitchd executed with its actions after an upcall
+/// (EXEC_STATS): its packets are all it acted on, not only its kernel hits.
+fn add_executed(ebpf: &Ebpf, out: &mut Vec<([u32; 4], FlowStats)>) -> Result<(), ProbeError> {
+    let err = map_err(MAP_EXEC_STATS);
+    let map = ebpf.map(MAP_EXEC_STATS).ok_or(ProbeError::NoMap {
+        name: MAP_EXEC_STATS,
+    })?;
+    let map: PerCpuHashMap<&MapData, FlowKey, ExecStats> =
+        PerCpuHashMap::try_from(map).map_err(&err)?;
+    let index: std::collections::HashMap<[u32; 4], usize> =
+        out.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
+    for item in map.iter() {
+        let (key, per_cpu) = item.map_err(&err)?;
+        let (packets, bytes) = per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes));
+        let s = match index.get(&key.ufid) {
+            Some(&i) => &mut out[i].1,
+            None => {
+                out.push((key.ufid, FlowStats::default()));
+                &mut out.last_mut().expect("just pushed").1
+            }
+        };
+        s.packets += packets;
+        s.bytes += bytes;
+    }
+    Ok(())
 }
 
 /// `Counter` values, summed over CPUs, indexed by `Counter as usize`.

@@ -184,6 +184,7 @@ grep -q '18 drops  EgressFirewall dev/default (rule 0) -> ACL EF:dev:0' $T/dn.ou
 grep -q -- '--namespace dev: 10.244.8.13 10.244.8.14' $T/wn.err \
   || FAILED="${FAILED:+$FAILED; }watch did not say the new pod's address: $(cat $T/wn.err)"
 [ -z "$FAILED" ] && ok "text output puts the platform object first; the filter followed the new pod"
+if grep -h 'not counted' $T/*.err; then FAILED="${FAILED:+$FAILED; }flow updates were not counted"; fi
 echo "--- drops --namespace dev:"; cat $T/dn.out
 echo "--- watch --namespace dev stderr:"; cat $T/wn.err
 [ -z "$FAILED" ] || fail "$FAILED"

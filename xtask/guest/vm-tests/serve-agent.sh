@@ -72,7 +72,7 @@ scrape /metrics >$T/metrics
 scrape /nope | grep -q 'HTTP 404' || fail "/nope was not a 404"
 kill -0 $P 2>/dev/null || fail "serve exited: $(cat $T/s.err)"
 
-python3 - $T/metrics <<'PY' || fail "metrics: $(grep -E 'serve|reconnect' $T/metrics | head -20); $(tail -3 $T/s.err)"
+python3 - $T/metrics <<'PY' || fail "metrics: $(grep -vE '^#|object_(bytes|drops)' $T/metrics); $(cat $T/s.err); flows: $(ovs-appctl dpctl/dump-flows | grep -E '10.244.1.61|dst=5100')"
 import re, sys
 text = open(sys.argv[1]).read()
 def value(metric, **labels):

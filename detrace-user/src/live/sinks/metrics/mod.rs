@@ -106,7 +106,12 @@ pub struct Ledger {
     continued: Continuations<Labels>,
     /// Flows whose explanation failed: their counters count as unexplained.
     pub unexplained_packets: u64,
+    /// Since when a flow's explanation has been failing (it is retried meanwhile).
+    failing_since: FastMap<Uuid, Instant>,
 }
+
+/// How long a flow's explanation may keep failing before its packets count as unexplained.
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn object_labels(o: &ObjectName) -> Labels {
     vec![
@@ -142,6 +147,16 @@ impl Ledger {
                 // Attributed once known: the kernel's counter keeps the delta meanwhile.
                 continue;
             }
+            if matches!(lookup, LookupRef::Failed { .. }) {
+                // Failures are retried (a daemon restarting, a flow not revalidated yet):
+                // unexplained only once it kept failing.
+                let since = *self.failing_since.entry(*u).or_insert_with(Instant::now);
+                if since.elapsed() < GIVE_UP {
+                    continue;
+                }
+            } else {
+                self.failing_since.remove(u);
+            }
             let before = self.attributed.insert(*u, *s).unwrap_or_default();
             let d = s.saturating_sub(&before);
             if d.packets == 0 && d.drops == 0 {
@@ -171,6 +186,7 @@ impl Ledger {
         }
         // Expired flows gave what they had: forget them (their UFIDs do not come back).
         self.attributed.retain(|u, _| flows.contains_key(u));
+        self.failing_since.retain(|u, _| flows.contains_key(u));
     }
 
     fn add_drops<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, d: &FlowStats) {
