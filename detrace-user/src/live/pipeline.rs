@@ -269,12 +269,15 @@ impl<A: Appctl> Pipeline<A> {
     }
 
     /// Every tick: explains what waits (within the request budget), after queueing the flows
-    /// the kernel counted drops on when the sink needs drops and `flows` were read; follows an
+    /// of `flows` (when read) the sink needs: all of them, or those the kernel counted drops
+    /// on; follows an
     /// ovs-vswitchd restart (its port numbers may have changed).
     pub fn tick(&mut self, needs: Needs, flows: Option<&FastMap<Uuid, FlowStats>>) {
-        if let (true, Some(flows)) = (needs.drops, flows) {
+        if let Some(flows) = flows {
             for (u, s) in flows {
-                if s.drops > 0 {
+                // Every flow at first sight (within a second) for a sink that needs them all,
+                // not at its next report: a report interval can outlast a flow.
+                if needs.flows || (needs.drops && s.drops > 0) {
                     self.cache.seen(*u);
                 }
             }

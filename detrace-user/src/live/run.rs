@@ -79,7 +79,7 @@ fn tick<T: Tracer, A: Appctl>(
 ) -> anyhow::Result<()> {
     pipe.expire(sink)?;
     let needs = sink.needs();
-    let flows = if scan && needs.drops {
+    let flows = if scan && (needs.drops || needs.flows) {
         Some(flow_map(tracer)?)
     } else {
         None
