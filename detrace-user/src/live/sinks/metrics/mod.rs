@@ -93,7 +93,6 @@ impl EncodeMetric for Log2Histogram {
 }
 
 /// What every report adds to: totals per object since the agent started.
-#[derive(Default)]
 pub struct Ledger {
     /// Per flow: the cumulative counters already attributed.
     attributed: FastMap<Uuid, FlowStats>,
@@ -108,7 +107,16 @@ pub struct Ledger {
     pub unexplained_packets: u64,
     /// Since when a flow's explanation has been failing (it is retried meanwhile).
     failing_since: FastMap<Uuid, Instant>,
+    /// When each flow was first seen explained.
+    explained_at: FastMap<Uuid, Instant>,
+    /// How long an explained flow waits before its counters are attributed ([`HOLD`]).
+    pub hold: std::time::Duration,
 }
+
+/// Explained flows wait this long before their counters are attributed: the flows before and
+/// after a recirculation are explained within moments of each other, and a packet counts once
+/// per object only when both are known.
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a flow's explanation may keep failing before its packets count as unexplained.
 const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
@@ -138,36 +146,53 @@ fn serde_plain<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            attributed: FastMap::default(),
+            objects: HashMap::new(),
+            platform: HashMap::new(),
+            drops: HashMap::new(),
+            continued: Continuations::default(),
+            unexplained_packets: 0,
+            failing_since: FastMap::default(),
+            explained_at: FastMap::default(),
+            hold: HOLD,
+        }
+    }
+}
+
 impl Ledger {
     /// Attributes what each explained flow did since the last report.
     pub fn update<A: Appctl>(&mut self, view: &View<'_, A>, flows: &FastMap<Uuid, FlowStats>) {
-        for (u, s) in flows {
-            let lookup = view.peek(u);
-            if matches!(lookup, LookupRef::Pending) {
-                // Attributed once known: the kernel's counter keeps the delta meanwhile.
-                continue;
+        // Where every explained flow's packets go next, before anything is attributed: a
+        // flow after a recirculation may be explained before the one that recirculates.
+        for u in flows.keys() {
+            if let LookupRef::Explained(e) = view.peek(u)
+                && !self.explained_at.contains_key(u)
+            {
+                self.explained_at.insert(*u, Instant::now());
+                let place = FlowPlace::of(&e.summary);
+                let objects: Vec<Labels> = place.objects.iter().map(object_labels).collect();
+                let platforms: Vec<Labels> = place.platforms.iter().map(platform_labels).collect();
+                self.continued.learn(&objects, &place);
+                self.continued.learn(&platforms, &place);
             }
-            if matches!(lookup, LookupRef::Failed { .. }) {
-                // Failures are retried (a daemon restarting, a flow not revalidated yet):
-                // unexplained only once it kept failing.
-                let since = *self.failing_since.entry(*u).or_insert_with(Instant::now);
-                if since.elapsed() < GIVE_UP {
-                    continue;
-                }
-            } else {
-                self.failing_since.remove(u);
+        }
+        for (u, s) in flows {
+            if !self.ready(view, u) {
+                // Attributed once settled: the kernel's counter keeps the delta meanwhile.
+                continue;
             }
             let before = self.attributed.insert(*u, *s).unwrap_or_default();
             let d = s.saturating_sub(&before);
             if d.packets == 0 && d.drops == 0 {
                 continue;
             }
-            if let LookupRef::Explained(e) = lookup {
+            if let LookupRef::Explained(e) = view.peek(u) {
                 let place = FlowPlace::of(&e.summary);
                 let objects: Vec<Labels> = place.objects.iter().map(object_labels).collect();
                 let platforms: Vec<Labels> = place.platforms.iter().map(platform_labels).collect();
-                self.continued.learn(&objects, &place);
-                self.continued.learn(&platforms, &place);
                 for (keys, totals) in [
                     (objects, &mut self.objects),
                     (platforms, &mut self.platform),
@@ -187,6 +212,27 @@ impl Ledger {
         // Expired flows gave what they had: forget them (their UFIDs do not come back).
         self.attributed.retain(|u, _| flows.contains_key(u));
         self.failing_since.retain(|u, _| flows.contains_key(u));
+        self.explained_at.retain(|u, _| flows.contains_key(u));
+    }
+
+    /// Whether a flow's counters can be attributed now: explained a little while ago (its
+    /// siblings across recirculations had the time to be explained too), or failing for good.
+    fn ready<A: Appctl>(&mut self, view: &View<'_, A>, u: &Uuid) -> bool {
+        match view.peek(u) {
+            LookupRef::Pending => false,
+            // Failures are retried (a daemon restarting, a flow not revalidated yet):
+            // unexplained only once it kept failing.
+            LookupRef::Failed { .. } => {
+                let since = *self.failing_since.entry(*u).or_insert_with(Instant::now);
+                since.elapsed() >= GIVE_UP
+            }
+            LookupRef::Explained(_) => {
+                self.failing_since.remove(u);
+                self.explained_at
+                    .get(u)
+                    .is_some_and(|t| t.elapsed() >= self.hold)
+            }
+        }
     }
 
     fn add_drops<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, d: &FlowStats) {

@@ -90,7 +90,10 @@ fn the_ledger_attributes_each_delta_once() {
     let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
     cache.insert(explained(out, false));
     let (clock, ports) = (Clock::new(), Ports::new());
-    let mut l = Ledger::default();
+    let mut l = Ledger {
+        hold: std::time::Duration::ZERO,
+        ..Ledger::default()
+    };
     let flows = |a: FlowStats, b: FlowStats| -> FastMap<Uuid, FlowStats> {
         [(out, a), (drop, b)].into_iter().collect()
     };
@@ -149,4 +152,61 @@ fn the_ledger_attributes_each_delta_once() {
         Some("20")
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+/// The flow after a recirculation explained before the one that recirculates into it: held
+/// until both are known, each packet counts once for the load balancer they both name.
+#[test]
+fn a_recirculation_explained_out_of_order_counts_once() {
+    let (parent, child) = (Uuid(10), Uuid(11));
+    let lb = ObjectName {
+        table: "Load_Balancer".into(),
+        uuid: Uuid(99),
+        name: "lb0".into(),
+        platform: None,
+    };
+    let flow = |u: Uuid, m: &str, a: &str| {
+        let mut e = explained(u, false);
+        e.summary.match_compact = m.into();
+        e.summary.actions = a.into();
+        e.summary.objects = vec![lb.clone()];
+        e
+    };
+    let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
+    cache.insert(flow(child, "recirc_id(0x5),in_port(2)", "3"));
+    let (clock, ports) = (Clock::new(), Ports::new());
+    let mut l = Ledger {
+        hold: std::time::Duration::from_millis(100),
+        ..Ledger::default()
+    };
+    let flows: FastMap<Uuid, FlowStats> = [(parent, stats(10, 0)), (child, stats(10, 0))]
+        .into_iter()
+        .collect();
+    l.update(
+        &View {
+            cache: &cache,
+            clock: &clock,
+            ports: &ports,
+        },
+        &flows,
+    );
+    cache.insert(flow(
+        parent,
+        "recirc_id(0),in_port(2)",
+        "ct(zone=1,nat),recirc(0x5)",
+    ));
+    let view = View {
+        cache: &cache,
+        clock: &clock,
+        ports: &ports,
+    };
+    l.update(&view, &flows);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    l.update(&view, &flows);
+    let text = render(&l, &Health::default());
+    let row = line(
+        &text,
+        "detrace_object_packets_total{table=\"Load_Balancer\"",
+    );
+    assert!(row.ends_with(" 10"), "{row}");
 }
