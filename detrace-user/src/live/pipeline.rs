@@ -95,8 +95,11 @@ pub struct RunEnd {
 /// A consumer of the pipeline: it aggregates and renders, from resolved data only.
 pub trait Sink<A: Appctl> {
     fn needs(&self) -> Needs;
-    /// A finished packet, its explanations settled as [`Self::needs`] asked.
-    fn packet(&mut self, view: &View<'_, A>, t: &PacketTrace) -> std::io::Result<()>;
+    /// A finished packet, its explanations settled as [`Self::needs`] asked (sinks that
+    /// count from the kernel's per-flow counters alone ignore packets).
+    fn packet(&mut self, _view: &View<'_, A>, _t: &PacketTrace) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Per-flow counters (see [`FlowsAt`]).
     fn flows(&mut self, _view: &View<'_, A>, _at: &FlowsAt<'_>) -> std::io::Result<()> {
         Ok(())

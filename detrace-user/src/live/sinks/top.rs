@@ -6,7 +6,6 @@ use std::{io::Write, time::Instant};
 use super::{emit, fmt_err};
 use crate::{
     aggregate::{FlowTable, Row, RowKey, SortKey, platform::FlowPlace, sort_rows},
-    events::path::PacketTrace,
     live::{
         explainer::LookupRef,
         pipeline::{FlowsAt, Needs, Sink, View},
@@ -167,10 +166,6 @@ impl<A: Appctl> Sink<A> for TopSink {
             flows: true,
             ..Needs::default()
         }
-    }
-
-    fn packet(&mut self, _: &View<'_, A>, _: &PacketTrace) -> std::io::Result<()> {
-        Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {

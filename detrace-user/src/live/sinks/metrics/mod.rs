@@ -22,7 +22,6 @@ use prometheus_client::{
 use crate::{
     FastMap,
     aggregate::platform::{Continuations, FlowPlace},
-    events::path::PacketTrace,
     explain::ObjectName,
     live::{
         explainer::LookupRef,
@@ -299,47 +298,49 @@ pub fn render(l: &Ledger, h: &Health) -> String {
         }
         reg.register(name, help, f);
     };
-    let totals = |m: &HashMap<Labels, Totals>, pick: fn(&Totals) -> u64| {
-        m.iter()
-            .map(|(k, t)| (k.clone(), pick(t)))
-            .collect::<Vec<_>>()
-    };
-    family(
-        &mut reg,
-        "object_packets",
-        "Packets through an OVN Northbound row (its datapath flows), each packet once",
-        totals(&l.objects, |t| t.packets),
-    );
-    family(
-        &mut reg,
-        "object_bytes",
-        "Bytes through an OVN Northbound row, each packet once",
-        totals(&l.objects, |t| t.bytes),
-    );
-    family(
-        &mut reg,
-        "object_drops",
-        "Drops at datapath flows naming an OVN Northbound row",
-        totals(&l.objects, |t| t.drops),
-    );
-    family(
-        &mut reg,
-        "platform_packets",
-        "Packets per platform object (pod, NetworkPolicy, Service, security group...), each once",
-        totals(&l.platform, |t| t.packets),
-    );
-    family(
-        &mut reg,
-        "platform_bytes",
-        "Bytes per platform object, each packet once",
-        totals(&l.platform, |t| t.bytes),
-    );
-    family(
-        &mut reg,
-        "platform_drops",
-        "Drops at flows naming a platform object",
-        totals(&l.platform, |t| t.drops),
-    );
+    type Pick = fn(&Totals) -> u64;
+    let tables: [(&str, &str, &HashMap<Labels, Totals>, Pick); 6] = [
+        (
+            "object_packets",
+            "Packets through an OVN Northbound row (its datapath flows), each packet once",
+            &l.objects,
+            |t| t.packets,
+        ),
+        (
+            "object_bytes",
+            "Bytes through an OVN Northbound row, each packet once",
+            &l.objects,
+            |t| t.bytes,
+        ),
+        (
+            "object_drops",
+            "Drops at datapath flows naming an OVN Northbound row",
+            &l.objects,
+            |t| t.drops,
+        ),
+        (
+            "platform_packets",
+            "Packets per platform object (pod, NetworkPolicy, Service, security group...), each once",
+            &l.platform,
+            |t| t.packets,
+        ),
+        (
+            "platform_bytes",
+            "Bytes per platform object, each packet once",
+            &l.platform,
+            |t| t.bytes,
+        ),
+        (
+            "platform_drops",
+            "Drops at flows naming a platform object",
+            &l.platform,
+            |t| t.drops,
+        ),
+    ];
+    for (name, help, m, pick) in tables {
+        let rows = m.iter().map(|(k, t)| (k.clone(), pick(t))).collect();
+        family(&mut reg, name, help, rows);
+    }
     let latency = Family::<Labels, Log2Histogram>::default();
     for (k, t) in l
         .platform
@@ -437,10 +438,6 @@ impl<A: Appctl> Sink<A> for MetricsSink {
             flows: true,
             ..Needs::default()
         }
-    }
-
-    fn packet(&mut self, _: &View<'_, A>, _: &PacketTrace) -> std::io::Result<()> {
-        Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
