@@ -21,6 +21,9 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// When to write colour and terminal codes (auto: on a terminal, unless NO_COLOR is set).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    pub color: crate::term::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +53,17 @@ pub enum Command {
     /// Services...), drops by culprit and reason, and detrace's own health, for Prometheus at
     /// http://LISTEN/metrics (and /healthz). Runs until SIGTERM/Ctrl-C.
     Serve(ServeArgs),
+    /// Print a shell completion script (e.g. `source <(detrace completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write detrace.1 and detrace-COMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Kernel-side packet filters (all given must match, decided on the packet's first pass).

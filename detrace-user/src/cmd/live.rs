@@ -229,7 +229,9 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 /// `top`: refreshing tables from the kernel's per-flow counters (no per-packet events).
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
-    let tty = std::io::stdout().is_terminal() && args.live.format == Format::Text;
+    // Redraws in place on a terminal (or with --color always), never with --color never.
+    let tty =
+        crate::term::control(std::io::stdout().is_terminal()) && args.live.format == Format::Text;
     let mode = TopMode::Live {
         tty,
         last: Instant::now(),
