@@ -87,6 +87,37 @@ fn nb_over_ssl() {
     }
     assert_eq!(logical_switches(&replica), ["sw0", "sw1"]);
 
+    // Renewed files are read again at the next connection: here our certificate is replaced
+    // by one the server does not trust, then put back.
+    let (key, cert) = (
+        dir.join("renewed-privkey.pem"),
+        dir.join("renewed-cert.pem"),
+    );
+    let put = |pair: &KeyPair| {
+        std::fs::copy(&pair.private_key, &key).expect("copy key");
+        std::fs::copy(&pair.certificate, &cert).expect("copy cert");
+    };
+    put(&client);
+    let renewed = KeyPair {
+        private_key: key.clone(),
+        certificate: cert.clone(),
+    };
+    let rotating = Remote::parse_with(&nb.remote(), &files(&renewed, &ca.cert())).expect("remote");
+    let list_dbs = |r: &Remote| Connection::connect(r, TIMEOUT).and_then(|mut c| c.list_dbs());
+    assert!(list_dbs(&rotating).is_ok());
+    std::thread::sleep(Duration::from_millis(20)); // a later modification time
+    put(&stranger);
+    assert!(
+        list_dbs(&rotating).is_err(),
+        "the replaced certificate was not read again"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    put(&client);
+    assert!(
+        list_dbs(&rotating).is_ok(),
+        "the restored certificate was not read again"
+    );
+
     // The server's certificate is not signed by the CA we were given.
     let wrong_ca =
         Remote::parse_with(&nb.remote(), &files(&client, &other.cert())).expect("remote");

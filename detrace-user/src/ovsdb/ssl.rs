@@ -47,16 +47,30 @@ impl SslError {
 }
 
 /// The PKI files given on the command line (none are read until an ssl remote needs them).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SslFiles {
     pub private_key: Option<PathBuf>,
     pub certificate: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
 }
 
-/// A loaded client configuration, shared by every ssl remote of a command.
+/// A client configuration, read from the files at start and again when they change: as OVS's
+/// stream-ssl does, renewed certificates are picked up at the next connection, so a
+/// long-running agent outlives a certificate rotation. A file that cannot be read then (e.g.
+/// half-written) leaves the last good configuration in use, with a warning.
 #[derive(Clone)]
-pub struct SslConfig(Arc<ClientConfig>);
+pub struct SslConfig {
+    files: SslFiles,
+    loaded: Arc<Mutex<Loaded>>,
+}
+
+struct Loaded {
+    stamps: Stamps,
+    config: Arc<ClientConfig>,
+}
+
+/// The files' modification times, to tell when to read them again.
+type Stamps = [Option<std::time::SystemTime>; 3];
 
 impl std::fmt::Debug for SslConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,17 +78,54 @@ impl std::fmt::Debug for SslConfig {
     }
 }
 
-/// Remotes compare by address; every ssl remote of one command shares the same configuration.
+/// Remotes compare by address and files.
 impl PartialEq for SslConfig {
-    fn eq(&self, _: &Self) -> bool {
-        true
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
     }
 }
 impl Eq for SslConfig {}
 
+impl SslConfig {
+    /// The configuration for a new connection, read again if a file changed since.
+    fn current(&self) -> Arc<ClientConfig> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stamps = self.files.stamps();
+        if stamps != loaded.stamps {
+            match self.files.client_config() {
+                Ok(config) => {
+                    tracing::info!("ssl: the PKI files changed; read them again");
+                    *loaded = Loaded { stamps, config };
+                }
+                Err(e) => tracing::warn!("ssl: {e}; using the files as read before"),
+            }
+        }
+        loaded.config.clone()
+    }
+}
+
 impl SslFiles {
-    /// Reads the key, certificate and CA certificate.
+    /// Reads the key, certificate and CA certificate (and again when they change).
     pub fn load(&self) -> Result<SslConfig, SslError> {
+        let stamps = self.stamps();
+        let config = self.client_config()?;
+        Ok(SslConfig {
+            files: self.clone(),
+            loaded: Arc::new(Mutex::new(Loaded { stamps, config })),
+        })
+    }
+
+    fn stamps(&self) -> Stamps {
+        [&self.private_key, &self.certificate, &self.ca_cert].map(|f| {
+            f.as_ref()
+                .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        })
+    }
+
+    fn client_config(&self) -> Result<Arc<ClientConfig>, SslError> {
         let missing: Vec<&str> = [
             ("--private-key", &self.private_key),
             ("--certificate", &self.certificate),
@@ -118,7 +169,7 @@ impl SslFiles {
                 path: self.private_key.clone().unwrap_or_default(),
                 detail: format!("does not go with --certificate: {e}"),
             })?;
-        Ok(SslConfig(Arc::new(config)))
+        Ok(Arc::new(config))
     }
 }
 
@@ -229,7 +280,7 @@ pub fn handshake(
     let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
         .map(|n| n.to_owned())
         .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
-    let mut conn = ClientConnection::new(config.0.clone(), name).map_err(handshake_error)?;
+    let mut conn = ClientConnection::new(config.current(), name).map_err(handshake_error)?;
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut sock) {
             return Err(tls_error(&e).unwrap_or_else(|| SslError::Handshake {
