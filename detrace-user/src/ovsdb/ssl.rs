@@ -142,6 +142,17 @@ impl SslFiles {
                 missing: missing.join(", "),
             });
         };
+        if ca.as_os_str() == "none" {
+            // OVS takes `--ca-cert=none` as "trust any server" (stream-ssl.c warns that it is
+            // a security risk); a read-only tool has no reason to.
+            return Err(SslError::File {
+                option: "--ca-cert",
+                path: ca.clone(),
+                detail: "detrace always checks the server's certificate: give the CA \
+                         certificate that signed it"
+                    .into(),
+            });
+        }
         let chain = read_certs("--certificate", cert)?;
         let key = read_key(key)?;
         let mut roots = RootCertStore::empty();
@@ -211,7 +222,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SslError> {
 
 /// Checks that the server's certificate chains to the CA certificate, and nothing about its
 /// names. This is what OVS does (lib/stream-ssl.c, `do_ssl_init`: `SSL_VERIFY_PEER |
-/// SSL_VERIFY_FAIL_IF_NO_PEER_CERT` against `--ca-cert`, no host name check), and it has to be:
+/// SSL_VERIFY_FAIL_IF_NO_PEER_CERT` against `--ca-cert`, and no host name check anywhere), and
+/// it has to be:
 /// ovs-pki signs certificates whose only name is a CN like "ovnsb id:<uuid>", with no
 /// subjectAltName, so a host name check would reject every OVS PKI deployment. The CA is the
 /// trust: a certificate it signed is the database, whatever address it is reached at.
@@ -304,10 +316,14 @@ pub fn tls_error(e: &std::io::Error) -> Option<SslError> {
 
 /// Says which side refused and which option to look at.
 fn handshake_error(e: rustls::Error) -> SslError {
-    use rustls::{AlertDescription as A, Error as E};
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let hint = match &e {
-        E::InvalidCertificate(_) => {
-            "; the server's certificate is not signed by --ca-cert (or has expired)"
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "; the server's certificate is not signed by --ca-cert"
+        }
+        E::InvalidCertificate(C::Expired | C::NotValidYet) => {
+            "; the server's certificate is out of its validity period (renew it, or check the \
+             clocks)"
         }
         E::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateRequired) => {
             "; the server refused our --certificate: it is not signed by a CA the server trusts \
@@ -357,6 +373,14 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "ssl:h:1: --certificate /nonexistent/cert.pem: No such file or directory (os error 2)"
+        );
+        files.ca_cert = Some("none".into());
+        let err = Remote::parse_with("ssl:h:1", &files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--ca-cert none: detrace always checks"),
+            "{err}"
         );
         // No tls session is needed to parse an address-only remote list.
         assert_eq!(
