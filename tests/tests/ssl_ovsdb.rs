@@ -86,6 +86,7 @@ fn nb_over_ssl() {
         replica.apply_notification(&msg);
     }
     assert_eq!(logical_switches(&replica), ["sw0", "sw1"]);
+    drop(conn);
 
     // Renewed files are read again at the next connection: here our certificate is replaced
     // by one the server does not trust, then put back.
@@ -117,6 +118,9 @@ fn nb_over_ssl() {
         list_dbs(&rotating).is_ok(),
         "the restored certificate was not read again"
     );
+    // Every session above ended with close_notify: the server saw clean closes.
+    let log = std::fs::read_to_string(dir.join("ovsdb-server.log")).expect("server log");
+    assert!(!log.contains("unexpected eof"), "{log}");
 
     // The server's certificate is not signed by the CA we were given.
     let wrong_ca =

@@ -239,6 +239,16 @@ pub struct Connection {
     pending: VecDeque<Message>,
 }
 
+/// A TLS session ends with close_notify, so the server sees a clean close rather than an
+/// "unexpected eof" warning for every connection.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Stream::Ssl(t, _) = &self.writer {
+            ssl::close(&mut lock(t));
+        }
+    }
+}
+
 impl Connection {
     pub fn connect(remote: &Remote, timeout: Duration) -> Result<Self, OvsdbError> {
         let name = remote.to_string();

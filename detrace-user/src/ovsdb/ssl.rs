@@ -306,6 +306,17 @@ pub fn handshake(
     Ok(Arc::new(Mutex::new(StreamOwned::new(conn, sock))))
 }
 
+/// Sends close_notify, without waiting for the server's (a best effort: the socket is closed
+/// next whatever happens).
+pub fn close(s: &mut TlsSession) {
+    s.conn.send_close_notify();
+    while s.conn.wants_write() {
+        if s.conn.write_tls(&mut s.sock).is_err() {
+            break;
+        }
+    }
+}
+
 /// The TLS error inside an I/O error, if that is what it is. With TLS 1.3 the server refuses
 /// our certificate only after the client's side of the handshake is done, so the refusal
 /// arrives on a later read: it is still a handshake failure, and says so.
