@@ -3,7 +3,7 @@
 
 use std::{
     collections::VecDeque,
-    io::{BufReader, Read, Write},
+    io::{BufReader, Write},
     net::TcpStream,
     os::unix::net::UnixStream,
     path::PathBuf,
@@ -13,7 +13,10 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 
-use super::ssl::{self, SslConfig, SslError, SslFiles, TlsStream};
+use super::{
+    ssl::{self, SslConfig, SslError, SslFiles},
+    stream::{Stream, lock},
+};
 
 /// Where a database server listens: `unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT`
 /// (ovsdb-server(1) syntax). An ssl remote carries the PKI files it was given, loaded.
@@ -154,61 +157,6 @@ impl OvsdbError {
                 remote: remote.to_string(),
                 source,
             },
-        }
-    }
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-    /// The TLS session, and its socket for the timeouts.
-    Ssl(TlsStream, TcpStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Ssl(t, s) => Stream::Ssl(t.clone(), s.try_clone()?),
-        })
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(t),
-            Stream::Tcp(s) | Stream::Ssl(_, s) => s.set_read_timeout(t),
-        }
-    }
-}
-
-fn lock(t: &TlsStream) -> std::sync::MutexGuard<'_, ssl::TlsSession> {
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Ssl(t, _) => lock(t).read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Ssl(t, _) => lock(t).write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.flush(),
-            Stream::Tcp(s) => s.flush(),
-            Stream::Ssl(t, _) => lock(t).flush(),
         }
     }
 }

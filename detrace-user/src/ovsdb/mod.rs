@@ -4,6 +4,7 @@ pub mod datum;
 pub mod jsonrpc;
 pub mod replica;
 pub mod ssl;
+mod stream;
 
 pub use datum::Datum;
 pub use jsonrpc::{Connection, OvsdbError, Remote};
