@@ -223,10 +223,10 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SslError> {
 /// Checks that the server's certificate chains to the CA certificate, and nothing about its
 /// names. This is what OVS does (lib/stream-ssl.c, `do_ssl_init`: `SSL_VERIFY_PEER |
 /// SSL_VERIFY_FAIL_IF_NO_PEER_CERT` against `--ca-cert`, and no host name check anywhere), and
-/// it has to be:
-/// ovs-pki signs certificates whose only name is a CN like "ovnsb id:<uuid>", with no
-/// subjectAltName, so a host name check would reject every OVS PKI deployment. The CA is the
-/// trust: a certificate it signed is the database, whatever address it is reached at.
+/// it has to be: ovs-pki signs certificates whose only name is a CN like "ovnsb id:<uuid>"
+/// (`ovs-pki req+sign ovnsb`), with no subjectAltName, so a host name check would reject every
+/// OVS PKI deployment. The CA is the trust: a certificate it signed is the database, whatever
+/// address it is reached at.
 #[derive(Debug)]
 struct CaOnlyVerifier {
     roots: Arc<RootCertStore>,
