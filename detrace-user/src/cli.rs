@@ -21,6 +21,9 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// When to write colour and terminal codes (auto: on a terminal, unless NO_COLOR is set).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    pub color: crate::term::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +53,17 @@ pub enum Command {
     /// Services...), drops by culprit and reason, and detrace's own health, for Prometheus at
     /// http://LISTEN/metrics (and /healthz). Runs until SIGTERM/Ctrl-C.
     Serve(ServeArgs),
+    /// Print a shell completion script (e.g. `source <(detrace completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write detrace.1 and detrace-COMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Kernel-side packet filters (all given must match, decided on the packet's first pass).
@@ -323,13 +337,23 @@ pub struct ConnArgs {
     /// OVN's run directory, for the default database sockets.
     #[arg(long, env = "OVN_RUNDIR", default_value = crate::paths::OVN_RUNDIR)]
     pub ovn_rundir: PathBuf,
-    /// Southbound database: unix:PATH or tcp:HOST:PORT, comma-separated for a cluster
-    /// [default: unix:$OVN_RUNDIR/ovnsb_db.sock].
+    /// Southbound database: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT, comma-separated for a
+    /// cluster [default: unix:$OVN_RUNDIR/ovnsb_db.sock].
     #[arg(long, env = "OVN_SB_DB")]
     pub sb_db: Option<String>,
     /// Northbound database [default: unix:$OVN_RUNDIR/ovnnb_db.sock].
     #[arg(long, env = "OVN_NB_DB")]
     pub nb_db: Option<String>,
+    /// Private key (PEM) for ssl: databases, as ovn-nbctl's -p.
+    #[arg(short = 'p', long, value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+    /// Certificate (PEM) for the private key, as ovn-nbctl's -c.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+    /// CA certificate (PEM) that the databases' certificates must be signed by, as
+    /// ovn-nbctl's -C (their host names are not checked, as OVS does not).
+    #[arg(short = 'C', long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Seconds to wait for any daemon's answer.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
@@ -343,6 +367,14 @@ impl ConnArgs {
         self.sb_db
             .clone()
             .unwrap_or_else(|| format!("unix:{}", self.ovn_rundir.join("ovnsb_db.sock").display()))
+    }
+    /// The PKI files for ssl: remotes.
+    pub fn ssl(&self) -> crate::ovsdb::SslFiles {
+        crate::ovsdb::SslFiles {
+            private_key: self.private_key.clone(),
+            certificate: self.certificate.clone(),
+            ca_cert: self.ca_cert.clone(),
+        }
     }
     pub fn nb_remote(&self) -> String {
         self.nb_db

@@ -15,6 +15,7 @@ pub mod ovs;
 pub mod ovsdb;
 pub mod paths;
 pub mod probes;
+pub mod term;
 pub mod uuid;
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod pki;
+
 /// Skips (returns None) when the platform lacks what the lab needs, printing why; when
 /// DETRACE_REQUIRE_HOST_LAB=1 (set by `cargo xtask test`) a missing piece is a failure.
 pub fn host_lab_available() -> Option<()> {
@@ -53,7 +55,7 @@ unsafe extern "C" {
     fn geteuid() -> u32;
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

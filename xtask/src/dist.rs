@@ -29,7 +29,15 @@ pub fn build_static() -> anyhow::Result<PathBuf> {
         eprintln!("xtask: adding the {MUSL} target to {TOOLCHAIN}");
         run(Command::new("rustup").args(["target", "add", MUSL, "--toolchain", TOOLCHAIN]))?;
     }
-    run(Command::new("cargo").current_dir(&root).args([
+    crate::deps::ensure_apt(crate::deps::STATIC_BUILD_PACKAGES)?;
+    let mut build = Command::new("cargo");
+    // cc (ring's build) looks for x86_64-linux-musl-gcc, which Debian's musl-tools names
+    // musl-gcc.
+    let cc = "CC_x86_64_unknown_linux_musl";
+    if std::env::var_os(cc).is_none() {
+        build.env(cc, "musl-gcc");
+    }
+    run(build.current_dir(&root).args([
         "build",
         "--release",
         "--target",

@@ -30,8 +30,10 @@ use crate::{
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {
-    let sb = Remote::parse_list(&live.conn.sb_remote()).context("--sb-db")?;
-    let nb = Remote::parse_list(&live.conn.nb_remote()).context("--nb-db")?;
+    let sb =
+        Remote::parse_list_with(&live.conn.sb_remote(), &live.conn.ssl()).context("--sb-db")?;
+    let nb =
+        Remote::parse_list_with(&live.conn.nb_remote(), &live.conn.ssl()).context("--nb-db")?;
     let ovn = OvnReplicas::start(sb, nb, live.conn.timeout());
     // Followed across restarts (a new pid, a new socket): live commands outlive the daemon.
     let ctl = DaemonCtl::connect(&live.conn.ovs_rundir, "ovs-vswitchd", live.conn.timeout())
@@ -227,7 +229,9 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 /// `top`: refreshing tables from the kernel's per-flow counters (no per-packet events).
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
-    let tty = std::io::stdout().is_terminal() && args.live.format == Format::Text;
+    // Redraws in place on a terminal (or with --color always), never with --color never.
+    let tty =
+        crate::term::control(std::io::stdout().is_terminal()) && args.live.format == Format::Text;
     let mode = TopMode::Live {
         tty,
         last: Instant::now(),

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `run(args) -> anyhow::Result<()>`.
 
+pub mod docs;
 pub mod explain;
 pub mod live;
 pub mod probes;
