@@ -151,6 +151,14 @@ fn explain_names_pods_policies_services_and_security_groups() {
         .unwrap_or_else(|| panic!("no flow dropped by neutron_pg_drop: {culprits:#?}"))["drop_culprit"];
     assert_eq!(sg["platform"]["platform"], "neutron", "{sg}");
     assert_eq!(sg["platform"]["direction"], "ingress", "{sg}");
+    // The logical switch by the network's Neutron name.
+    assert!(
+        sg["datapath"]
+            .as_str()
+            .unwrap()
+            .ends_with("(network private)"),
+        "{sg}"
+    );
 
     // The Service's flows name it; the allowing NetworkPolicy is among some flow's objects.
     let platform_of = |o: &serde_json::Value| {

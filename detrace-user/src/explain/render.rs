@@ -9,7 +9,7 @@ fn dp_label(d: &DatapathRef) -> String {
     let name = if d.name.is_empty() {
         format!("{:08x}", d.uuid.prefix32())
     } else {
-        d.name.clone()
+        d.label()
     };
     if d.kind.is_empty() {
         format!("\"{name}\"")

@@ -23,6 +23,19 @@ pub struct DatapathRef {
     /// which datapath of a flow's datapath group a packet was on.
     #[serde(skip)]
     pub tunnel_key: Option<u64>,
+    /// The platform's name for it (a Neutron network or router), from its NB row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
+}
+
+impl DatapathRef {
+    /// `neutron-6b1c... (network private)`, or the name alone.
+    pub fn label(&self) -> String {
+        match &self.platform {
+            Some(p) => format!("{} ({p})", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// A Northbound row a stage-hint (or a port name, or an lb_id) points at.
@@ -182,11 +195,22 @@ impl Resolver<'_> {
             .and_then(|r| r.get("tunnel_key"))
             .and_then(Datum::as_int)
             .and_then(|k| u64::try_from(k).ok());
+        let table = match kind {
+            "switch" => "Logical_Switch",
+            "router" => "Logical_Router",
+            _ => "",
+        };
+        let platform = self
+            .nb
+            .rows(table)
+            .find(|(_, r)| !name.is_empty() && r.str("name") == Some(name.as_str()))
+            .and_then(|(u, r)| platform::identify(self.nb, table, *u, r));
         DatapathRef {
             uuid,
             name,
             kind,
             tunnel_key,
+            platform,
         }
     }
 

@@ -64,7 +64,7 @@ pub(super) fn lflow_on(c: &SbCandidate, metadata: Option<u64>) -> Option<Lf<'_>>
     if let (Some(m), SbCandidate::LogicalFlow { datapaths, .. }) = (metadata, c)
         && let Some(d) = datapaths.iter().find(|d| d.tunnel_key == Some(m))
     {
-        l.datapaths = d.name.clone();
+        l.datapaths = d.label();
     }
     Some(l)
 }
@@ -89,7 +89,7 @@ pub(super) fn lflow(c: &SbCandidate) -> Option<Lf<'_>> {
             actions,
             datapaths: datapaths
                 .iter()
-                .map(|d| d.name.clone())
+                .map(|d| d.label())
                 .collect::<Vec<_>>()
                 .join(","),
             flow_desc: flow_desc.as_deref().filter(|d| !d.is_empty()),
