@@ -1,5 +1,5 @@
 //! `detrace serve`: the node agent. The live pipeline without per-packet events, a ledger of
-//! packets and drops per OVN and platform object (live/sinks/metrics.rs), and an HTTP endpoint
+//! packets and drops per OVN and platform object (live/sinks/metrics/), and an HTTP endpoint
 //! for Prometheus: `/metrics` and `/healthz`.
 //!
 //! The HTTP side is a thread of its own answering one request per connection from the last
