@@ -7,6 +7,9 @@
 
 use core::mem::size_of;
 
+mod removal;
+pub use removal::{OVS_ACTION_ATTR_DROP, RemovedStats, drop_action_slot, is_action_drop_slot};
+
 /// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU hash of [`FlowKey`] -> [`FlowStats`]: aggregation in the kernel, no event per packet.
@@ -17,6 +20,13 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
+/// Per-CPU hash of [`FlowKey`] -> [`RemovedStats`]: the last stats of every datapath flow freed
+/// (or whose stats were cleared) since the probes were attached, by UFID.
+pub const MAP_REMOVED_STATS: &str = "REMOVED_STATS";
+pub const REMOVED_STATS_MAX_ENTRIES: u32 = 65536;
+/// Per-CPU array of `u64`, one slot per [`DROP_REASON_SLOTS`]: OVS drops counted against no
+/// flow (the skb was not followed, and the reason is not a flow's drop action).
+pub const MAP_OTHER_DROPS: &str = "OTHER_DROPS";
 
 /// What a probe counted (index into [`MAP_COUNTERS`]).
 #[repr(u32)]
@@ -60,12 +70,19 @@ pub enum Counter {
     /// Drops of executed packets (a subset of `Drops`), counted against the flow installed
     /// for them.
     DropsAfterUpcall = 14,
+    /// Datapath flows freed (or their stats cleared) whose last stats were caught
+    /// (REMOVED_STATS): once per flow removal, never per packet.
+    FlowsRemoved = 15,
+    /// Removed flows' stats not recorded because REMOVED_STATS was full.
+    RemovedStatsFull = 16,
+    /// OVS drops counted against no flow (OTHER_DROPS): conntrack, meters, TTL, errors.
+    DropsNoFlow = 17,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 15] = [
+pub const COUNTERS: [CounterInfo; 18] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -116,6 +133,21 @@ pub const COUNTERS: [CounterInfo; 15] = [
         Counter::DropsAfterUpcall,
         "drops_after_upcall",
         "drops of packets executed after their upcall",
+    ),
+    CounterInfo::new(
+        Counter::FlowsRemoved,
+        "flows_removed",
+        "datapath flows removed, their last stats caught",
+    ),
+    CounterInfo::new(
+        Counter::RemovedStatsFull,
+        "removed_stats_full",
+        "removed flows not recorded: REMOVED_STATS full",
+    ),
+    CounterInfo::new(
+        Counter::DropsNoFlow,
+        "drops_no_flow",
+        "OVS drops counted against no flow (not a flow's drop action)",
     ),
 ];
 
@@ -428,8 +460,19 @@ pub struct Config {
     /// 4 or 6: the family of filter_src/filter_dst.
     pub filter_ip_version: u8,
     pub filter_in_port: u32,
+    /// struct sw_flow: rcu (must be 0: the RCU callback gets &flow->rcu), stats (the per-CPU
+    /// `struct sw_flow_stats *` array, nr_cpu_ids entries), sf_acts.
+    pub off_flow_stats: u32,
+    pub off_flow_sf_acts: u32,
+    /// struct sw_flow_stats.packet_count (byte_count follows it).
+    pub off_stats_packet_count: u32,
+    /// struct sw_flow_actions.actions_len and .actions (the first nlattr).
+    pub off_acts_len: u32,
+    pub off_acts_actions: u32,
+    /// Possible CPUs (the length of sw_flow.stats).
+    pub nr_cpus: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 6);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -444,4 +487,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RemovedStats {}
 }

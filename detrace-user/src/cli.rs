@@ -141,10 +141,22 @@ pub struct WatchArgs {
     pub events: EventArgs,
 }
 
+/// How `top` and `drops` count.
+#[derive(Args, Debug, Clone)]
+pub struct CountArgs {
+    /// Count in per-packet probes (a program at every datapath pass and output, with
+    /// latency and, for drops, a sample packet) instead of reading the kernel's own flow
+    /// stats every interval (no program runs per packet).
+    #[arg(long)]
+    pub per_packet: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct TopArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub count: CountArgs,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,
@@ -159,6 +171,8 @@ pub struct TopArgs {
 pub struct DropsArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub count: CountArgs,
     #[command(flatten)]
     pub events: EventArgs,
     /// Seconds between reports (default: one report at the end).
@@ -227,6 +241,10 @@ pub struct ProbesArgs {
     /// Hook the datapath with kprobes even where fentry attaches.
     #[arg(long)]
     pub kprobes: bool,
+    /// Only the probes of counting from the kernel's flow table (as `top` and `drops` do by
+    /// default): flow removals and upcalls, no per-packet probe.
+    #[arg(long, conflicts_with_all = ["events", "events_out"])]
+    pub flow_table: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -66,6 +66,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_live<K: Sink<DaemonCtl>>(
     live: &LiveArgs,
     events: Option<&EventArgs>,
+    per_packet: bool,
     mut pipe: Pipeline<DaemonCtl>,
     sink: &mut K,
     report_every: Option<Duration>,
@@ -82,7 +83,8 @@ fn run_live<K: Sink<DaemonCtl>>(
             rate_limit: 0,
         },
     };
-    let (tracer, mut source, attach_time) = attach_live(&opts, events.is_some(), live.kprobes)?;
+    let (tracer, mut source, attach_time) =
+        attach_live(&opts, events.is_some(), per_packet, live.kprobes)?;
     eprintln!("detrace: probes attached in {attach_time:?}");
     if live.ready {
         println!("ready");
@@ -167,14 +169,23 @@ fn stdout() -> Box<dyn std::io::Write> {
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = WatchSink::new(args.live.format, stdout());
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, None)
+    run_live(&args.live, Some(&args.events), true, pipe, &mut sink, None)
 }
 
 pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = DropsSink::new(args.live.format, stdout());
     let every = args.interval.map(Duration::from_secs_f64);
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, every)
+    // Per-packet events only with per-packet counting (for the sample packets).
+    let events = args.count.per_packet.then_some(&args.events);
+    run_live(
+        &args.live,
+        events,
+        args.count.per_packet,
+        pipe,
+        &mut sink,
+        every,
+    )
 }
 
 pub fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -194,7 +205,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     sink.header("record", &pipe.clock, &pipe.ports)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, None).map_err(full)?;
+    run_live(&args.live, Some(&args.events), true, pipe, &mut sink, None).map_err(full)?;
     eprintln!("detrace: recorded to {}", args.output.display());
     Ok(())
 }
@@ -210,5 +221,12 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let out = Box::new(std::io::stdout());
     let mut sink = TopSink::new(args.live.format, args.sort, args.limit, mode, out);
     let every = Duration::from_secs_f64(args.interval.max(0.1));
-    run_live(&args.live, None, pipe, &mut sink, Some(every))
+    run_live(
+        &args.live,
+        None,
+        args.count.per_packet,
+        pipe,
+        &mut sink,
+        Some(every),
+    )
 }

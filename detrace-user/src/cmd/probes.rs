@@ -115,6 +115,7 @@ fn options(args: &ProbesArgs) -> ProbeOptions {
         filter: args.filter.to_filter(),
         cost: args.cost,
         kprobes_only: args.kprobes,
+        per_packet: !args.flow_table,
     }
 }
 

@@ -1,11 +1,20 @@
 //! The eBPF probes as the live commands' [`Tracer`] and [`EventSource`].
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
-use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
+use anyhow::Context as _;
+use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
 
-use super::source::{EventSource, Tracer};
-use crate::probes::loader::{EventReader, Filter, ProbeOptions, Probes};
+use super::{
+    flowtable::{FlowAccounts, FlowReads},
+    source::{EventSource, Tracer},
+};
+use crate::{
+    FastMap,
+    ovs::netlink::{FlowTable, KernelFlow},
+    probes::loader::{EventReader, Filter, ProbeOptions, Probes},
+    uuid::Uuid,
+};
 
 /// The event path's settings: what the kernel sends, and how much.
 pub struct EventOptions {
@@ -16,18 +25,68 @@ pub struct EventOptions {
     pub rate_limit: u32,
 }
 
-/// Attached probes; dropping this detaches them.
-pub struct KernelTracer(Probes);
+/// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
+/// per-packet counting, or (`flows` set) from the kernel's flow table.
+pub struct KernelTracer {
+    probes: Probes,
+    flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
+}
+
+/// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
+struct Reads<'a> {
+    probes: &'a Probes,
+    table: &'a mut FlowTable,
+}
+
+impl FlowReads for Reads<'_> {
+    fn removed(&mut self) -> anyhow::Result<FastMap<Uuid, RemovedStats>> {
+        Ok(self
+            .probes
+            .removed_stats()?
+            .into_iter()
+            .map(|(w, s)| (Uuid::from_words(w), s))
+            .collect())
+    }
+    fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>> {
+        self.table
+            .dump()
+            .context("dumping the datapath's flows (generic netlink ovs_flow)")
+    }
+    fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
+        Ok(self
+            .probes
+            .flow_stats()?
+            .into_iter()
+            .map(|(w, s)| (Uuid::from_words(w), s))
+            .collect())
+    }
+}
 
 /// Their ring buffer (idle when per-packet events were not asked for).
 pub struct KernelEvents(Option<EventReader>);
 
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
-        Ok(self.0.flow_stats()?)
+        let Some(flows) = &self.flows else {
+            return Ok(self.probes.flow_stats()?);
+        };
+        let mut flows = flows.borrow_mut();
+        let (table, acc) = &mut *flows;
+        acc.read(&mut Reads {
+            probes: &self.probes,
+            table,
+        })
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
-        Ok(self.0.counters()?)
+        let mut c = self.probes.counters()?;
+        if let Some(flows) = &self.flows {
+            // No probe counts hits or drops per packet here: the flow table's counts (as of
+            // the last read) do.
+            let (hits, drops) = flows.borrow().1.totals;
+            c[Counter::Hits as usize] = hits;
+            c[Counter::Drops as usize] = drops + c[Counter::DropsNoFlow as usize];
+        }
+        Ok(c)
     }
 }
 
@@ -43,10 +102,13 @@ impl EventSource for KernelEvents {
     }
 }
 
-/// Attaches the probes; per-packet events (with the filters) only when `events`.
+/// Attaches the probes; per-packet events (with the filters) only when `events`; per-packet
+/// counting only when `per_packet` (or events), per-flow counts from the kernel's flow table
+/// otherwise.
 pub fn attach_live(
     args: &EventOptions,
     events: bool,
+    per_packet: bool,
     kprobes_only: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
     let opts = ProbeOptions {
@@ -56,8 +118,20 @@ pub fn attach_live(
         filter: args.filter.clone(),
         cost: false,
         kprobes_only,
+        per_packet,
     };
     let mut probes = Probes::attach(&opts)?;
+    let flows = if opts.per_packet_probes() {
+        None
+    } else {
+        // The removal probe is attached first: a flow that goes from here on is caught.
+        let mut table = FlowTable::open().context("opening generic netlink (ovs_flow)")?;
+        let acc = FlowAccounts::start(&mut Reads {
+            probes: &probes,
+            table: &mut table,
+        })?;
+        Some(RefCell::new((table, acc)))
+    };
     let reader = probes.take_events();
     let t = probes.attach_time();
     let kinds: Vec<String> = probes
@@ -66,5 +140,5 @@ pub fn attach_live(
         .map(|(f, k)| format!("{f}:{k}"))
         .collect();
     tracing::info!("datapath hooks: {}", kinds.join(" "));
-    Ok((KernelTracer(probes), KernelEvents(reader), t))
+    Ok((KernelTracer { probes, flows }, KernelEvents(reader), t))
 }

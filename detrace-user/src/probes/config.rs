@@ -28,6 +28,17 @@ pub struct ProbeOptions {
     pub cost: bool,
     /// Hook the datapath with kprobes even where fentry would attach.
     pub kprobes_only: bool,
+    /// Count per packet in the probes (FLOW_STATS, latency). Without it (and without
+    /// `events`), no probe runs per packet: counts come from the kernel's flow table, and the
+    /// probes catch the last stats of removed flows (REMOVED_STATS).
+    pub per_packet: bool,
+}
+
+impl ProbeOptions {
+    /// Per-packet probes are attached: asked for, or needed by the events.
+    pub fn per_packet_probes(&self) -> bool {
+        self.per_packet || self.events
+    }
 }
 
 impl Default for ProbeOptions {
@@ -39,6 +50,7 @@ impl Default for ProbeOptions {
             filter: Filter::default(),
             cost: false,
             kprobes_only: false,
+            per_packet: true,
         }
     }
 }
@@ -149,6 +161,13 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
     offsets::from_tracefs(tracefs, &mut cfg)?;
     cfg.events_enabled = u32::from(opts.events);
     cfg.rate_limit = opts.rate_limit;
+    cfg.nr_cpus = aya::util::nr_cpus()
+        .map_err(|(path, source)| ProbeError::BtfRead {
+            path: path.into(),
+            source,
+        })?
+        .try_into()
+        .unwrap_or(u32::MAX);
     opts.filter.apply(&mut cfg)?;
     Ok((cfg, btf))
 }
