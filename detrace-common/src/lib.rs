@@ -77,12 +77,15 @@ pub enum Counter {
     RemovedStatsFull = 16,
     /// OVS drops counted against no flow (OTHER_DROPS): conntrack, meters, TTL, errors.
     DropsNoFlow = 17,
+    /// Not counted by the probes: user space puts the `--latency-sample` rate here (0: not
+    /// sampling), so that every report says how latency was measured.
+    LatencySample = 18,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 18] = [
+pub const COUNTERS: [CounterInfo; 19] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -148,6 +151,11 @@ pub const COUNTERS: [CounterInfo; 18] = [
         Counter::DropsNoFlow,
         "drops_no_flow",
         "OVS drops counted against no flow (not a flow's drop action)",
+    ),
+    CounterInfo::new(
+        Counter::LatencySample,
+        "latency_sample",
+        "latency measured on 1 packet in this many (0: every packet, or none)",
     ),
 ];
 
@@ -471,8 +479,12 @@ pub struct Config {
     pub off_acts_actions: u32,
     /// Possible CPUs (the length of sw_flow.stats).
     pub nr_cpus: u32,
+    /// Follow 1 packet in this many, decided at its first pass (0: every packet). Counts
+    /// then come from the kernel's flow table, the probes give latency only.
+    pub latency_sample: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 6);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 8);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -52,6 +52,8 @@ pub static CONFIG: Config = Config {
     off_acts_len: 0,
     off_acts_actions: 0,
     nr_cpus: 0,
+    latency_sample: 0,
+    _pad: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.
@@ -216,6 +218,10 @@ pub struct Current {
 
 #[map(name = "CURRENT")]
 pub static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--latency-sample`: packets since the last one followed, per CPU (probes/datapath.rs).
+#[map(name = "SAMPLE_TICK")]
+pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space: an Event and an Inflight are built here, not on the 512-byte stack.
 #[map(name = "SCRATCH_EVENT")]

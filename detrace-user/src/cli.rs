@@ -149,6 +149,20 @@ pub struct CountArgs {
     /// stats every interval (no program runs per packet).
     #[arg(long)]
     pub per_packet: bool,
+    /// Measure datapath latency on 1 packet in N (decided at its first datapath pass: the
+    /// others cost the probes an early return); counts still come from the flow table.
+    /// Without it (and without --per-packet) there is no latency.
+    #[arg(long, value_name = "N", conflicts_with = "per_packet", value_parser = clap::value_parser!(u32).range(1..))]
+    pub latency_sample: Option<u32>,
+}
+
+impl CountArgs {
+    pub fn counting(&self) -> crate::live::kernel::Counting {
+        crate::live::kernel::Counting {
+            per_packet: self.per_packet,
+            latency_sample: self.latency_sample.unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -245,6 +259,9 @@ pub struct ProbesArgs {
     /// default): flow removals and upcalls, no per-packet probe.
     #[arg(long, conflicts_with_all = ["events", "events_out"])]
     pub flow_table: bool,
+    /// With --flow-table: also the per-packet probes, following 1 packet in N for latency.
+    #[arg(long, value_name = "N", requires = "flow_table", value_parser = clap::value_parser!(u32).range(1..))]
+    pub latency_sample: Option<u32>,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -37,7 +37,7 @@ hook! {
 
 hook! {
     /// `void ovs_flow_stats_clear(struct sw_flow *flow)` (flow.c).
-    kprobe ovs_flow_stats_clear, fentry fentry_flow_stats_clear on "ovs_flow_stats_clear",
+    kprobe ovs_flow_stats_clear, fentry fentry_stats_clear on "ovs_flow_stats_clear",
     args(flow = 0) => flow_gone
 }
 

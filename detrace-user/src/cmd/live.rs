@@ -12,7 +12,7 @@ use crate::{
     events::path::AssemblyStats,
     live::{
         explainer::{Backend, ExplainCache, ExplainStats},
-        kernel::{EventOptions, attach_live},
+        kernel::{Counting, EventOptions, attach_live},
         pipeline::{Pipeline, Sink},
         run::{RunOptions, run},
         sinks::{
@@ -26,6 +26,12 @@ use crate::{
     ovn::OvnReplicas,
     ovs::{unixctl::DaemonCtl, vswitchd::Vswitchd},
     ovsdb::Remote,
+};
+
+/// watch and record follow every packet.
+const PER_PACKET: Counting = Counting {
+    per_packet: true,
+    latency_sample: 0,
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {
@@ -66,7 +72,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_live<K: Sink<DaemonCtl>>(
     live: &LiveArgs,
     events: Option<&EventArgs>,
-    per_packet: bool,
+    counting: Counting,
     mut pipe: Pipeline<DaemonCtl>,
     sink: &mut K,
     report_every: Option<Duration>,
@@ -84,7 +90,7 @@ fn run_live<K: Sink<DaemonCtl>>(
         },
     };
     let (tracer, mut source, attach_time) =
-        attach_live(&opts, events.is_some(), per_packet, live.kprobes)?;
+        attach_live(&opts, events.is_some(), counting, live.kprobes)?;
     eprintln!("detrace: probes attached in {attach_time:?}");
     if live.ready {
         println!("ready");
@@ -169,7 +175,14 @@ fn stdout() -> Box<dyn std::io::Write> {
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = WatchSink::new(args.live.format, stdout());
-    run_live(&args.live, Some(&args.events), true, pipe, &mut sink, None)
+    run_live(
+        &args.live,
+        Some(&args.events),
+        PER_PACKET,
+        pipe,
+        &mut sink,
+        None,
+    )
 }
 
 pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
@@ -181,7 +194,7 @@ pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
     run_live(
         &args.live,
         events,
-        args.count.per_packet,
+        args.count.counting(),
         pipe,
         &mut sink,
         every,
@@ -205,7 +218,15 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     sink.header("record", &pipe.clock, &pipe.ports)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    run_live(&args.live, Some(&args.events), true, pipe, &mut sink, None).map_err(full)?;
+    run_live(
+        &args.live,
+        Some(&args.events),
+        PER_PACKET,
+        pipe,
+        &mut sink,
+        None,
+    )
+    .map_err(full)?;
     eprintln!("detrace: recorded to {}", args.output.display());
     Ok(())
 }
@@ -224,7 +245,7 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     run_live(
         &args.live,
         None,
-        args.count.per_packet,
+        args.count.counting(),
         pipe,
         &mut sink,
         Some(every),

@@ -116,6 +116,7 @@ fn options(args: &ProbesArgs) -> ProbeOptions {
         cost: args.cost,
         kprobes_only: args.kprobes,
         per_packet: !args.flow_table,
+        latency_sample: args.latency_sample.unwrap_or(0),
     }
 }
 

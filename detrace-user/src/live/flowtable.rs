@@ -46,6 +46,8 @@ pub struct FlowAccounts {
     pub raced: u64,
     /// Packets and drops over every flow, at the last read.
     pub totals: (u64, u64),
+    /// Latency from the probes (`--latency-sample`): they follow a sample of packets.
+    pub latency: bool,
 }
 
 /// REMOVED_STATS, the live flows (by UFID), and how many went during the dump.
@@ -118,8 +120,12 @@ impl FlowAccounts {
             let slot = lv.map_or(rm.drop_slot, |f| f.drop_slot);
             let last = self.last.entry(u).or_insert((0, 0, 0));
             *last = (last.0.max(packets), last.1.max(bytes), slot);
-            let after_upcall = probes.get(&u).map_or(0, |s| s.drops_after_upcall);
-            let s = flow_stats(*last, after_upcall);
+            let p = probes.get(&u);
+            let mut s = flow_stats(*last, p.map_or(0, |s| s.drops_after_upcall));
+            if let (true, Some(p)) = (self.latency, p) {
+                s.latency = p.latency;
+                s.latency_sum_ns = p.latency_sum_ns;
+            }
             if s.packets > 0 || s.drops > 0 {
                 out.push((u.words(), s));
             }

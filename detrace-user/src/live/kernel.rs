@@ -25,11 +25,21 @@ pub struct EventOptions {
     pub rate_limit: u32,
 }
 
+/// How per-flow counts are made.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counting {
+    /// By per-packet probes; else from the kernel's flow table.
+    pub per_packet: bool,
+    /// From the flow table: latency from 1 packet in this many (0: no latency).
+    pub latency_sample: u32,
+}
+
 /// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
 /// per-packet counting, or (`flows` set) from the kernel's flow table.
 pub struct KernelTracer {
     probes: Probes,
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
+    latency_sample: u32,
 }
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
@@ -85,6 +95,11 @@ impl Tracer for KernelTracer {
             let (hits, drops) = flows.borrow().1.totals;
             c[Counter::Hits as usize] = hits;
             c[Counter::Drops as usize] = drops + c[Counter::DropsNoFlow as usize];
+            // What the sampled probes saw is not the traffic's.
+            for k in [Counter::Passes, Counter::Upcalls, Counter::Outputs] {
+                c[k as usize] = 0;
+            }
+            c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
         }
         Ok(c)
     }
@@ -103,12 +118,12 @@ impl EventSource for KernelEvents {
 }
 
 /// Attaches the probes; per-packet events (with the filters) only when `events`; per-packet
-/// counting only when `per_packet` (or events), per-flow counts from the kernel's flow table
+/// counting only when asked (or with events), per-flow counts from the kernel's flow table
 /// otherwise.
 pub fn attach_live(
     args: &EventOptions,
     events: bool,
-    per_packet: bool,
+    counting: Counting,
     kprobes_only: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
     let opts = ProbeOptions {
@@ -118,18 +133,20 @@ pub fn attach_live(
         filter: args.filter.clone(),
         cost: false,
         kprobes_only,
-        per_packet,
+        per_packet: counting.per_packet,
+        latency_sample: counting.latency_sample,
     };
     let mut probes = Probes::attach(&opts)?;
-    let flows = if opts.per_packet_probes() {
+    let flows = if !opts.flow_table() {
         None
     } else {
         // The removal probe is attached first: a flow that goes from here on is caught.
         let mut table = FlowTable::open().context("opening generic netlink (ovs_flow)")?;
-        let acc = FlowAccounts::start(&mut Reads {
+        let mut acc = FlowAccounts::start(&mut Reads {
             probes: &probes,
             table: &mut table,
         })?;
+        acc.latency = counting.latency_sample > 0;
         Some(RefCell::new((table, acc)))
     };
     let reader = probes.take_events();
@@ -140,5 +157,15 @@ pub fn attach_live(
         .map(|(f, k)| format!("{f}:{k}"))
         .collect();
     tracing::info!("datapath hooks: {}", kinds.join(" "));
-    Ok((KernelTracer { probes, flows }, KernelEvents(reader), t))
+    let latency_sample = if opts.flow_table() {
+        counting.latency_sample
+    } else {
+        0
+    };
+    let tracer = KernelTracer {
+        probes,
+        flows,
+        latency_sample,
+    };
+    Ok((tracer, KernelEvents(reader), t))
 }

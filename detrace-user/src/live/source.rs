@@ -55,7 +55,7 @@ impl LossReport {
         let mut s = if self.get(Counter::Passes) == 0 && self.get(Counter::Hits) > 0 {
             // Counted from the kernel's flow table: no probe saw passes, upcalls or outputs.
             format!(
-                "kernel flow table: {} hits, {} drops ({} by no flow's action), {} flows \
+                "kernel: flow table: {} hits, {} drops ({} by no flow's action), {} flows \
                  removed",
                 self.get(Counter::Hits),
                 self.get(Counter::Drops),
@@ -72,6 +72,12 @@ impl LossReport {
                 self.get(Counter::Outputs)
             )
         };
+        if self.get(Counter::LatencySample) > 0 {
+            s.push_str(&format!(
+                "; latency sampled: 1 packet in {}",
+                self.get(Counter::LatencySample)
+            ));
+        }
         if self.get(Counter::RemovedStatsFull) > 0 {
             s.push_str(&format!(
                 "; {} removed flows NOT counted (REMOVED_STATS full)",
@@ -177,7 +183,7 @@ mod tests {
             json.starts_with(r#"{"passes":0,"hits":10,"upcalls":20,"drops":30,"outputs":40,"#),
             "{json}"
         );
-        assert!(json.ends_with(r#""drops_no_flow":170}"#), "{json}");
+        assert!(json.ends_with(r#""latency_sample":180}"#), "{json}");
         let back: LossReport = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(back, r);
         // An older recording: later counters absent, unknown fields skipped.

@@ -32,12 +32,20 @@ pub struct ProbeOptions {
     /// `events`), no probe runs per packet: counts come from the kernel's flow table, and the
     /// probes catch the last stats of removed flows (REMOVED_STATS).
     pub per_packet: bool,
+    /// Counting from the flow table: also follow 1 packet in this many for its latency (0:
+    /// none). Ignored with `per_packet` or `events` (every packet is followed).
+    pub latency_sample: u32,
 }
 
 impl ProbeOptions {
-    /// Per-packet probes are attached: asked for, or needed by the events.
+    /// Counts come from the kernel's flow table (the removal probe is attached).
+    pub fn flow_table(&self) -> bool {
+        !self.per_packet && !self.events
+    }
+
+    /// Per-packet probes are attached: asked for, needed by the events, or sampling latency.
     pub fn per_packet_probes(&self) -> bool {
-        self.per_packet || self.events
+        !self.flow_table() || self.latency_sample > 0
     }
 }
 
@@ -51,6 +59,7 @@ impl Default for ProbeOptions {
             cost: false,
             kprobes_only: false,
             per_packet: true,
+            latency_sample: 0,
         }
     }
 }
@@ -161,6 +170,9 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
     offsets::from_tracefs(tracefs, &mut cfg)?;
     cfg.events_enabled = u32::from(opts.events);
     cfg.rate_limit = opts.rate_limit;
+    if opts.flow_table() {
+        cfg.latency_sample = opts.latency_sample;
+    }
     cfg.nr_cpus = aya::util::nr_cpus()
         .map_err(|(path, source)| ProbeError::BtfRead {
             path: path.into(),

@@ -64,24 +64,45 @@ pub(super) const HOOKS: &[Hook] = &[
     UPCALL_HOOKS[1],
 ];
 
-/// The hooks when counts come from the kernel's flow table (no per-packet probe): once per
-/// flow removal (detrace-ebpf/src/probes/removal.rs), once per upcall.
-pub(super) const FLOW_TABLE_HOOKS: &[Hook] = &[
+/// Once per flow removal (detrace-ebpf/src/probes/removal.rs).
+const REMOVAL_HOOKS: [Hook; 2] = [
     Hook::required("rcu_free_flow_callback", "fentry_flow_free_rcu"),
     Hook {
         optional: Some(
             "a flow's stats cleared by OVS_FLOW_ATTR_CLEAR (dpctl/mod-flow --clear) lose what \
              they counted before",
         ),
-        ..Hook::required("ovs_flow_stats_clear", "fentry_flow_stats_clear")
+        ..Hook::required("ovs_flow_stats_clear", "fentry_stats_clear")
     },
+];
+
+/// The hooks when counts come from the kernel's flow table (no per-packet probe): once per
+/// flow removal, once per upcall.
+pub(super) const FLOW_TABLE_HOOKS: &[Hook] = &[
+    REMOVAL_HOOKS[0],
+    REMOVAL_HOOKS[1],
     UPCALL_HOOKS[0],
     UPCALL_HOOKS[1],
 ];
 
-/// The hooks of a counting mode.
-pub(super) fn hooks(per_packet: bool) -> &'static [Hook] {
-    if per_packet { HOOKS } else { FLOW_TABLE_HOOKS }
+/// Counts from the flow table, latency from a sample of packets (`--latency-sample`).
+pub(super) const SAMPLED_HOOKS: &[Hook] = &[
+    HOOKS[0],
+    HOOKS[1],
+    HOOKS[2],
+    REMOVAL_HOOKS[0],
+    REMOVAL_HOOKS[1],
+    UPCALL_HOOKS[0],
+    UPCALL_HOOKS[1],
+];
+
+/// The hooks of a counting mode (see [`super::config::ProbeOptions`]).
+pub(super) fn hooks(flow_table: bool, per_packet_probes: bool) -> &'static [Hook] {
+    match (flow_table, per_packet_probes) {
+        (true, true) => SAMPLED_HOOKS,
+        (true, false) => FLOW_TABLE_HOOKS,
+        (false, _) => HOOKS,
+    }
 }
 
 /// What is lost without the upcall hooks.

@@ -109,7 +109,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
         phases.mark("object");
-        let wanted = hooks::hooks(opts.per_packet_probes());
+        let wanted = hooks::hooks(opts.flow_table(), opts.per_packet_probes());
         let targets = hooks::fentry_targets(wanted, &btf);
         drop(btf);
         let hooks = hooks::attach(&mut ebpf, wanted, opts.kprobes_only, &targets, &mut |p| {
