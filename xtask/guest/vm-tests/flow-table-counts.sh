@@ -68,54 +68,84 @@ check_programs() {
   echo "$1: loaded programs: $progs"
 }
 
-# The packets of the lb-ft flows: top's flows whose explanation names lb-ft, largest count.
+# The kernel's own counts: snapshots of the datapath flows (ufid -> packets), one right after
+# detrace is ready (S0) and one right before each flush and at the end. Every flush empties the
+# table, so each incarnation of a UFID ends in exactly one later snapshot: the kernel's count
+# since S0 is their sum minus S0's.
+snap() { ovs-appctl dpctl/dump-flows -m > "$T/snap.$1"; }
+# After a flush ovs-vswitchd keeps its own record of each flow (ukey) until a revalidator round
+# notices the flow has gone; until then a packet that misses is executed without installing
+# anything (not followed by any probe). Let that settle.
+flush() { snap "$1"; ovs-dpctl del-flows || fail "ovs-dpctl del-flows"; sleep 3; }
+
+# top_check OUT N SNAPS...: every lb-ft flow (the VIP or UDP port 5001 in the kernel's flow dump: top
+# cannot name a flow that came and went between two of its reads) counts what the kernel counted
+# across flushes, and the first pass's flow (the one every packet but the first after a flush
+# hits) N.
 top_check() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
+  python3 - "$@" <<'PY'
+import json, re, sys
 t = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and l[0] == '{'][-1]
 n = int(sys.argv[2])
-lb = [r for r in t["flows"] if "LB lb-ft" in r["label"]]
-assert lb, [r["label"] for r in t["flows"]]
-got = max(r["packets"] for r in lb)
-assert got == n, f"top counts {got} on the lb-ft flows, sent {n}: {[(r['label'], r['packets']) for r in lb]}"
+mine = set()
+def snap(path):
+    out = {}
+    for line in open(path):
+        u, p = re.search(r'ufid:([0-9a-f-]{36})', line), re.search(r'packets:(\d+)', line)
+        if u and p:
+            out[u.group(1)] = int(p.group(1))
+            if re.search(r'=5001\b|=10\.244\.1\.44\b', line):
+                mine.add(u.group(1))
+    return out
+s0, rest = snap(sys.argv[3]), [snap(p) for p in sys.argv[4:]]
+rows = {r["key"].removeprefix("ufid:"): r for r in t["flows"]}
+assert mine, "no lb-ft flow in the kernel's dumps"
+counts = {}
+for u in sorted(mine):
+    want = sum(s.get(u, 0) for s in rest) - s0.get(u, 0)
+    got = rows[u]["packets"] if u in rows else 0
+    assert got == want, f"ufid:{u} ({rows.get(u, {}).get('label')}): top {got}, the kernel {want}"
+    counts[u] = got
+assert max(counts.values()) == n, f"top counts {max(counts.values())} on the first lb-ft flow, sent {n}: {counts}"
+named = [r["label"] for u, r in rows.items() if u in mine]
 k = t["kernel"]
 assert k["flows_removed"] > 0, f"no flow removal caught: {k}"
-print(f"top: lb-ft flows {[r['packets'] for r in lb]}; kernel {dict((x, k[x]) for x in ('hits', 'flows_removed', 'drops'))}")
+print(f"top: lb-ft flows {sorted(counts.values(), reverse=True)}, each as the kernel counted ({named[:3]}); kernel {dict((x, k[x]) for x in ('hits', 'flows_removed', 'drops'))}")
 PY
 }
 
 # --- top, interval 2 s: del-flows in the middle of an interval, the flows recreated, counted on
 warm $VIP 5001
-"$D" top --ready --format json --interval 2 --duration 14 --sort packets --limit 1000 >$T/top.out 2>$T/top.err &
+"$D" top --ready --format json --interval 2 --duration 16 --sort packets --limit 1000 >$T/top.out 2>$T/top.err &
 P=$!
 wait_ready $T/top.out top
+snap a0
 check_programs top
 send $VIP 5001 $N1
-sleep 0.5
-ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+flush a1
 # The first packet after the flush goes up (and is counted by no kernel flow); 1 s later the
-# flows are back, with the same UFIDs.
+# flows are back (the first pass's with the same UFID).
 send $VIP 5001 1 1
-sleep 1
 send $VIP 5001 $N2
+snap a2
 wait $P || fail "detrace top exited $?: $(tail -5 $T/top.err)"
-top_check $T/top.out $((N1 + N2)) || fail "top: $(tail -c 3000 $T/top.out; tail -3 $T/top.err)"
+top_check $T/top.out $((N1 + N2)) $T/snap.a0 $T/snap.a1 $T/snap.a2 || fail "top: $(tail -c 3000 $T/top.out; tail -3 $T/top.err)"
 grep 'kernel:' $T/top.err
 ok "top counts $N1 + $N2 packets on the lb-ft flows across a del-flows mid-interval"
 
 # --- top, one read at the end: the flows appear and vanish between the two reads
 warm $VIP 5001
-"$D" top --ready --format json --interval 60 --duration 9 --sort packets --limit 1000 >$T/top2.out 2>$T/top2.err &
+"$D" top --ready --format json --interval 60 --duration 18 --sort packets --limit 1000 >$T/top2.out 2>$T/top2.err &
 P=$!
 wait_ready $T/top2.out "top (one read)"
+snap b0
 send $VIP 5001 $N1
-ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+flush b1
 send $VIP 5001 1 1
-sleep 1
 send $VIP 5001 $N2
-ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+flush b2
 wait $P || fail "detrace top exited $?: $(tail -5 $T/top2.err)"
-top_check $T/top2.out $((N1 + N2)) || fail "top (one read): $(tail -c 3000 $T/top2.out; tail -3 $T/top2.err)"
+top_check $T/top2.out $((N1 + N2)) $T/snap.b0 $T/snap.b1 $T/snap.b2 || fail "top (one read): $(tail -c 3000 $T/top2.out; tail -3 $T/top2.err)"
 ok "top counts $N1 + $N2 packets of flows deleted before it read them"
 
 # --- top --latency-sample 2: counts still from the flow table, latency from a sample, said
@@ -141,15 +171,15 @@ ok "top --latency-sample 2 counts $N1 packets and measures latency on a sample"
 
 # --- drops: the ACL's drops exactly, in the kernel and after upcalls, across two flushes
 warm $SERVER $DPORT
-"$D" drops --ready --format json --duration 12 >$T/drops.out 2>$T/drops.err &
+"$D" drops --ready --format json --duration 16 >$T/drops.out 2>$T/drops.err &
 P=$!
 wait_ready $T/drops.out drops
 check_programs drops
 send $SERVER $DPORT $N1
-ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+flush c1
 # No warm-up: the first packet is dropped by ovs-vswitchd's execute of the installed drop flow.
 send $SERVER $DPORT $N2 1
-ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+flush c2
 wait $P || fail "detrace drops exited $?: $(tail -5 $T/drops.err)"
 python3 - "$T/drops.out" "$ACL_UUID" $((N1 + N2)) <<'PY' || fail "drops: $(cat $T/drops.out; tail -3 $T/drops.err)"
 import json, sys
