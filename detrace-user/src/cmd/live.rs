@@ -115,6 +115,7 @@ fn run_live<K: Sink<DaemonCtl>>(
             pipe.cache.queued(),
         );
     } else {
+        eprintln!("detrace: {}", loss.line());
         eprintln!(
             "detrace: {}",
             explain_line(&pipe.cache.stats, pipe.cache.queued())
