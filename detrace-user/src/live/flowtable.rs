@@ -161,6 +161,8 @@ fn flow_stats((packets, bytes, slot): (u64, u64, u32), after_upcall: u64) -> Flo
 mod tests {
     use super::*;
 
+    type DuringDump = Box<dyn FnOnce(&mut Fake)>;
+
     /// A kernel to script: the flow table, REMOVED_STATS, and what happens during a dump.
     #[derive(Default)]
     struct Fake {
@@ -168,7 +170,7 @@ mod tests {
         removed: FastMap<[u32; 4], RemovedStats>,
         after_upcall: FastMap<[u32; 4], u64>,
         /// Run once, right after the next dump was taken (a flow going meanwhile).
-        during_dump: Option<Box<dyn FnOnce(&mut Fake)>>,
+        during_dump: Option<DuringDump>,
     }
 
     impl Fake {
