@@ -53,7 +53,7 @@ pub static CONFIG: Config = Config {
     off_acts_actions: 0,
     nr_cpus: 0,
     latency_sample: 0,
-    _pad: 0,
+    matching_only: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.

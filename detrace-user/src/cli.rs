@@ -161,6 +161,7 @@ impl CountArgs {
         crate::live::kernel::Counting {
             per_packet: self.per_packet,
             latency_sample: self.latency_sample.unwrap_or(0),
+            matching_only: false,
         }
     }
 }
@@ -259,6 +260,9 @@ pub struct ProbesArgs {
     /// default): flow removals and upcalls, no per-packet probe.
     #[arg(long, conflicts_with_all = ["events", "events_out"])]
     pub flow_table: bool,
+    /// With --events: follow only the packets the filter matches (as watch and record do).
+    #[arg(long)]
+    pub matching_only: bool,
     /// With --flow-table: also the per-packet probes, following 1 packet in N for latency.
     #[arg(long, value_name = "N", requires = "flow_table", value_parser = clap::value_parser!(u32).range(1..))]
     pub latency_sample: Option<u32>,

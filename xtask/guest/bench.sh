@@ -100,7 +100,8 @@ print(f'base udp-64B {pps} pps, guest CPU {b / hz * 1e9 / (pps * secs):.0f} ns p
 for mode in top top-ls64 top-pp watch-none watch-all; do
   case $mode in
     top) flags=--flow-table ;; top-ls64) flags="--flow-table --latency-sample 64" ;;
-    top-pp) flags= ;; watch-none) flags="--events --dst 10.244.9.9" ;; watch-all) flags=--events ;;
+    top-pp) flags= ;; watch-none) flags="--events --matching-only --dst 10.244.9.9" ;;
+    watch-all) flags="--events --matching-only" ;;
   esac
   ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J > /tmp/cost-udp.json &
   IPID=$!

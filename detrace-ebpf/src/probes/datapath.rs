@@ -47,7 +47,7 @@ hook! {
 #[inline(always)]
 fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     let sample = conf!(latency_sample);
-    if sample != 0 && !sampled(flow, skb, sample)? {
+    if (sample != 0 || conf!(matching_only) != 0) && !followed(flow, skb, sample)? {
         return Ok(0);
     }
     bump(Counter::Hits);
@@ -103,30 +103,42 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// `--latency-sample N`: counts come from the kernel's flow table, and only one packet in N is
-/// followed (for its latency), decided at its first pass (recirc_id 0) by a per-CPU counter. A
-/// later pass is followed when its packet is (its INFLIGHT entry, or for a clone its parent's,
-/// the pass running on this CPU); an unsampled packet leaves no entry and clears CURRENT, so
-/// that each of its later passes and its output cost a lookup that misses.
+/// Whether this pass's packet is followed, when not every packet is (`Config::latency_sample`,
+/// `Config::matching_only`): decided at the packet's first pass (recirc_id 0), by a per-CPU
+/// counter (1 in `latency_sample`) and, with `matching_only`, the event filter on the packet's
+/// headers. A later pass is followed when its packet is (its INFLIGHT entry, or for a clone its
+/// parent's, the pass running on this CPU); a packet not followed leaves no entry and clears
+/// CURRENT, so that each of its later passes and its output cost one lookup that misses.
 #[inline(always)]
-fn sampled(flow: u64, skb: u64, n: u32) -> Result<bool, u32> {
-    let (recirc_id, _) = read_pass(flow + u64::from(conf!(off_flow_key)))?;
+fn followed(flow: u64, skb: u64, sample: u32) -> Result<bool, u32> {
+    let flow_key = flow + u64::from(conf!(off_flow_key));
+    let (recirc_id, in_port) = read_pass(flow_key)?;
     let current = CURRENT.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
     let current = unsafe { &mut *current };
     if recirc_id != 0 {
         return Ok(inflight_get(skb).is_some() || inflight_get(current.skb).is_some());
     }
-    let tick = SAMPLE_TICK.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: as above.
-    let tick = unsafe { &mut *tick };
-    *tick += 1;
-    if *tick >= n {
-        *tick = 0;
-        return Ok(true);
+    let mut follow = true;
+    if sample > 1 {
+        let tick = SAMPLE_TICK.get_ptr_mut(0).ok_or(0u32)?;
+        // SAFETY: as above.
+        let tick = unsafe { &mut *tick };
+        *tick += 1;
+        follow = *tick >= sample;
+        if follow {
+            *tick = 0;
+        }
     }
-    current.skb = 0;
-    Ok(false)
+    if follow && conf!(matching_only) != 0 {
+        let ev = scratch_event()?;
+        read_skb_key(skb, flow_key, &mut ev.key)?;
+        follow = matches(&ev.key, in_port);
+    }
+    if !follow {
+        current.skb = 0;
+    }
+    Ok(follow)
 }
 
 /// What an event for this pass needs from the packet's INFLIGHT entry.

@@ -28,10 +28,11 @@ use crate::{
     ovsdb::Remote,
 };
 
-/// watch and record follow every packet.
+/// watch and record follow every packet the filter matches, and only those.
 const PER_PACKET: Counting = Counting {
     per_packet: true,
     latency_sample: 0,
+    matching_only: true,
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {

@@ -117,6 +117,7 @@ fn options(args: &ProbesArgs) -> ProbeOptions {
         kprobes_only: args.kprobes,
         per_packet: !args.flow_table,
         latency_sample: args.latency_sample.unwrap_or(0),
+        matching_only: args.matching_only,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Counting {
     pub per_packet: bool,
     /// From the flow table: latency from 1 packet in this many (0: no latency).
     pub latency_sample: u32,
+    /// Per packet, with events: only the packets the filter matches are followed and counted
+    /// (watch, record: the others cost the probes an early return).
+    pub matching_only: bool,
 }
 
 /// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
@@ -135,6 +138,7 @@ pub fn attach_live(
         kprobes_only,
         per_packet: counting.per_packet,
         latency_sample: counting.latency_sample,
+        matching_only: counting.matching_only,
     };
     let mut probes = Probes::attach(&opts)?;
     let flows = if !opts.flow_table() {

@@ -35,6 +35,9 @@ pub struct ProbeOptions {
     /// Counting from the flow table: also follow 1 packet in this many for its latency (0:
     /// none). Ignored with `per_packet` or `events` (every packet is followed).
     pub latency_sample: u32,
+    /// With events and a filter: follow only the matching packets (see
+    /// [`Config::matching_only`]); the per-flow counts are then of those packets only.
+    pub matching_only: bool,
 }
 
 impl ProbeOptions {
@@ -60,6 +63,7 @@ impl Default for ProbeOptions {
             kprobes_only: false,
             per_packet: true,
             latency_sample: 0,
+            matching_only: false,
         }
     }
 }
@@ -173,6 +177,7 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
     if opts.flow_table() {
         cfg.latency_sample = opts.latency_sample;
     }
+    cfg.matching_only = u32::from(opts.matching_only && opts.events);
     cfg.nr_cpus = aya::util::nr_cpus()
         .map_err(|(path, source)| ProbeError::BtfRead {
             path: path.into(),
