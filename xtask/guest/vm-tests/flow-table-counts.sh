@@ -201,3 +201,16 @@ PY
 grep 'kernel:' $T/drops.err
 ok "drops attributes exactly $((N1 + N2)) drops to ACL vmtest-ft-7781 across two flushes"
 grep -h 'probes attached in' $T/*.err
+
+# --- watch matching nothing: packets the filter rejects are decided at their first pass and
+# followed no further (no hit counted for them), while watch still sees what matches.
+warm $VIP 5001
+"$D" watch --ready --format json --duration 5 --dst 10.244.9.9 >$T/wn.out 2>$T/wn.err &
+P=$!
+wait_ready $T/wn.out "watch (matching nothing)"
+send $VIP 5001 $N1
+wait $P || fail "detrace watch exited $?: $(tail -5 $T/wn.err)"
+[ "$(grep -vc '^ready' $T/wn.out)" = 0 ] || fail "watch --dst 10.244.9.9 printed packets: $(head -3 $T/wn.out)"
+grep -q 'kernel: [0-9]* passes, 0 hits' $T/wn.err || fail "rejected packets were followed: $(grep kernel: $T/wn.err)"
+grep 'kernel:' $T/wn.err
+ok "watch matching nothing follows no packet past its first pass"
