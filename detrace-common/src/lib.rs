@@ -12,7 +12,7 @@ mod removal;
 pub use config::{
     Config, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC,
 };
-pub use removal::{OVS_ACTION_ATTR_DROP, RemovedStats, drop_action_slot, is_action_drop_slot};
+pub use removal::{DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot};
 
 /// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
 pub const MAP_EVENTS: &str = "EVENTS";

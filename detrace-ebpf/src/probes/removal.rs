@@ -19,7 +19,7 @@
 //! ovs_flow_stats_update): summed here over the possible CPUs.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use detrace_common::{Counter, FlowKey, RemovedStats, drop_action_slot};
+use detrace_common::{Counter, DropScan, FlowKey, RemovedStats};
 
 use super::packet::read;
 use crate::maps::{REMOVED_STATS, bump, conf};
@@ -105,7 +105,11 @@ fn flow_stats(flow: u64) -> Result<(u64, u64), u32> {
     Ok((packets, bytes))
 }
 
-/// The drop-reason slot of the flow's drop action (0: its actions do not drop).
+/// Actions walked at most: OVN's drop flows have one or two (`drop`, `ct_clear,drop`).
+const MAX_ACTIONS: u32 = 16;
+
+/// The drop-reason slot of the flow's drop (0: its actions do not drop), walking its top-level
+/// actions as user space does ([`DropScan`]). A list longer than [`MAX_ACTIONS`] does not drop.
 #[inline(always)]
 fn drop_slot(flow: u64) -> Result<u32, u32> {
     let acts: u64 = read(flow, conf!(off_flow_sf_acts))?;
@@ -113,17 +117,28 @@ fn drop_slot(flow: u64) -> Result<u32, u32> {
         return Ok(0);
     }
     let len: u32 = read(acts, conf!(off_acts_len))?;
-    if len == 0 {
-        return Ok(drop_action_slot(0, 0, 0));
+    let base = acts + u64::from(conf!(off_acts_actions));
+    let mut scan = DropScan::default();
+    let (mut off, mut i) = (0u32, 0u32);
+    while i < MAX_ACTIONS && off + 4 <= len {
+        // struct nlattr { u16 nla_len; u16 nla_type; } and the payload's first 4 bytes (the
+        // error code of OVS_ACTION_ATTR_DROP).
+        let a: [u8; 8] = read(base, off)?;
+        let nla_len = u32::from(u16::from_ne_bytes([a[0], a[1]]));
+        if nla_len < 4 {
+            return Ok(0);
+        }
+        let arg = if nla_len >= 8 {
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
+        } else {
+            0
+        };
+        scan.push(u16::from_ne_bytes([a[2], a[3]]), arg);
+        off += (nla_len + 3) & !3;
+        i += 1;
     }
-    // struct nlattr { u16 nla_len; u16 nla_type; } and, for OVS_ACTION_ATTR_DROP, a u32.
-    let a: [u8; 8] = read(acts, conf!(off_acts_actions))?;
-    let nla_len = u16::from_ne_bytes([a[0], a[1]]);
-    let nla_type = u16::from_ne_bytes([a[2], a[3]]);
-    let arg = if nla_len >= 8 {
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
-    } else {
-        0
-    };
-    Ok(drop_action_slot(len, nla_type, arg))
+    if off < len {
+        return Ok(0);
+    }
+    Ok(scan.slot())
 }

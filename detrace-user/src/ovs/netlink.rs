@@ -13,7 +13,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use detrace_common::drop_action_slot;
+use detrace_common::DropScan;
 
 const NETLINK_GENERIC: i32 = 16;
 const GENL_ID_CTRL: u16 = 0x10;
@@ -57,7 +57,7 @@ pub struct KernelFlow {
     pub used_ms: u64,
     pub tcp_flags: u8,
     /// The drop its actions make, as a drop-reason slot (0: none; see
-    /// [`detrace_common::drop_action_slot`]).
+    /// [`detrace_common::DropScan`]).
     pub drop_slot: u32,
 }
 
@@ -354,11 +354,14 @@ pub fn parse_flow(a: &[u8]) -> Option<KernelFlow> {
             OVS_FLOW_ATTR_USED => f.used_ms = u64_at(p, 0)?,
             OVS_FLOW_ATTR_TCP_FLAGS => f.tcp_flags = *p.first()?,
             OVS_FLOW_ATTR_ACTIONS => {
-                let first = attrs(p).next();
-                let arg = first
-                    .and_then(|(_, v)| v.get(..4))
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                f.drop_slot = drop_action_slot(p.len() as u32, first.map_or(0, |(t, _)| t), arg);
+                let mut scan = DropScan::default();
+                for (t, v) in attrs(p) {
+                    let arg = v
+                        .get(..4)
+                        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    scan.push(t, arg);
+                }
+                f.drop_slot = scan.slot();
             }
             _ => {}
         }
