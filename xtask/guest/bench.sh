@@ -103,14 +103,15 @@ for mode in top top-ls64 top-pp watch-none watch-all; do
     top-pp) flags= ;; watch-none) flags="--events --matching-only --dst 10.244.9.9" ;;
     watch-all) flags="--events --matching-only" ;;
   esac
-  ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J > /tmp/cost-udp.json &
+  # The flood outlasts the attach (seconds on a loaded TCG guest) and the SECS measured after it.
+  ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $((SECS + 6)) -J > /tmp/cost-udp.json &
   IPID=$!
   sleep 1
-  $DETRACE probes --attach $((SECS - 2)) --cost $flags --max-events 0 > $R/cost-$mode.jsonl 2>>$R/detrace-$mode.err
+  $DETRACE probes --attach $SECS --cost $flags --max-events 0 > $R/cost-$mode.jsonl 2>>$R/detrace-$mode.err
   wait $IPID
   # Packets during the attach: iperf3's received rate over the attached seconds (the probes of
   # the flow-table modes see no packet to count).
-  python3 - $mode $R/cost-$mode.jsonl $R/cost.txt /tmp/cost-udp.json $((SECS - 2)) <<'PY'
+  python3 - $mode $R/cost-$mode.jsonl $R/cost.txt /tmp/cost-udp.json $SECS <<'PY'
 import json, re, sys
 mode, path, base = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
 lines = [json.loads(l) for l in open(path)]
