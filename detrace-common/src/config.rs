@@ -11,6 +11,24 @@ pub const FILTER_PROTO: u32 = 1 << 3;
 pub const FILTER_IN_PORT: u32 = 1 << 4;
 /// Either address equals `filter_src` (with `FILTER_HOST`, `filter_src` is "any address").
 pub const FILTER_HOST: u32 = 1 << 5;
+/// Either address is in the [`MAP_FILTER_ADDRS`] set (a pod's or a namespace's addresses,
+/// kept current by user space while pods come and go).
+pub const FILTER_ADDRS: u32 = 1 << 6;
+
+/// The set of addresses of `FILTER_ADDRS` (hash map [`AddrKey`] -> u8).
+pub const MAP_FILTER_ADDRS: &str = "FILTER_ADDRS";
+/// At most this many addresses in the set.
+pub const FILTER_ADDRS_MAX: u32 = 8192;
+
+/// An address of the `FILTER_ADDRS` set, as [`crate::PacketKey`] holds it, with its family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    /// 4 or 6.
+    pub version: u32,
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
 
 /// Load-time configuration (global [`crate::GLOBAL_CONFIG`], set with `EbpfLoader::set_global`).
 ///

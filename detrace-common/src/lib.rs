@@ -10,7 +10,8 @@ use core::mem::size_of;
 mod config;
 mod removal;
 pub use config::{
-    Config, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC,
+    AddrKey, Config, FILTER_ADDRS, FILTER_ADDRS_MAX, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
+    FILTER_PORT, FILTER_PROTO, FILTER_SRC, MAP_FILTER_ADDRS,
 };
 pub use removal::{DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot};
 
@@ -285,6 +286,18 @@ const _: () = assert!(size_of::<Event>() == 112);
 /// datapath pass of it was seen since.
 pub const EVENT_AFTER_UPCALL: u32 = 1 << 0;
 
+/// Packets ovs-vswitchd executed with a flow's actions after the upcall that installed it
+/// (hash map [`FlowKey`] -> [`ExecStats`]): the kernel's per-flow counters never see them.
+pub const MAP_EXEC_STATS: &str = "EXEC_STATS";
+
+/// [`MAP_EXEC_STATS`] values (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Per-UFID flow identity ([`MAP_FLOW_STATS`] key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -422,4 +435,8 @@ mod pod {
     unsafe impl aya::Pod for super::PacketKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RemovedStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecStats {}
 }

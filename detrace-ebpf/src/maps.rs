@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    COUNTER_SLOTS, Config, Counter, DROP_REASON_SLOTS, FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats,
-    PacketKey, REMOVED_STATS_MAX_ENTRIES, RemovedStats,
+    AddrKey, COUNTER_SLOTS, Config, Counter, DROP_REASON_SLOTS, ExecStats, FILTER_ADDRS_MAX,
+    FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey, REMOVED_STATS_MAX_ENTRIES, RemovedStats,
 };
 
 /// Load-time configuration: struct offsets from BTF, tracepoint offsets, filters, rate limit.
@@ -66,6 +66,11 @@ macro_rules! conf {
 }
 pub(crate) use conf;
 
+/// The addresses of `--pod` / `--namespace` (FILTER_ADDRS), updated by user space as pods
+/// come and go.
+#[map(name = "FILTER_ADDRS")]
+pub static FILTER_ADDRS: HashMap<AddrKey, u8> = HashMap::with_max_entries(FILTER_ADDRS_MAX, 0);
+
 /// Per-CPU counters: counting in the kernel costs no event per packet.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -91,6 +96,14 @@ pub static REMOVED_STATS: PerCpuHashMap<FlowKey, RemovedStats> =
 #[map(name = "OTHER_DROPS")]
 pub static OTHER_DROPS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DROP_REASON_SLOTS as u32, 0);
+
+/// Packets executed by ovs-vswitchd with a flow's actions after the upcall that installed it,
+/// per UFID and CPU. Touched only by the execute hook (process context, once per upcall) and
+/// preallocated (16 bytes an entry per CPU): no allocation can fail there and no softirq
+/// program contends for its buckets, unlike FLOW_STATS's.
+#[map(name = "EXEC_STATS")]
+pub static EXEC_STATS: PerCpuHashMap<FlowKey, ExecStats> =
+    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, 0);
 
 /// An all-zero FlowStats to insert from: a FlowStats does not fit on the 512-byte BPF stack
 /// next to everything else.

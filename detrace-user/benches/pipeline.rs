@@ -146,6 +146,7 @@ fn summary(u: Uuid) -> Explained {
                 nb_table: Some("ACL".into()),
                 datapath: None,
                 flow_desc: None,
+                platform: None,
             },
             details: Vec::new(),
             rules_error: None,

@@ -21,6 +21,9 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// When to write colour and terminal codes (auto: on a terminal, unless NO_COLOR is set).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    pub color: crate::term::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,6 +49,21 @@ pub enum Command {
     Record(RecordArgs),
     /// Print or aggregate a recording, without root or daemons.
     Replay(ReplayArgs),
+    /// The node agent: packets and drops per OVN and platform object (pods, NetworkPolicies,
+    /// Services...), drops by culprit and reason, and detrace's own health, for Prometheus at
+    /// http://LISTEN/metrics (and /healthz). Runs until SIGTERM/Ctrl-C.
+    Serve(ServeArgs),
+    /// Print a shell completion script (e.g. `source <(detrace completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write detrace.1 and detrace-COMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Kernel-side packet filters (all given must match, decided on the packet's first pass).
@@ -69,6 +87,22 @@ pub struct FilterArgs {
     /// Datapath input port number (see `ovs-appctl dpctl/show`).
     #[arg(long)]
     pub in_port: Option<u32>,
+    /// A pod, as NAMESPACE/NAME: packets from or to its addresses (read from its logical
+    /// switch port, kept current while detrace runs). ovn-kubernetes and kube-ovn.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod, conflicts_with = "namespace")]
+    pub pod: Option<(String, String)>,
+    /// Packets from or to any pod of a namespace (its pods as they come and go).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: give the pod as NAMESPACE/NAME")),
+    }
 }
 
 impl FilterArgs {
@@ -81,6 +115,33 @@ impl FilterArgs {
             port: self.port,
             proto: self.proto,
             in_port: self.in_port,
+            // Resolved from the Northbound database once it is read (see `selector`).
+            addrs: None,
+        }
+    }
+
+    /// Whether any filter is given (then only the events tell which packets it picks).
+    pub fn is_set(&self) -> bool {
+        self.src.is_some()
+            || self.dst.is_some()
+            || self.host.is_some()
+            || self.port.is_some()
+            || self.proto.is_some()
+            || self.in_port.is_some()
+            || self.pod.is_some()
+            || self.namespace.is_some()
+    }
+
+    /// The pods to filter on, when --pod or --namespace is given.
+    pub fn selector(&self) -> Option<crate::live::select::Selector> {
+        use crate::live::select::Selector;
+        match (&self.pod, &self.namespace) {
+            (Some((namespace, name)), _) => Some(Selector::Pod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+            (None, Some(ns)) => Some(Selector::Namespace(ns.clone())),
+            (None, None) => None,
         }
     }
 }
@@ -139,6 +200,9 @@ pub struct WatchArgs {
     pub live: LiveArgs,
     #[command(flatten)]
     pub events: EventArgs,
+    /// Only packets that ended this way (e.g. `--verdict drop`).
+    #[arg(long, value_enum)]
+    pub verdict: Option<crate::live::sinks::watch::VerdictFilter>,
 }
 
 /// How `top` and `drops` count.
@@ -193,6 +257,18 @@ pub struct DropsArgs {
     /// Seconds between reports (default: one report at the end).
     #[arg(long)]
     pub interval: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Address and port of the HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:9476")]
+    pub listen: String,
+    /// Seconds between two reads of the kernel's counters (what a scrape sees).
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
 }
 
 #[derive(Args, Debug)]
@@ -298,15 +374,25 @@ pub struct ConnArgs {
     #[arg(long, env = "OVS_RUNDIR", default_value = crate::ovs::unixctl::DEFAULT_OVS_RUNDIR)]
     pub ovs_rundir: PathBuf,
     /// OVN's run directory, for the default database sockets.
-    #[arg(long, env = "OVN_RUNDIR", default_value = "/var/run/ovn")]
+    #[arg(long, env = "OVN_RUNDIR", default_value = crate::paths::OVN_RUNDIR)]
     pub ovn_rundir: PathBuf,
-    /// Southbound database: unix:PATH or tcp:HOST:PORT, comma-separated for a cluster
-    /// [default: unix:$OVN_RUNDIR/ovnsb_db.sock].
+    /// Southbound database: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT, comma-separated for a
+    /// cluster [default: unix:$OVN_RUNDIR/ovnsb_db.sock].
     #[arg(long, env = "OVN_SB_DB")]
     pub sb_db: Option<String>,
     /// Northbound database [default: unix:$OVN_RUNDIR/ovnnb_db.sock].
     #[arg(long, env = "OVN_NB_DB")]
     pub nb_db: Option<String>,
+    /// Private key (PEM) for ssl: databases, as ovn-nbctl's -p.
+    #[arg(short = 'p', long, value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+    /// Certificate (PEM) for the private key, as ovn-nbctl's -c.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+    /// CA certificate (PEM) that the databases' certificates must be signed by, as
+    /// ovn-nbctl's -C (their host names are not checked, as OVS does not).
+    #[arg(short = 'C', long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Seconds to wait for any daemon's answer.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
@@ -320,6 +406,14 @@ impl ConnArgs {
         self.sb_db
             .clone()
             .unwrap_or_else(|| format!("unix:{}", self.ovn_rundir.join("ovnsb_db.sock").display()))
+    }
+    /// The PKI files for ssl: remotes.
+    pub fn ssl(&self) -> crate::ovsdb::SslFiles {
+        crate::ovsdb::SslFiles {
+            private_key: self.private_key.clone(),
+            certificate: self.certificate.clone(),
+            ca_cert: self.ca_cert.clone(),
+        }
     }
     pub fn nb_remote(&self) -> String {
         self.nb_db

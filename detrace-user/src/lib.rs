@@ -13,7 +13,9 @@ pub mod live;
 pub mod ovn;
 pub mod ovs;
 pub mod ovsdb;
+pub mod paths;
 pub mod probes;
+pub mod term;
 pub mod uuid;
 
 #[cfg(test)]

@@ -1,9 +1,18 @@
-use clap::Parser as _;
-use detrace::cli::{Cli, Command};
+use std::io::IsTerminal as _;
+
+use clap::{CommandFactory as _, FromArgMatches as _};
+use detrace::{
+    cli::{Cli, Command},
+    term::{self, ColorChoice},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // --color is looked up first so that clap's own help and errors follow it as well.
+    let color = ColorChoice::from_args(std::env::args_os());
+    let matches = Cli::command().color(color.clap()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    term::init(cli.color);
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -14,6 +23,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(term::colour(std::io::stderr().is_terminal()))
         .init();
     let result = match cli.command {
         Command::Explain(args) => detrace::cmd::explain::run(args),
@@ -23,6 +33,9 @@ fn main() -> std::process::ExitCode {
         Command::Drops(a) => detrace::cmd::live::drops(a),
         Command::Record(a) => detrace::cmd::live::record(a),
         Command::Replay(a) => detrace::cmd::replay::run(a),
+        Command::Serve(a) => detrace::cmd::serve::run(a),
+        Command::Completions { shell } => detrace::cmd::docs::completions(shell),
+        Command::Man { out_dir } => detrace::cmd::docs::man(out_dir.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod pki;
+
 /// Skips (returns None) when the platform lacks what the lab needs, printing why; when
 /// DETRACE_REQUIRE_HOST_LAB=1 (set by `cargo xtask test`) a missing piece is a failure.
 pub fn host_lab_available() -> Option<()> {
@@ -53,7 +55,7 @@ unsafe extern "C" {
     fn geteuid() -> u32;
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -429,6 +431,18 @@ impl HostLab {
             "ovn-nbctl",
             &["lsp-add", sw, pod, "--", "lsp-set-addresses", pod, &addr],
         )?;
+        self.attach_pod(pod, pod, mac, ip, Some(gw))
+    }
+
+    /// A pod (netns `dt-<pod>`, IPv6 off) plugged into the existing logical port `iface_id`.
+    pub fn attach_pod(
+        &self,
+        pod: &str,
+        iface_id: &str,
+        mac: &str,
+        ip: &str,
+        gw: Option<&str>,
+    ) -> anyhow::Result<()> {
         let ns = format!("dt-{pod}");
         let veth = format!("dt-v-{pod}");
         sh(&mut cmd("ip", &["netns", "add", &ns]))?;
@@ -438,13 +452,16 @@ impl HostLab {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ],
         ))?;
-        for a in [
+        let mut steps = vec![
             vec!["link", "set", "eth0", "address", mac],
             vec!["addr", "add", ip, "dev", "eth0"],
             vec!["link", "set", "lo", "up"],
             vec!["link", "set", "eth0", "up"],
-            vec!["route", "add", "default", "via", gw],
-        ] {
+        ];
+        if let Some(gw) = gw {
+            steps.push(vec!["route", "add", "default", "via", gw]);
+        }
+        for a in steps {
             let mut c = cmd("ip", &["-n", &ns]);
             c.args(a);
             sh(&mut c)?;
@@ -465,7 +482,7 @@ impl HostLab {
                 "set",
                 "interface",
                 &veth,
-                &format!("external_ids:iface-id={pod}"),
+                &format!("external_ids:iface-id={iface_id}"),
             ],
         )?;
         Ok(())
@@ -704,6 +721,18 @@ impl Drop for HostLab {
         cleanup_leftovers();
         if std::env::var_os("DETRACE_KEEP_LAB").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Background traffic (a pod's packet trains), killed when dropped.
+pub struct Trains(pub Vec<Child>);
+
+impl Drop for Trains {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -14,20 +14,8 @@ use std::{
 
 use detrace_tests::{
     HostLab, LB_EMPTY_VIP, LB_REJECT_VIP, NO_L2_DST_IP, POLICY_DROP_IP, PORTSEC,
-    PORTSEC_SPOOFED_IP, explain_all, host_lab_available, run_detrace,
+    PORTSEC_SPOOFED_IP, Trains, explain_all, host_lab_available, run_detrace,
 };
-
-/// Background packet trains, one per cause, killed when dropped.
-struct Trains(Vec<Child>);
-
-impl Drop for Trains {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn ping(lab: &HostLab, from: &str, extra: &[&str], dst: &str) -> Child {
     let mut args = vec!["ping", "-c", "30", "-i", "0.2", "-W", "1"];

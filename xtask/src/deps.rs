@@ -28,8 +28,13 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
 ];
 
+/// For `cargo xtask static`: musl-gcc, the C compiler for the musl target that ring (rustls's
+/// crypto, for ssl databases) builds its C and assembly with.
+pub const STATIC_BUILD_PACKAGES: &[&str] = &["musl-tools"];
+
 pub fn all() -> anyhow::Result<()> {
     ensure_apt(HOST_TEST_PACKAGES)?;
+    ensure_apt(STATIC_BUILD_PACKAGES)?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()

@@ -3,6 +3,7 @@
 
 mod bench;
 mod deps;
+mod dist;
 mod fuzz;
 mod lab;
 mod sizes;
@@ -41,6 +42,9 @@ enum Command {
     /// List the .rs files over 500 lines, the functions over 80 lines and the module import
     /// cycles in detrace-user, detrace-common, detrace-ebpf and xtask (a report, not a gate).
     Sizes(sizes::SizesArgs),
+    /// Build the static (musl) detrace binary (target/x86_64-unknown-linux-musl/release/detrace,
+    /// what deploy/Containerfile packs) and check it runs: --version, a replay of a recording.
+    Static,
     /// Run every fuzz target (fuzz/, cargo-fuzz + libFuzzer) for a bounded time, seeded from
     /// tests/fixtures; one line per target and a total; fails on a crash and names its input.
     Fuzz(fuzz::FuzzArgs),
@@ -55,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run_bench(args),
         Command::Sizes(args) => sizes::run(args),
         Command::Fuzz(args) => fuzz::run_fuzz(&args),
+        Command::Static => dist::build_static().map(|_| ()),
     }
 }

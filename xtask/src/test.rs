@@ -25,6 +25,8 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
     if unit_only {
         return Ok(());
     }
+    // The binary a container image takes: static, and it runs.
+    crate::dist::build_static()?;
     if !is_root() {
         anyhow::bail!(
             "the host integration tests start OVS/OVN and create network namespaces: run as root \

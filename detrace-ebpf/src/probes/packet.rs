@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::FEntryContext,
 };
 use detrace_common::{
-    Counter, EVENT_AFTER_UPCALL, Event, EventKind, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
-    FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, PacketKey, drop_reason_slot, latency_bucket,
+    AddrKey, Counter, EVENT_AFTER_UPCALL, Event, EventKind, FILTER_ADDRS, FILTER_DST, FILTER_HOST,
+    FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC, FlowKey, PacketKey, drop_reason_slot,
+    latency_bucket,
 };
 
 use crate::maps::{
@@ -235,7 +236,34 @@ pub fn matches(k: &PacketKey, in_port: u32) -> bool {
     if flags & FILTER_IN_PORT != 0 && in_port != conf!(filter_in_port) {
         return false;
     }
+    if flags & FILTER_ADDRS != 0 && !in_addr_set(k) {
+        return false;
+    }
     true
+}
+
+/// Whether either address of `k` is in the FILTER_ADDRS set.
+#[inline(always)]
+fn in_addr_set(k: &PacketKey) -> bool {
+    if k.ip_version == 0 {
+        return false;
+    }
+    let version = u32::from(k.ip_version);
+    // SAFETY: lookups of a plain hash map; the values are not kept past the call.
+    unsafe {
+        crate::maps::FILTER_ADDRS
+            .get(AddrKey {
+                addr: k.src,
+                version,
+            })
+            .is_some()
+            || crate::maps::FILTER_ADDRS
+                .get(AddrKey {
+                    addr: k.dst,
+                    version,
+                })
+                .is_some()
+    }
 }
 
 /// Token bucket of one-second windows per CPU: true when one more event may go out now.

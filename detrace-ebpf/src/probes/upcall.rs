@@ -19,7 +19,8 @@
 //! entry with that UFID, marked `after_upcall`. From there the usual hooks take over: the drop
 //! (skb:kfree_skb) or output counts against the UFID, marked; a recirculation of the executed
 //! packet (after ct) is a flow hit that continues the entry as an ordinary pass (the mark is
-//! cleared). An execute whose thread installed nothing just before (the flow existed, was
+//! cleared). The executed packet also counts as a packet of the installed flow (EXEC_STATS;
+//! the kernel's per-flow counters never see it). An execute whose thread installed nothing just before (the flow existed, was
 //! modified, or its install failed) takes no UFID: counted (`ExecutesWithoutPut`), not
 //! followed, as before. Both hooks run once per upcall, never per datapath pass.
 //!
@@ -29,11 +30,13 @@
 //! migrated there, the packet's end is seen on another CPU, where it has no entry, and is not
 //! counted (as before this hook existed).
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use detrace_common::{Counter, EventKind, PacketKey};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid};
+use detrace_common::{Counter, EventKind, ExecStats, FlowKey, PacketKey};
 
 use super::packet::{emit_end, events_enabled, matches, now, read, read_l4, read_pass};
-use crate::maps::{CURRENT, Current, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim};
+use crate::maps::{
+    CURRENT, Current, EXEC_STATS, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim,
+};
 
 hook! {
     /// `int ovs_flow_tbl_insert(struct flow_table *table, struct sw_flow *flow, const struct
@@ -124,11 +127,36 @@ fn execute(skb: u64) -> Result<u32, u32> {
     }
     // User space joins this continuation to the trip that ended in the upcall (same input
     // port and fields), so that one packet is one trace.
+    let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
+    count_executed(&put.ufid, len);
     if events_enabled() && e.matched != 0 {
-        let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
         emit_end(EventKind::Execute, e, ts, 0, len, 0)?;
     }
     Ok(0)
+}
+
+/// The executed packet is one of its flow's packets (user space adds EXEC_STATS to the
+/// flow's counters): so that a burst's first packet, which installed the flow, is counted.
+#[inline(always)]
+fn count_executed(ufid: &[u32; 4], len: u32) {
+    let key = FlowKey { ufid: *ufid };
+    if EXEC_STATS.get_ptr_mut(&key).is_none()
+        && EXEC_STATS
+            .insert(&key, &ExecStats::default(), u64::from(BPF_NOEXIST))
+            .is_err()
+        && EXEC_STATS.get_ptr_mut(&key).is_none()
+    {
+        bump(Counter::FlowStatsFull);
+        return;
+    }
+    let Some(s) = EXEC_STATS.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: this CPU's value of a per-CPU hash entry, valid for the program's run; the
+    // program does not nest with itself on a CPU.
+    let s = unsafe { &mut *s };
+    s.packets += 1;
+    s.bytes += u64::from(len);
 }
 
 /// The packet's fields from the frame itself: the executed skb holds the packet's bytes from

@@ -3,11 +3,12 @@
 
 pub mod counters;
 pub mod drops;
+pub mod platform;
 pub mod ufid_map;
 
 pub use drops::{DropGroup, group_drops};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use detrace_common::{
     DROP_REASON_SLOTS, FlowStats, OVS_DROP_REASON_BASE, drop_reason_slot, latency_bucket,
@@ -19,7 +20,8 @@ use crate::{
     FastMap,
     aggregate::counters::FlowCounters,
     events::{Verdict, drop_reason_name, path::PacketTrace},
-    explain::{ObjectName, culprit::Culprit},
+    explain::culprit::Culprit,
+    ovn::platform::PlatformRef,
     uuid::Uuid,
 };
 
@@ -41,7 +43,7 @@ pub fn record_end(s: &mut FlowStats, v: &Verdict, latency_ns: u64, after_upcall:
     s.latency_sum_ns += latency_ns;
 }
 
-fn slot_name(slot: usize) -> String {
+pub(crate) fn slot_name(slot: usize) -> String {
     if slot == DROP_REASON_SLOTS - 1 {
         "other".into()
     } else {
@@ -92,7 +94,12 @@ pub fn percentiles(s: &FlowStats) -> Percentiles {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RowKey {
     Flow(Uuid),
-    Object { table: String, uuid: Uuid },
+    Object {
+        table: String,
+        uuid: Uuid,
+    },
+    /// A platform object (without its rule: a NetworkPolicy, not each of its rules).
+    Platform(PlatformRef),
 }
 
 impl std::fmt::Display for RowKey {
@@ -100,6 +107,7 @@ impl std::fmt::Display for RowKey {
         match self {
             Self::Flow(u) => write!(f, "ufid:{u}"),
             Self::Object { table, uuid } => write!(f, "{table} {uuid}"),
+            Self::Platform(p) => write!(f, "{} {}", p.platform.label(), p),
         }
     }
 }
@@ -150,11 +158,20 @@ pub struct Row {
     /// Who decided the drops of this flow (flows with drops, once explained).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub culprit: Option<Culprit>,
+    /// The platform object of a platform row, structured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
     #[serde(skip)]
     pub stats: FlowStats,
 }
 
-fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, secs: f64) -> Row {
+pub(crate) fn row(
+    key: RowKey,
+    label: String,
+    s: &FlowStats,
+    delta: Option<&FlowStats>,
+    secs: f64,
+) -> Row {
     let mut reasons = BTreeMap::new();
     for (i, &n) in s.drop_reasons.iter().enumerate() {
         if n > 0 {
@@ -173,6 +190,7 @@ fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
         drop_reasons: reasons,
         latency: percentiles(s),
         culprit: None,
+        platform: None,
         stats: *s,
     }
 }
@@ -182,7 +200,7 @@ fn row(key: RowKey, label: String, s: &FlowStats, delta: Option<&FlowStats>, sec
 #[derive(Default)]
 pub struct FlowTable {
     pub flows: FastMap<Uuid, FlowCounters>,
-    prev: FastMap<Uuid, FlowCounters>,
+    pub(crate) prev: FastMap<Uuid, FlowCounters>,
 }
 
 impl FlowTable {
@@ -198,15 +216,13 @@ impl FlowTable {
 
     /// Adds a recorded packet (replay): every pass counts for its flow, the end for the last.
     /// One table lookup per pass: the last pass's entry also takes the end. A pass executed
-    /// by ovs-vswitchd after an upcall ran its flow's actions without a lookup: not counted as
-    /// a pass, as in the kernel.
+    /// by ovs-vswitchd after an upcall ran its flow's actions: counted for the flow installed
+    /// for it, as the probes count it live (the kernel's own counters do not).
     pub fn add_trace(&mut self, t: &PacketTrace) {
         let last = t.passes.len().wrapping_sub(1);
         for (i, p) in t.passes.iter().enumerate() {
             let c = self.flows.entry(p.ufid).or_default();
-            if !p.executed {
-                c.add_pass(t.len);
-            }
+            c.add_pass(t.len);
             if i == last {
                 c.record_end(&t.verdict, t.latency_ns, t.after_upcall);
             }
@@ -230,38 +246,6 @@ impl FlowTable {
                     .map(|p| s.saturating_sub(&p.to_stats()))
                     .unwrap_or(s);
                 row(RowKey::Flow(*u), label(u), &s, Some(&d), secs)
-            })
-            .collect()
-    }
-
-    /// Rows per OVN object: a flow counts for every object it traces back to.
-    pub fn object_rows(&self, secs: f64, objects: impl Fn(&Uuid) -> Vec<ObjectName>) -> Vec<Row> {
-        let mut sums: HashMap<ObjectName, (FlowStats, FlowStats)> = HashMap::new();
-        for (u, c) in &self.flows {
-            let s = &c.to_stats();
-            let d = self
-                .prev
-                .get(u)
-                .map(|p| s.saturating_sub(&p.to_stats()))
-                .unwrap_or(*s);
-            for o in objects(u) {
-                let e = sums.entry(o).or_default();
-                e.0.add(s);
-                e.1.add(&d);
-            }
-        }
-        sums.into_iter()
-            .map(|(o, (s, d))| {
-                row(
-                    RowKey::Object {
-                        table: o.table.clone(),
-                        uuid: o.uuid,
-                    },
-                    format!("{} {}", o.table, o.name),
-                    &s,
-                    Some(&d),
-                    secs,
-                )
             })
             .collect()
     }
@@ -332,6 +316,7 @@ mod tests {
             nb_table: Some("ACL".into()),
             datapath: None,
             flow_desc: None,
+            platform: None,
         };
         let groups = group_drops(
             &t.stats(),
@@ -348,17 +333,23 @@ mod tests {
         let r1 = rows.iter().find(|r| r.key == RowKey::Flow(u1)).unwrap();
         assert_eq!(serde_json::to_value(&r1.key).unwrap(), format!("ufid:{u1}"));
         assert_eq!(r1.pps, 5.0);
-        // Objects: both flows belong to one ACL.
+        // Objects: both flows (two first passes) belong to one ACL.
         let orows = t.object_rows(2.0, |u| {
-            if *u == u3 {
-                vec![]
-            } else {
-                vec![ObjectName {
-                    table: "ACL".into(),
-                    uuid: Uuid(9),
-                    name: "a".into(),
-                }]
-            }
+            Some(platform::FlowPlace {
+                objects: if *u == u3 {
+                    vec![]
+                } else {
+                    vec![crate::explain::ObjectName {
+                        table: "ACL".into(),
+                        uuid: Uuid(9),
+                        name: "a".into(),
+                        platform: None,
+                    }]
+                },
+                platforms: Vec::new(),
+                recirc_id: 0,
+                recirc_to: Vec::new(),
+            })
         });
         assert_eq!(orows.len(), 1);
         assert_eq!(orows[0].packets, 50);
@@ -384,6 +375,7 @@ mod tests {
             nb_table: Some("ACL".into()),
             datapath: None,
             flow_desc: None,
+            platform: None,
         };
         let g = group_drops(&flows, |_| c.clone(), |_| None);
         assert_eq!((g[0].drops, g[0].in_kernel, g[0].after_upcall), (12, 10, 2));

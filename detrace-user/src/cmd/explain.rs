@@ -45,8 +45,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         .map(|s| parse_ufid(s))
         .collect::<Result<_, _>>()?;
     // Start the database replicas first: they load while we talk to ovs-vswitchd.
-    let sb = Remote::parse_list(&args.conn.sb_remote()).context("--sb-db")?;
-    let nb = Remote::parse_list(&args.conn.nb_remote()).context("--nb-db")?;
+    let sb =
+        Remote::parse_list_with(&args.conn.sb_remote(), &args.conn.ssl()).context("--sb-db")?;
+    let nb =
+        Remote::parse_list_with(&args.conn.nb_remote(), &args.conn.ssl()).context("--nb-db")?;
     let ovn = OvnReplicas::start(sb, nb, args.conn.timeout());
     let mut ovs = connect_vswitchd(&args)?;
     ovs.retry.attempts = args.detrace_retries.max(1);

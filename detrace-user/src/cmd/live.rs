@@ -15,6 +15,7 @@ use crate::{
         kernel::{Counting, EventOptions, attach_live},
         pipeline::{Pipeline, Sink},
         run::{RunOptions, run},
+        select::Selection,
         sinks::{
             drops::DropsSink,
             record::RecordSink,
@@ -36,8 +37,10 @@ const PER_PACKET: Counting = Counting {
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {
-    let sb = Remote::parse_list(&live.conn.sb_remote()).context("--sb-db")?;
-    let nb = Remote::parse_list(&live.conn.nb_remote()).context("--nb-db")?;
+    let sb =
+        Remote::parse_list_with(&live.conn.sb_remote(), &live.conn.ssl()).context("--sb-db")?;
+    let nb =
+        Remote::parse_list_with(&live.conn.nb_remote(), &live.conn.ssl()).context("--nb-db")?;
     let ovn = OvnReplicas::start(sb, nb, live.conn.timeout());
     // Followed across restarts (a new pid, a new socket): live commands outlive the daemon.
     let ctl = DaemonCtl::connect(&live.conn.ovs_rundir, "ovs-vswitchd", live.conn.timeout())
@@ -70,7 +73,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Attaches the probes (per-packet events only when asked), says so, and runs the pipeline
 /// into `sink` until stopped; prints the closing lines.
-fn run_live<K: Sink<DaemonCtl>>(
+pub(crate) fn run_live<K: Sink<DaemonCtl>>(
     live: &LiveArgs,
     events: Option<&EventArgs>,
     counting: Counting,
@@ -80,7 +83,7 @@ fn run_live<K: Sink<DaemonCtl>>(
 ) -> anyhow::Result<()> {
     let opts = match events {
         Some(e) => EventOptions {
-            filter: e.filter.to_filter(),
+            filter: select_pods(e, &mut pipe),
             ring_size: e.ring_size,
             rate_limit: e.rate_limit,
         },
@@ -125,9 +128,25 @@ fn run_live<K: Sink<DaemonCtl>>(
     Ok(())
 }
 
+/// The kernel filter of `e`, with the addresses of `--pod` / `--namespace` read from the
+/// Northbound database now (the pipeline keeps them current).
+fn select_pods(e: &EventArgs, pipe: &mut Pipeline<DaemonCtl>) -> crate::probes::loader::Filter {
+    let mut filter = e.filter.to_filter();
+    if let Some(selector) = e.filter.selector()
+        && let Some(nb) = pipe.cache.nb()
+    {
+        let sel = Selection::new(selector, &nb);
+        drop(nb);
+        eprintln!("detrace: {}", sel.describe());
+        filter.addrs = Some(sel.current.clone());
+        pipe.selection = Some(sel);
+    }
+    filter
+}
+
 /// The pipeline of a live command: the explanation cache (the full chain of each
 /// explanation only for a recording), ovs-vswitchd's port names.
-fn pipeline(live: &LiveArgs, keep_full: bool) -> anyhow::Result<Pipeline<DaemonCtl>> {
+pub(crate) fn pipeline(live: &LiveArgs, keep_full: bool) -> anyhow::Result<Pipeline<DaemonCtl>> {
     crate::probes::preflight()?;
     let mut cache = explainer(live)?;
     cache.keep_full = keep_full;
@@ -177,6 +196,7 @@ fn stdout() -> Box<dyn std::io::Write> {
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = WatchSink::new(args.live.format, stdout());
+    sink.verdict = args.verdict;
     run_live(
         &args.live,
         Some(&args.events),
@@ -190,17 +210,20 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
 pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = DropsSink::new(args.live.format, stdout());
+    // The kernel's per-flow drop counters hold every packet; a filter's are the events'.
+    sink.from_events = args.events.filter.is_set();
+    if sink.from_events {
+        eprintln!(
+            "detrace: filtered: drops counted from the packets' events (lost events are said at the end)"
+        );
+    }
     let every = args.interval.map(Duration::from_secs_f64);
-    // Per-packet events only with per-packet counting (for the sample packets).
-    let events = args.count.per_packet.then_some(&args.events);
-    run_live(
-        &args.live,
-        events,
-        args.count.counting(),
-        pipe,
-        &mut sink,
-        every,
-    )
+    // Per-packet events only with per-packet counting (for the sample packets), which a filter
+    // needs: the kernel's flow table counts every packet.
+    let mut counting = args.count.counting();
+    counting.per_packet |= sink.from_events;
+    let events = counting.per_packet.then_some(&args.events);
+    run_live(&args.live, events, counting, pipe, &mut sink, every)
 }
 
 pub fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -236,7 +259,9 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 /// `top`: refreshing tables from the kernel's per-flow counters (no per-packet events).
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
-    let tty = std::io::stdout().is_terminal() && args.live.format == Format::Text;
+    // Redraws in place on a terminal (or with --color always), never with --color never.
+    let tty =
+        crate::term::control(std::io::stdout().is_terminal()) && args.live.format == Format::Text;
     let mode = TopMode::Live {
         tty,
         last: Instant::now(),

@@ -6,7 +6,7 @@ pub mod render;
 use serde::Serialize;
 
 use crate::{
-    ovn::{NbObject, Resolver, SbCandidate},
+    ovn::{NbObject, Resolver, SbCandidate, platform::PlatformRef},
     ovs::{DpFlow, OfRule, RuleSource, vswitchd::FlowRules},
     uuid::Uuid,
 };
@@ -28,6 +28,8 @@ pub struct ObjectRef {
     pub table: &'static str,
     pub uuid: Uuid,
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -61,6 +63,7 @@ fn object_ref(o: &NbObject) -> ObjectRef {
         table: o.table,
         uuid: o.uuid,
         name: o.label(),
+        platform: o.platform.clone(),
     }
 }
 
@@ -113,6 +116,9 @@ pub struct ObjectName {
     pub table: String,
     pub uuid: Uuid,
     pub name: String,
+    /// The platform object the row was written for (pod, NetworkPolicy, Service...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
 }
 
 /// One line of a [`FlowSummary`]'s details, typed: what it is about is known without reading
@@ -255,6 +261,7 @@ impl FlowSummary {
                     table: o.table.to_string(),
                     uuid: o.uuid,
                     name: o.name.clone(),
+                    platform: o.platform.clone(),
                 })
                 .collect(),
             stages,

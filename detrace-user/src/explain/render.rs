@@ -41,7 +41,7 @@ fn write_nb_line(s: &mut impl Write, o: &NbObject) -> fmt::Result {
                 ": {} priority {} match=({}) action={}",
                 field(o, "direction"),
                 field(o, "priority"),
-                field(o, "match"),
+                super::culprit::match_text(o),
                 field(o, "action")
             )?;
         }
@@ -55,7 +55,7 @@ fn write_nb_line(s: &mut impl Write, o: &NbObject) -> fmt::Result {
             let rest: Vec<String> = o
                 .fields
                 .iter()
-                .filter(|(k, _)| k.as_str() != "name")
+                .filter(|(k, _)| k.as_str() != "name" && k.as_str() != "external_ids")
                 .map(|(k, v)| match v {
                     serde_json::Value::String(t) => format!("{k}={t}"),
                     other => format!("{k}={other}"),
@@ -68,6 +68,9 @@ fn write_nb_line(s: &mut impl Write, o: &NbObject) -> fmt::Result {
     }
     if !o.owners.is_empty() {
         write!(s, "  [in {}]", o.owners.join(", "))?;
+    }
+    if let Some(p) = &o.platform {
+        write!(s, "  <- {} {p}", p.platform.label())?;
     }
     Ok(())
 }
@@ -194,6 +197,11 @@ fn write_text(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
             }
         }
     }
+    write_objects(s, e)
+}
+
+/// The NB objects met, their platform objects, and who dropped.
+fn write_objects(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
     if !e.objects.is_empty() {
         let objs: Vec<String> = e
             .objects
@@ -201,6 +209,16 @@ fn write_text(s: &mut impl Write, e: &FlowExplanation) -> fmt::Result {
             .map(|o| format!("{} {}", o.table, o.name))
             .collect();
         writeln!(s, "  OVN objects: {}", objs.join(", "))?;
+        let mut platform: Vec<String> = Vec::new();
+        for p in e.objects.iter().filter_map(|o| o.platform.as_ref()) {
+            let p = p.object().to_string();
+            if !platform.contains(&p) {
+                platform.push(p);
+            }
+        }
+        if !platform.is_empty() {
+            writeln!(s, "  platform: {}", platform.join(", "))?;
+        }
     }
     if let Some(c) = &e.drop_culprit {
         writeln!(s, "  dropped by {}", c.text())?;

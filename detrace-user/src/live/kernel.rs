@@ -1,6 +1,6 @@
 //! The eBPF probes as the live commands' [`Tracer`] and [`EventSource`].
 
-use std::{cell::RefCell, time::Duration};
+use std::{cell::RefCell, collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
 use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
@@ -38,9 +38,10 @@ pub struct Counting {
 }
 
 /// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
-/// per-packet counting, or (`flows` set) from the kernel's flow table.
+/// per-packet counting, or (`flows` set) from the kernel's flow table. The probes in a cell:
+/// the filter's address set is rewritten while the run loop holds the tracer shared.
 pub struct KernelTracer {
-    probes: Probes,
+    probes: RefCell<Probes>,
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
     latency_sample: u32,
 }
@@ -81,17 +82,17 @@ pub struct KernelEvents(Option<EventReader>);
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let Some(flows) = &self.flows else {
-            return Ok(self.probes.flow_stats()?);
+            return Ok(self.probes.borrow().flow_stats()?);
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
         acc.read(&mut Reads {
-            probes: &self.probes,
+            probes: &self.probes.borrow(),
             table,
         })
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
-        let mut c = self.probes.counters()?;
+        let mut c = self.probes.borrow().counters()?;
         if let Some(flows) = &self.flows {
             // No probe counts hits or drops per packet here: the flow table's counts (as of
             // the last read) do.
@@ -105,6 +106,9 @@ impl Tracer for KernelTracer {
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
         }
         Ok(c)
+    }
+    fn set_filter_addrs(&self, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
+        Ok(self.probes.borrow_mut().set_filter_addrs(addrs)?)
     }
 }
 
@@ -167,7 +171,7 @@ pub fn attach_live(
         0
     };
     let tracer = KernelTracer {
-        probes,
+        probes: RefCell::new(probes),
         flows,
         latency_sample,
     };

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod record;
 pub mod render;
 pub mod run;
+pub mod select;
 pub mod sinks;
 pub mod source;
 

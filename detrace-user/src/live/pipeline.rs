@@ -11,6 +11,7 @@ use detrace_common::{Event, FlowStats};
 use super::{
     clock::{Clock, Ports},
     explainer::{ExplainCache, LookupRef},
+    select::Selection,
     source::LossReport,
 };
 use crate::{
@@ -94,8 +95,11 @@ pub struct RunEnd {
 /// A consumer of the pipeline: it aggregates and renders, from resolved data only.
 pub trait Sink<A: Appctl> {
     fn needs(&self) -> Needs;
-    /// A finished packet, its explanations settled as [`Self::needs`] asked.
-    fn packet(&mut self, view: &View<'_, A>, t: &PacketTrace) -> std::io::Result<()>;
+    /// A finished packet, its explanations settled as [`Self::needs`] asked (sinks that
+    /// count from the kernel's per-flow counters alone ignore packets).
+    fn packet(&mut self, _view: &View<'_, A>, _t: &PacketTrace) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Per-flow counters (see [`FlowsAt`]).
     fn flows(&mut self, _view: &View<'_, A>, _at: &FlowsAt<'_>) -> std::io::Result<()> {
         Ok(())
@@ -146,6 +150,8 @@ pub struct Pipeline<A: Appctl> {
     traces: Vec<PacketTrace>,
     /// ovs-vswitchd's generation the port names were read at.
     ovs_generation: u64,
+    /// `--pod` / `--namespace`: the addresses the kernel filters on, kept current.
+    pub selection: Option<Selection>,
 }
 
 impl<A: Appctl> Pipeline<A> {
@@ -159,7 +165,17 @@ impl<A: Appctl> Pipeline<A> {
             decode_errors: 0,
             traces: Vec::new(),
             ovs_generation: 0,
+            selection: None,
         }
+    }
+
+    /// The selected pods' addresses when they changed (pods came or went), said on stderr.
+    pub fn refresh_selection(&mut self) -> Option<std::collections::BTreeSet<std::net::IpAddr>> {
+        let sel = self.selection.as_mut()?;
+        let nb = self.cache.nb()?;
+        let now = sel.refresh(&nb)?.clone();
+        eprintln!("detrace: {}", sel.describe());
+        Some(now)
     }
 
     pub fn view(&self) -> View<'_, A> {
@@ -256,12 +272,15 @@ impl<A: Appctl> Pipeline<A> {
     }
 
     /// Every tick: explains what waits (within the request budget), after queueing the flows
-    /// the kernel counted drops on when the sink needs drops and `flows` were read; follows an
+    /// of `flows` (when read) the sink needs: all of them, or those the kernel counted drops
+    /// on; follows an
     /// ovs-vswitchd restart (its port numbers may have changed).
     pub fn tick(&mut self, needs: Needs, flows: Option<&FastMap<Uuid, FlowStats>>) {
-        if let (true, Some(flows)) = (needs.drops, flows) {
+        if let Some(flows) = flows {
             for (u, s) in flows {
-                if s.drops > 0 {
+                // Every flow at first sight (within a second) for a sink that needs them all,
+                // not at its next report: a report interval can outlast a flow.
+                if needs.flows || (needs.drops && s.drops > 0) {
                     self.cache.seen(*u);
                 }
             }

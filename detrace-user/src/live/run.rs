@@ -79,12 +79,15 @@ fn tick<T: Tracer, A: Appctl>(
 ) -> anyhow::Result<()> {
     pipe.expire(sink)?;
     let needs = sink.needs();
-    let flows = if scan && needs.drops {
+    let flows = if scan && (needs.drops || needs.flows) {
         Some(flow_map(tracer)?)
     } else {
         None
     };
     pipe.tick(needs, flows.as_ref());
+    if scan && let Some(addrs) = pipe.refresh_selection() {
+        tracer.set_filter_addrs(&addrs)?;
+    }
     sink.flush()?;
     let loss = LossReport::from_counters(&tracer.counters()?);
     if loss.get(detrace_common::Counter::EventsLost) > *last_lost {

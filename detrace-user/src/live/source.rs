@@ -1,6 +1,8 @@
 //! The seams between the live commands and the kernel: the per-flow counters and the event
 //! stream. The eBPF probes implement them; tests and replays use their own.
 
+use std::{collections::BTreeSet, net::IpAddr};
+
 use detrace_common::{COUNTER_SLOTS, COUNTERS, Counter, Event, FlowStats};
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
@@ -14,6 +16,8 @@ pub trait Tracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>>;
     /// Cumulative counters (indexed by [`Counter`]), summed over CPUs.
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]>;
+    /// Replaces the addresses of the kernel's address-set filter (`--pod`, `--namespace`).
+    fn set_filter_addrs(&self, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<()>;
 }
 
 /// Per-packet events.
@@ -114,7 +118,7 @@ impl LossReport {
         }
         if self.get(Counter::FlowStatsFull) > 0 {
             s.push_str(&format!(
-                "; {} flow updates not counted (flow table full)",
+                "; {} flow updates not counted (per-flow map full or out of memory)",
                 self.get(Counter::FlowStatsFull)
             ));
         }

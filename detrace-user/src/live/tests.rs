@@ -45,6 +45,12 @@ impl Tracer for Fake {
         c[Counter::EventsLost as usize] = self.lost;
         Ok(c)
     }
+    fn set_filter_addrs(
+        &self,
+        _: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 struct FakeSource(Vec<Vec<Event>>);
 impl EventSource for FakeSource {

@@ -2,8 +2,11 @@
 //! (utilities/ovn_detrace.py.in) does by hand, over the in-memory replicas. Every candidate of a
 //! colliding prefix is returned; nothing is guessed.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
+use super::platform::{self, PlatformRef};
 use crate::{
     ovsdb::{Datum, Replica, Row, replica::LOGICAL_FLOW},
     uuid::Uuid,
@@ -32,6 +35,13 @@ pub struct NbObject {
     /// Who holds it: e.g. "Logical_Switch sw0", "Port_Group pg1".
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<String>,
+    /// The platform object the row was written for (pod, NetworkPolicy, Service, Neutron
+    /// port or security group rule...), from its external_ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
+    /// The owners of the port groups (`@name`) and address sets (`$name`) of its match.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_owners: BTreeMap<String, PlatformRef>,
 }
 
 impl NbObject {
@@ -288,11 +298,17 @@ impl Resolver<'_> {
             }
         }
         owners.sort();
+        let match_owners = row
+            .str("match")
+            .map(|m| platform::match_refs(self.nb, m).into_iter().collect())
+            .unwrap_or_default();
         Some(NbObject {
             table,
             uuid,
             fields: fields_of(row),
             owners,
+            platform: platform::identify(self.nb, table, uuid, row),
+            match_owners,
         })
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 
 /// Default run directory of OVS packages (lib/dirs.c); `OVS_RUNDIR` overrides it.
-pub const DEFAULT_OVS_RUNDIR: &str = "/var/run/openvswitch";
+pub const DEFAULT_OVS_RUNDIR: &str = crate::paths::OVS_RUNDIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnixctlError {

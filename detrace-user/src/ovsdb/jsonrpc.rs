@@ -1,9 +1,9 @@
-//! OVSDB JSON-RPC 1.0 over unix or tcp streams (RFC 7047 section 4): requests with ids,
+//! OVSDB JSON-RPC 1.0 over unix, tcp or ssl streams (RFC 7047 section 4): requests with ids,
 //! replies, `update` notifications, and `echo` keepalives that must be answered.
 
 use std::{
     collections::VecDeque,
-    io::{BufReader, Read, Write},
+    io::{BufReader, Write},
     net::TcpStream,
     os::unix::net::UnixStream,
     path::PathBuf,
@@ -13,21 +13,33 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 
-/// Where a database server listens: `unix:PATH` or `tcp:HOST:PORT` (ovsdb-server(1) syntax).
+use super::{
+    ssl::{self, SslConfig, SslError, SslFiles},
+    stream::{Stream, lock},
+};
+
+/// Where a database server listens: `unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT`
+/// (ovsdb-server(1) syntax). An ssl remote carries the PKI files it was given, loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Remote {
     Unix(PathBuf),
     Tcp(String),
+    Ssl(String, SslConfig),
 }
 
 impl Remote {
     /// Parses a comma-separated list (a clustered database lists every member).
     pub fn parse_list(s: &str) -> Result<Vec<Remote>, OvsdbError> {
+        Self::parse_list_with(s, &SslFiles::default())
+    }
+
+    /// Like [`parse_list`](Self::parse_list), with the PKI files that ssl remotes need.
+    pub fn parse_list_with(s: &str, ssl: &SslFiles) -> Result<Vec<Remote>, OvsdbError> {
         let list: Vec<Remote> = s
             .split(',')
             .map(str::trim)
             .filter(|r| !r.is_empty())
-            .map(Remote::parse)
+            .map(|r| Remote::parse_with(r, ssl))
             .collect::<Result<_, _>>()?;
         if list.is_empty() {
             return Err(OvsdbError::BadRemote {
@@ -38,15 +50,26 @@ impl Remote {
     }
 
     pub fn parse(s: &str) -> Result<Remote, OvsdbError> {
+        Self::parse_with(s, &SslFiles::default())
+    }
+
+    pub fn parse_with(s: &str, ssl: &SslFiles) -> Result<Remote, OvsdbError> {
         if let Some(p) = s.strip_prefix("unix:") {
             Ok(Remote::Unix(PathBuf::from(p)))
         } else if let Some(hp) = s.strip_prefix("tcp:") {
             // tcp:[::1]:6641 -> "[::1]:6641", which std's resolver accepts as is.
             Ok(Remote::Tcp(hp.to_string()))
-        } else if s.starts_with("ssl:") {
-            Err(OvsdbError::Unsupported {
+        } else if let Some(hp) = s.strip_prefix("ssl:") {
+            if !hp.contains(':') {
+                return Err(OvsdbError::BadRemote {
+                    remote: s.to_string(),
+                });
+            }
+            let config = ssl.load().map_err(|error| OvsdbError::Ssl {
                 remote: s.to_string(),
-            })
+                error,
+            })?;
+            Ok(Remote::Ssl(hp.to_string(), config))
         } else {
             Err(OvsdbError::BadRemote {
                 remote: s.to_string(),
@@ -60,18 +83,17 @@ impl std::fmt::Display for Remote {
         match self {
             Remote::Unix(p) => write!(f, "unix:{}", p.display()),
             Remote::Tcp(a) => write!(f, "tcp:{a}"),
+            Remote::Ssl(a, _) => write!(f, "ssl:{a}"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OvsdbError {
-    #[error("bad OVSDB remote {remote:?}: expected unix:PATH or tcp:HOST:PORT")]
+    #[error("bad OVSDB remote {remote:?}: expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")]
     BadRemote { remote: String },
-    #[error(
-        "OVSDB remote {remote:?}: ssl is not supported by detrace yet; use a unix or tcp remote"
-    )]
-    Unsupported { remote: String },
+    #[error("{remote}: {error}")]
+    Ssl { remote: String, error: SslError },
     #[error("permission denied connecting to {remote}: run as root or as the owner of the socket")]
     PermissionDenied { remote: String },
     #[error("cannot connect to {remote} (is the database server running?)")]
@@ -118,55 +140,23 @@ impl OvsdbError {
         matches!(
             self,
             Self::BadRemote { .. }
-                | Self::Unsupported { .. }
                 | Self::PermissionDenied { .. }
                 | Self::WrongDatabase { .. }
                 | Self::WrongSchema { .. }
-        )
-    }
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
+        ) || matches!(self, Self::Ssl { error, .. } if error.is_fatal())
     }
 
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(t),
-            Stream::Tcp(s) => s.set_read_timeout(t),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.flush(),
-            Stream::Tcp(s) => s.flush(),
+    /// An I/O error, or the TLS failure inside it.
+    fn io(remote: &str, source: std::io::Error) -> OvsdbError {
+        match ssl::tls_error(&source) {
+            Some(error) => OvsdbError::Ssl {
+                remote: remote.to_string(),
+                error,
+            },
+            None => OvsdbError::Io {
+                remote: remote.to_string(),
+                source,
+            },
         }
     }
 }
@@ -197,6 +187,16 @@ pub struct Connection {
     pending: VecDeque<Message>,
 }
 
+/// A TLS session ends with close_notify, so the server sees a clean close rather than an
+/// "unexpected eof" warning for every connection.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Stream::Ssl(t, _) = &self.writer {
+            ssl::close(&mut lock(t));
+        }
+    }
+}
+
 impl Connection {
     pub fn connect(remote: &Remote, timeout: Duration) -> Result<Self, OvsdbError> {
         let name = remote.to_string();
@@ -209,23 +209,39 @@ impl Connection {
                 source,
             },
         };
-        let stream = match remote {
-            Remote::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(connect_err)?),
-            Remote::Tcp(a) => {
-                use std::net::ToSocketAddrs;
-                let addr = a
-                    .to_socket_addrs()
-                    .map_err(connect_err)?
-                    .next()
-                    .ok_or_else(|| OvsdbError::BadRemote {
-                        remote: name.clone(),
-                    })?;
-                Stream::Tcp(TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?)
-            }
-        };
         let io = |source| OvsdbError::Io {
             remote: name.clone(),
             source,
+        };
+        let tcp = |a: &str| {
+            use std::net::ToSocketAddrs;
+            let addr = a
+                .to_socket_addrs()
+                .map_err(connect_err)?
+                .next()
+                .ok_or_else(|| OvsdbError::BadRemote {
+                    remote: name.clone(),
+                })?;
+            let sock = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+            // Bounds the TLS handshake too.
+            sock.set_read_timeout(Some(timeout)).map_err(io)?;
+            Ok::<_, OvsdbError>(sock)
+        };
+        let stream = match remote {
+            Remote::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(connect_err)?),
+            Remote::Tcp(a) => Stream::Tcp(tcp(a)?),
+            Remote::Ssl(a, config) => {
+                let sock = tcp(a)?;
+                let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+                let timeouts = sock.try_clone().map_err(io)?;
+                Stream::Ssl(
+                    ssl::handshake(config, host, sock).map_err(|error| OvsdbError::Ssl {
+                        remote: name.clone(),
+                        error,
+                    })?,
+                    timeouts,
+                )
+            }
         };
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
@@ -260,10 +276,7 @@ impl Connection {
         })?;
         self.writer
             .write_all(&bytes)
-            .map_err(|source| OvsdbError::Io {
-                remote: self.remote.clone(),
-                source,
-            })
+            .map_err(|source| OvsdbError::io(&self.remote, source))
     }
 
     /// Reads one message, answering `echo` requests on the way (the server drops idle clients
@@ -277,10 +290,7 @@ impl Connection {
                     });
                 }
                 Some(Err(e)) if e.is_io() => {
-                    return Err(OvsdbError::Io {
-                        remote: self.remote.clone(),
-                        source: e.into(),
-                    });
+                    return Err(OvsdbError::io(&self.remote, e.into()));
                 }
                 Some(Err(e)) if e.is_eof() => {
                     return Err(OvsdbError::Closed {
@@ -421,8 +431,8 @@ mod tests {
             ]
         );
         assert!(matches!(
-            Remote::parse("ssl:1.2.3.4:6642"),
-            Err(OvsdbError::Unsupported { .. })
+            Remote::parse("ssl:6642"),
+            Err(OvsdbError::BadRemote { .. })
         ));
         assert!(matches!(
             Remote::parse("/tmp/x.sock"),

@@ -364,7 +364,17 @@ struct RowsSeed<'r, 't> {
 impl<'de> DeserializeSeed<'de> for RowsSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
+        // Any value: one that is not an object is skipped and counted (as the tree applier
+        // does), and the tables after it still apply.
+        d.deserialize_any(self)
+    }
+}
+
+impl RowsSeed<'_, '_> {
+    fn not_rows<E>(self) -> Result<(), E> {
+        self.replica
+            .note_bad(format!("{}: row updates are not an object", self.table));
+        Ok(())
     }
 }
 
@@ -372,6 +382,28 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object of row updates")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.not_rows()
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<(), S::Error> {
+        while s.next_element::<IgnoredAny>()?.is_some() {}
+        self.not_rows()
     }
     fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
         let wanted = self.replica.spec(self.table).is_some();
@@ -494,5 +526,34 @@ mod tests {
         assert!(sb.last_bad_row.is_some());
         sb.apply_table_updates(&serde_json::json!([1, 2]));
         assert_eq!(sb.bad_rows, 4);
+    }
+
+    /// A table whose row updates are not an object is skipped and counted by both appliers,
+    /// and the tables after it still apply (found by the replica_updates fuzz target: the
+    /// streaming applier used to give up on the rest of the message; the input is kept in
+    /// tests/fixtures/fuzz/replica_updates/).
+    #[test]
+    fn both_appliers_skip_a_table_that_is_not_rows() {
+        let text = r#"{"Chassis": "x", "Port_Binding": {"1d826318-0000-0000-0000-000000000000": {"new": {"logical_port": "client"}}}, "MAC_Binding": [1, {"a": 2}], "Datapath_Binding": 7}"#;
+        let mut raw = Replica::new(SB_DB, SB_TABLES);
+        raw.apply_table_updates_raw(
+            serde_json::from_str::<&serde_json::value::RawValue>(text).unwrap(),
+        );
+        let mut tree = Replica::new(SB_DB, SB_TABLES);
+        tree.apply_table_updates(&serde_json::from_str::<serde_json::Value>(text).unwrap());
+        for r in [&raw, &tree] {
+            assert_eq!(r.bad_rows, 3, "{:?}", r.last_bad_row);
+            assert_eq!(r.rows("Port_Binding").count(), 1);
+        }
+        let crash = crate::testutil::fixture(
+            "fuzz/replica_updates/crash-a20f0c71b2c168770f16721d7c23ad55f361fcfb",
+        );
+        let mut raw = Replica::new(SB_DB, SB_TABLES);
+        raw.apply_table_updates_raw(
+            serde_json::from_str::<&serde_json::value::RawValue>(&crash).unwrap(),
+        );
+        let mut tree = Replica::new(SB_DB, SB_TABLES);
+        tree.apply_table_updates(&serde_json::from_str::<serde_json::Value>(&crash).unwrap());
+        assert_eq!((raw.bad_rows, tree.bad_rows), (3, 3));
     }
 }

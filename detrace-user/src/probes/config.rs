@@ -2,16 +2,16 @@
 //! to trace ([`ProbeOptions`], [`Filter`]) and this kernel's struct offsets (BTF and tracefs,
 //! see [`super::offsets`]).
 
-use std::{io, net::IpAddr, path::Path};
+use std::{collections::BTreeSet, io, net::IpAddr, path::Path};
 
 use detrace_common::{
-    Config, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO, FILTER_SRC,
+    Config, FILTER_ADDRS, FILTER_DST, FILTER_HOST, FILTER_IN_PORT, FILTER_PORT, FILTER_PROTO,
+    FILTER_SRC,
 };
 
 use super::{btf::Btf, error::ProbeError, offsets};
 
-const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-const BTF_OPENVSWITCH: &str = "/sys/kernel/btf/openvswitch";
+use crate::paths::{BTF_OPENVSWITCH, BTF_VMLINUX};
 
 /// What to trace and how.
 #[derive(Clone, Debug)]
@@ -82,6 +82,9 @@ pub struct Filter {
     pub proto: Option<u8>,
     /// Datapath port number of the first pass.
     pub in_port: Option<u32>,
+    /// Either address in this set (kept current with [`super::loader::Probes::set_filter_addrs`]):
+    /// a pod's or a namespace's addresses. An empty set matches nothing.
+    pub addrs: Option<BTreeSet<IpAddr>>,
 }
 
 impl Filter {
@@ -133,6 +136,9 @@ impl Filter {
         if let Some(p) = self.in_port {
             cfg.filter_in_port = p;
             cfg.filter_flags |= FILTER_IN_PORT;
+        }
+        if self.addrs.is_some() {
+            cfg.filter_flags |= FILTER_ADDRS;
         }
         Ok(())
     }

@@ -8,8 +8,7 @@ use std::{
 
 use super::error::ProbeError;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const TRACEFS_OLD: &str = "/sys/kernel/debug/tracing";
+use crate::paths::{KALLSYMS, KPROBE_PMU, OVS_MODULE, TRACEFS, TRACEFS_OLD};
 
 /// Root, and the openvswitch module.
 pub(super) fn check_privileges() -> Result<(), ProbeError> {
@@ -17,7 +16,7 @@ pub(super) fn check_privileges() -> Result<(), ProbeError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(ProbeError::NotRoot);
     }
-    if !Path::new("/sys/module/openvswitch").exists() {
+    if !Path::new(OVS_MODULE).exists() {
         return Err(ProbeError::NoOvsModule);
     }
     Ok(())
@@ -26,9 +25,7 @@ pub(super) fn check_privileges() -> Result<(), ProbeError> {
 /// tracefs (mounted when missing) and kprobes; returns where tracefs is.
 pub(super) fn check_tracing() -> Result<PathBuf, ProbeError> {
     let tracefs = tracefs()?;
-    if !Path::new("/sys/bus/event_source/devices/kprobe").exists()
-        && !tracefs.join("kprobe_events").exists()
-    {
+    if !Path::new(KPROBE_PMU).exists() && !tracefs.join("kprobe_events").exists() {
         return Err(ProbeError::NoKprobes { tracefs });
     }
     Ok(tracefs)
@@ -69,7 +66,7 @@ fn tracefs() -> Result<PathBuf, ProbeError> {
 }
 
 pub(super) fn kallsyms_has(symbol: &str) -> bool {
-    std::fs::read_to_string("/proc/kallsyms").is_ok_and(|text| {
+    std::fs::read_to_string(KALLSYMS).is_ok_and(|text| {
         text.lines()
             .any(|l| l.split_whitespace().nth(2) == Some(symbol))
     })

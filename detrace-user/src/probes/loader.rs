@@ -9,6 +9,8 @@
 //! [`super::maps`] and [`super::ring`] (reading what the probes wrote).
 
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     os::fd::OwnedFd,
     time::{Duration, Instant},
 };
@@ -109,6 +111,10 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Object { source })?;
         phases.mark("object");
+        // Before any program runs: the first packets are already filtered.
+        if let Some(addrs) = &opts.filter.addrs {
+            maps::set_filter_addrs(&mut ebpf, addrs)?;
+        }
         let wanted = hooks::hooks(opts.flow_table(), opts.per_packet_probes());
         let targets = hooks::fentry_targets(wanted, &btf);
         drop(btf);
@@ -225,6 +231,11 @@ impl Probes {
     /// `Counter` values, summed over CPUs, indexed by `Counter as usize`.
     pub fn counters(&self) -> Result<[u64; COUNTER_SLOTS as usize], ProbeError> {
         maps::counters(&self.ebpf)
+    }
+
+    /// The addresses of the `addrs` filter (a pod's, a namespace's), replaced as a whole.
+    pub fn set_filter_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<(), ProbeError> {
+        maps::set_filter_addrs(&mut self.ebpf, addrs)
     }
 
     /// The event stream, once; None when the probes were attached without `events`.

@@ -1,13 +1,16 @@
 //! The eBPF maps user space reads: per-UFID aggregates (FLOW_STATS), counters (COUNTERS) and
 //! the event ring buffer (EVENTS), each summed over CPUs where the kernel keeps it per CPU.
 
+use std::{collections::BTreeSet, net::IpAddr};
+
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    COUNTER_SLOTS, DROP_REASON_SLOTS, FlowKey, FlowStats, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_STATS,
-    MAP_OTHER_DROPS, MAP_REMOVED_STATS, RemovedStats,
+    AddrKey, COUNTER_SLOTS, DROP_REASON_SLOTS, ExecStats, FILTER_ADDRS_MAX, FlowKey, FlowStats,
+    MAP_COUNTERS, MAP_EVENTS, MAP_EXEC_STATS, MAP_FILTER_ADDRS, MAP_FLOW_STATS, MAP_OTHER_DROPS,
+    MAP_REMOVED_STATS, RemovedStats,
 };
 
 use super::{error::ProbeError, ring::EventReader};
@@ -29,6 +32,7 @@ pub(super) fn flow_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], FlowStats)>, Prob
         let (key, per_cpu) = item.map_err(&err)?;
         out.push((key.ufid, sum_stats(per_cpu.iter())));
     }
+    add_executed(ebpf, &mut out)?;
     Ok(out)
 }
 
@@ -69,6 +73,35 @@ pub(super) fn other_drops(ebpf: &Ebpf) -> Result<[u64; DROP_REASON_SLOTS], Probe
     Ok(out)
 }
 
+/// Adds to each flow the packets ovs-vswitchd executed with its actions after an upcall
+/// (EXEC_STATS): its packets are all it acted on, not only its kernel hits.
+fn add_executed(ebpf: &Ebpf, out: &mut Vec<([u32; 4], FlowStats)>) -> Result<(), ProbeError> {
+    let err = map_err(MAP_EXEC_STATS);
+    let map = ebpf.map(MAP_EXEC_STATS).ok_or(ProbeError::NoMap {
+        name: MAP_EXEC_STATS,
+    })?;
+    let map: PerCpuHashMap<&MapData, FlowKey, ExecStats> =
+        PerCpuHashMap::try_from(map).map_err(&err)?;
+    let index: std::collections::HashMap<[u32; 4], usize> =
+        out.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
+    for item in map.iter() {
+        let (key, per_cpu) = item.map_err(&err)?;
+        let (packets, bytes) = per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes));
+        let s = match index.get(&key.ufid) {
+            Some(&i) => &mut out[i].1,
+            None => {
+                out.push((key.ufid, FlowStats::default()));
+                &mut out.last_mut().expect("just pushed").1
+            }
+        };
+        s.packets += packets;
+        s.bytes += bytes;
+    }
+    Ok(())
+}
+
 /// `Counter` values, summed over CPUs, indexed by `Counter as usize`.
 pub(super) fn counters(ebpf: &Ebpf) -> Result<[u64; COUNTER_SLOTS as usize], ProbeError> {
     let err = map_err(MAP_COUNTERS);
@@ -99,4 +132,48 @@ pub fn sum_stats<'a>(per_cpu: impl Iterator<Item = &'a FlowStats>) -> FlowStats 
         t.add(s);
     }
     t
+}
+
+/// An address as the probes' packet keys hold it (IPv4 in the first 4 bytes).
+pub fn addr_key(a: IpAddr) -> AddrKey {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            AddrKey { addr, version: 4 }
+        }
+        IpAddr::V6(v6) => AddrKey {
+            addr: v6.octets(),
+            version: 6,
+        },
+    }
+}
+
+/// Makes the FILTER_ADDRS set `addrs`: removes what left, adds what came.
+pub(super) fn set_filter_addrs(
+    ebpf: &mut Ebpf,
+    addrs: &BTreeSet<IpAddr>,
+) -> Result<(), ProbeError> {
+    if addrs.len() > FILTER_ADDRS_MAX as usize {
+        return Err(ProbeError::Filter {
+            why: format!(
+                "{} addresses selected: at most {FILTER_ADDRS_MAX} can be filtered in the kernel",
+                addrs.len()
+            ),
+        });
+    }
+    let err = map_err(MAP_FILTER_ADDRS);
+    let map = ebpf.map_mut(MAP_FILTER_ADDRS).ok_or(ProbeError::NoMap {
+        name: MAP_FILTER_ADDRS,
+    })?;
+    let mut map: HashMap<&mut MapData, AddrKey, u8> = HashMap::try_from(map).map_err(&err)?;
+    let want: Vec<AddrKey> = addrs.iter().map(|a| addr_key(*a)).collect();
+    let have: Vec<AddrKey> = map.keys().collect::<Result<_, _>>().map_err(&err)?;
+    for k in have.iter().filter(|k| !want.contains(k)) {
+        map.remove(k).map_err(&err)?;
+    }
+    for k in want.iter().filter(|k| !have.contains(k)) {
+        map.insert(k, 1, 0).map_err(&err)?;
+    }
+    Ok(())
 }

@@ -8,10 +8,10 @@ use objects::{
     Lf, ends_packet, is_drop_action, lb_no_backends, lflow, lflow_on, metadata_of, outputs, place,
     port_security_culprit, router_policy_culprit, stage_culprit,
 };
-pub use objects::{acl_culprit, lb_culprit};
+pub use objects::{acl_culprit, lb_culprit, match_text};
 
 use super::FlowExplanation;
-use crate::ovn::{NbObject, SbCandidate};
+use crate::ovn::{NbObject, SbCandidate, platform::PlatformRef};
 
 /// What kind of decision dropped a packet: each names the object that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,6 +94,10 @@ pub struct Culprit {
     /// OVN's own text for the dropping flow (SB Logical_Flow.flow_desc, OVN >= 24.09).
     #[serde(default)]
     pub flow_desc: Option<String>,
+    /// The platform object behind the NB row (NetworkPolicy, pod, Service, security group
+    /// rule...), when a platform wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRef>,
 }
 
 impl Culprit {
@@ -107,6 +111,7 @@ impl Culprit {
             nb_table: None,
             datapath: None,
             flow_desc: None,
+            platform: None,
         }
     }
 }
@@ -302,7 +307,8 @@ pub fn drop_culprit(e: &FlowExplanation) -> Culprit {
 }
 
 impl Culprit {
-    /// One line: `port security: LSP p4 (port_security "...") on sw0`.
+    /// One line: `port security: LSP p4 (port_security "...") on sw0`; the platform object
+    /// first when there is one: `NetworkPolicy prod/db (ingress rule 0) -> ACL: ACL ...`.
     pub fn text(&self) -> String {
         let name = match self.nb_table.as_deref() {
             Some("Logical_Switch_Port") => format!("LSP {}", self.name),
@@ -310,7 +316,10 @@ impl Culprit {
             Some("ACL") => format!("ACL {}", self.name),
             _ => self.name.clone(),
         };
-        let mut s = format!("{}: {name} ({})", self.kind, self.detail);
+        let mut s = match &self.platform {
+            Some(p) => format!("{p} -> {}: {name} ({})", self.kind, self.detail),
+            None => format!("{}: {name} ({})", self.kind, self.detail),
+        };
         if let Some(dp) = self.datapath.as_deref().filter(|d| !d.is_empty()) {
             s.push_str(&format!(" on {dp}"));
         }
@@ -321,9 +330,11 @@ impl Culprit {
     }
 }
 
-/// A short label of what a flow is about, for one-line displays: its most telling NB objects.
+/// A short label of what a flow is about, for one-line displays: its most telling NB objects,
+/// each platform object first with its OVN rows after it (`pod prod/client (LSP prod_client)`).
 pub fn flow_label(e: &FlowExplanation) -> String {
-    let mut parts: Vec<String> = Vec::new();
+    // (platform object or "", OVN rows' short names), in the order met.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for o in &e.objects {
         let short = match o.table {
             "ACL" => format!("ACL {}", o.name),
@@ -334,8 +345,23 @@ pub fn flow_label(e: &FlowExplanation) -> String {
             "Logical_Switch" | "Logical_Router" | "Port_Group" => continue,
             t => format!("{t} {}", o.name),
         };
-        if !parts.contains(&short) {
-            parts.push(short);
+        let owner = o
+            .platform
+            .as_ref()
+            .map(|p| p.object().to_string())
+            .unwrap_or_default();
+        match groups.iter_mut().find(|(g, _)| *g == owner) {
+            Some((_, rows)) if !rows.contains(&short) => rows.push(short),
+            Some(_) => {}
+            None => groups.push((owner, vec![short])),
+        }
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for (owner, rows) in groups {
+        if owner.is_empty() {
+            parts.extend(rows);
+        } else {
+            parts.push(format!("{owner} ({})", rows.join(", ")));
         }
     }
     if parts.is_empty() {

@@ -2,7 +2,7 @@
 //! from a flow's logical flows (their datapath, stage, match and actions).
 
 use super::{Culprit, CulpritKind};
-use crate::ovn::{NbObject, SbCandidate};
+use crate::ovn::{NbObject, SbCandidate, platform::annotate_match};
 
 pub(super) fn is_drop_action(a: &str) -> bool {
     a.contains("drop") || a.contains("reject")
@@ -126,6 +126,11 @@ pub(super) fn quoted_set(o: &NbObject, k: &str) -> String {
     }
 }
 
+/// A row's match, its port groups and address sets followed by their platform owners.
+pub fn match_text(o: &NbObject) -> String {
+    annotate_match(&col(o, "match"), &o.match_owners)
+}
+
 pub(super) fn with_owners(mut detail: String, o: &NbObject) -> String {
     if !o.owners.is_empty() {
         detail.push_str(&format!(" [in {}]", o.owners.join(", ")));
@@ -159,7 +164,7 @@ pub fn acl_culprit(o: &NbObject) -> Culprit {
             "{} priority {} match=({}) action={}",
             col(o, "direction"),
             col(o, "priority"),
-            col(o, "match"),
+            match_text(o),
             col(o, "action")
         ),
         o,
@@ -172,6 +177,7 @@ pub fn acl_culprit(o: &NbObject) -> Culprit {
         nb_table: Some("ACL".into()),
         datapath: place(None, Some(o)),
         flow_desc: None,
+        platform: o.platform.clone(),
     }
 }
 
@@ -185,6 +191,7 @@ pub fn lb_culprit(o: &NbObject) -> Culprit {
         nb_table: Some("Load_Balancer".into()),
         datapath: place(None, Some(o)),
         flow_desc: None,
+        platform: o.platform.clone(),
     }
 }
 
@@ -220,7 +227,7 @@ pub(super) fn lb_no_backends(o: &NbObject, lf: &Lf<'_>) -> Culprit {
 }
 
 pub(super) fn router_policy_culprit(o: &NbObject, lf: Option<&Lf<'_>>) -> Culprit {
-    let m = col(o, "match");
+    let m = match_text(o);
     Culprit {
         kind: CulpritKind::RouterPolicy,
         id: o.uuid.to_string(),
@@ -236,6 +243,7 @@ pub(super) fn router_policy_culprit(o: &NbObject, lf: Option<&Lf<'_>>) -> Culpri
         nb_table: Some("Logical_Router_Policy".into()),
         datapath: place(lf, Some(o)),
         flow_desc: lf.and_then(|l| l.flow_desc).map(str::to_string),
+        platform: o.platform.clone(),
     }
 }
 
@@ -258,6 +266,7 @@ pub(super) fn port_security_culprit(lsp: &NbObject, lf: Option<&Lf<'_>>) -> Culp
         nb_table: Some(lsp.table.to_string()),
         datapath: place(None, Some(lsp)).or_else(|| place(lf, None)),
         flow_desc: lf.and_then(|l| l.flow_desc).map(str::to_string),
+        platform: lsp.platform.clone(),
     }
 }
 
@@ -287,5 +296,6 @@ pub(super) fn stage_culprit(kind: CulpritKind, lf: &Lf<'_>, what: &str) -> Culpr
         nb_table: None,
         datapath: Some(lf.datapaths.clone()).filter(|d| !d.is_empty()),
         flow_desc: lf.flow_desc.map(str::to_string),
+        platform: hint.and_then(|o| o.platform.clone()),
     }
 }

@@ -191,6 +191,14 @@ impl<A: Appctl> ExplainCache<A> {
         }
     }
 
+    /// The Northbound replica, live (None for a recording).
+    pub fn nb(&self) -> Option<std::sync::RwLockReadGuard<'_, crate::ovsdb::Replica>> {
+        match &self.backend {
+            Backend::Live { ovn, .. } => Some(ovn.nb()),
+            Backend::Recorded => None,
+        }
+    }
+
     /// UFIDs waiting for their explanation.
     pub fn queued(&self) -> usize {
         self.queue.len()

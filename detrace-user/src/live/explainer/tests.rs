@@ -62,6 +62,7 @@ fn summary(ufid: Uuid, label: &str) -> Explained {
                 nb_table: Some("ACL".into()),
                 datapath: None,
                 flow_desc: None,
+                platform: None,
             },
             details: Vec::new(),
             rules_error: None,

@@ -10,7 +10,11 @@ pub fn text(w: &mut impl Write, groups: &[DropGroup]) -> fmt::Result {
     }
     for g in groups {
         let c = &g.culprit;
-        write!(w, "{:>8} drops  {} {} ({})", g.drops, c.kind, c.name, c.id)?;
+        write!(w, "{:>8} drops  ", g.drops)?;
+        if let Some(p) = &c.platform {
+            write!(w, "{p} -> ")?;
+        }
+        write!(w, "{} {} ({})", c.kind, c.name, c.id)?;
         match &c.datapath {
             Some(dp) => writeln!(w, " on {dp}")?,
             None => writeln!(w)?,

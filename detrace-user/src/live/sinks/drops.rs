@@ -7,7 +7,7 @@ use detrace_common::FlowStats;
 use super::{emit, fmt_err};
 use crate::{
     FastMap,
-    aggregate::{DropGroup, group_drops},
+    aggregate::{DropGroup, group_drops, record_end},
     events::{Packet, Verdict, path::PacketTrace},
     explain::culprit::Culprit,
     live::{
@@ -25,6 +25,10 @@ pub struct DropsSink {
     buf: String,
     /// A dropped packet per last flow.
     samples: FastMap<Uuid, Packet>,
+    /// Count the drops of the packets seen (a filter is set: the kernel's per-flow counters
+    /// hold every packet, not only those the filter picks), in `counted`.
+    pub from_events: bool,
+    counted: FastMap<Uuid, FlowStats>,
 }
 
 impl DropsSink {
@@ -34,6 +38,8 @@ impl DropsSink {
             out,
             buf: String::new(),
             samples: FastMap::default(),
+            from_events: false,
+            counted: FastMap::default(),
         }
     }
 }
@@ -84,12 +90,21 @@ impl<A: Appctl> Sink<A> for DropsSink {
     fn packet(&mut self, _: &View<'_, A>, t: &PacketTrace) -> std::io::Result<()> {
         if let (Verdict::Drop { .. }, Some(u)) = (&t.verdict, t.last_ufid()) {
             self.samples.entry(u).or_insert_with(|| t.packet.clone());
+            if self.from_events {
+                let s = self.counted.entry(u).or_default();
+                record_end(s, &t.verdict, t.latency_ns, t.after_upcall);
+            }
         }
         Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
-        let groups = drop_groups(view, at.flows, &self.samples);
+        let flows = if self.from_events {
+            &self.counted
+        } else {
+            at.flows
+        };
+        let groups = drop_groups(view, flows, &self.samples);
         match self.format {
             Format::Json => {
                 for g in &groups {

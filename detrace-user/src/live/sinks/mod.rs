@@ -3,6 +3,7 @@
 
 pub mod drops;
 pub mod flows;
+pub mod metrics;
 pub mod record;
 pub mod top;
 pub mod watch;

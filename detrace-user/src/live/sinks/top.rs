@@ -5,8 +5,7 @@ use std::{io::Write, time::Instant};
 
 use super::{emit, fmt_err};
 use crate::{
-    aggregate::{FlowTable, Row, RowKey, SortKey, sort_rows},
-    events::path::PacketTrace,
+    aggregate::{FlowTable, Row, RowKey, SortKey, platform::FlowPlace, sort_rows},
     live::{
         explainer::LookupRef,
         pipeline::{FlowsAt, Needs, Sink, View},
@@ -36,6 +35,9 @@ pub struct TopSink {
 pub struct TopTables {
     pub flows: Vec<Row>,
     pub objects: Vec<Row>,
+    /// Per platform object (NetworkPolicy, pod, Service...): empty where no platform wrote
+    /// the OVN rows.
+    pub platform: Vec<Row>,
 }
 
 impl TopTables {
@@ -69,16 +71,18 @@ impl TopTables {
         }
         sort_rows(&mut flows, sort);
         flows.truncate(limit);
-        let objs = |u: &_| {
-            view.cache
-                .cached(u)
-                .map(|e| e.summary.objects.clone())
-                .unwrap_or_default()
-        };
-        let mut objects = table.object_rows(secs, objs);
+        let place = |u: &_| view.cache.cached(u).map(|e| FlowPlace::of(&e.summary));
+        let mut objects = table.object_rows(secs, place);
         sort_rows(&mut objects, sort);
         objects.truncate(limit);
-        Self { flows, objects }
+        let mut platform = table.platform_rows(secs, place);
+        sort_rows(&mut platform, sort);
+        platform.truncate(limit);
+        Self {
+            flows,
+            objects,
+            platform,
+        }
     }
 }
 
@@ -102,17 +106,17 @@ impl TopSink {
     }
 
     fn render(&mut self, t: &TopTables, secs: f64, at: &FlowsAt<'_>) -> std::io::Result<()> {
-        let (rows, orows) = (&t.flows, &t.objects);
+        let (rows, orows, prows) = (&t.flows, &t.objects, &t.platform);
         match (&self.mode, self.format) {
             (TopMode::Live { .. }, Format::Json) => {
-                let v = serde_json::json!({"interval_s": secs, "flows": rows, "objects": orows, "kernel": at.kernel});
+                let v = serde_json::json!({"interval_s": secs, "flows": rows, "objects": orows, "platform": prows, "kernel": at.kernel});
                 writeln!(self.out, "{v}")?;
             }
             (TopMode::Replay, Format::Json) => {
                 writeln!(
                     self.out,
                     "{}",
-                    serde_json::json!({"flows": rows, "objects": orows})
+                    serde_json::json!({"flows": rows, "objects": orows, "platform": prows})
                 )?;
             }
             (TopMode::Live { tty, .. }, Format::Text) => {
@@ -133,6 +137,10 @@ impl TopSink {
                 writeln!(w).map_err(fmt_err)?;
                 table(w, "OVN objects", orows).map_err(fmt_err)?;
                 writeln!(w).map_err(fmt_err)?;
+                if !prows.is_empty() {
+                    table(w, "platform objects", prows).map_err(fmt_err)?;
+                    writeln!(w).map_err(fmt_err)?;
+                }
                 emit(&mut self.out, &mut self.buf)?;
             }
             (TopMode::Replay, Format::Text) => {
@@ -141,6 +149,10 @@ impl TopSink {
                 table(w, "flows", rows).map_err(fmt_err)?;
                 writeln!(w).map_err(fmt_err)?;
                 table(w, "OVN objects", orows).map_err(fmt_err)?;
+                if !prows.is_empty() {
+                    writeln!(w).map_err(fmt_err)?;
+                    table(w, "platform objects", prows).map_err(fmt_err)?;
+                }
                 emit(&mut self.out, &mut self.buf)?;
             }
         }
@@ -154,10 +166,6 @@ impl<A: Appctl> Sink<A> for TopSink {
             flows: true,
             ..Needs::default()
         }
-    }
-
-    fn packet(&mut self, _: &View<'_, A>, _: &PacketTrace) -> std::io::Result<()> {
-        Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use super::{emit, fmt_err};
 use crate::{
-    events::path::PacketTrace,
+    events::{Verdict, path::PacketTrace},
     live::{
         explainer::LookupRef,
         pipeline::{Needs, Sink, View},
@@ -13,11 +13,36 @@ use crate::{
     ovs::unixctl::Appctl,
 };
 
+/// `watch --verdict`: which packets to show, by how they ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictFilter {
+    /// Dropped in the kernel (or after an upcall).
+    Drop,
+    /// Sent out of a port.
+    Output,
+    /// Sent up to ovs-vswitchd (a miss, or a userspace action).
+    Upcall,
+}
+
+impl VerdictFilter {
+    pub fn matches(self, v: &Verdict) -> bool {
+        matches!(
+            (self, v),
+            (Self::Drop, Verdict::Drop { .. })
+                | (Self::Output, Verdict::Output { .. })
+                | (Self::Upcall, Verdict::Upcall { .. })
+        )
+    }
+}
+
 pub struct WatchSink {
     format: Format,
     out: Box<dyn Write>,
     buf: String,
     pub packets_shown: u64,
+    /// Only packets that ended this way (decided in user space: a verdict is known only at
+    /// the packet's end).
+    pub verdict: Option<VerdictFilter>,
 }
 
 impl WatchSink {
@@ -27,6 +52,7 @@ impl WatchSink {
             out,
             buf: String::new(),
             packets_shown: 0,
+            verdict: None,
         }
     }
 }
@@ -40,6 +66,9 @@ impl<A: Appctl> Sink<A> for WatchSink {
     }
 
     fn packet(&mut self, view: &View<'_, A>, t: &PacketTrace) -> std::io::Result<()> {
+        if self.verdict.is_some_and(|v| !v.matches(&t.verdict)) {
+            return Ok(());
+        }
         let looks: Vec<LookupRef<'_>> = t.passes.iter().map(|p| view.peek(&p.ufid)).collect();
         match self.format {
             Format::Json => packet::json(&mut self.buf, view.clock, view.ports, t, &looks),
