@@ -203,7 +203,7 @@ ok "drops attributes exactly $((N1 + N2)) drops to ACL vmtest-ft-7781 across two
 grep -h 'probes attached in' $T/*.err
 
 # --- watch matching nothing: packets the filter rejects are decided at their first pass and
-# followed no further (no hit counted for them), while watch still sees what matches.
+# followed no further (no hit counted for them).
 warm $VIP 5001
 "$D" watch --ready --format json --duration 5 --dst 10.244.9.9 >$T/wn.out 2>$T/wn.err &
 P=$!
@@ -211,6 +211,14 @@ wait_ready $T/wn.out "watch (matching nothing)"
 send $VIP 5001 $N1
 wait $P || fail "detrace watch exited $?: $(tail -5 $T/wn.err)"
 [ "$(grep -vc '^ready' $T/wn.out)" = 0 ] || fail "watch --dst 10.244.9.9 printed packets: $(head -3 $T/wn.out)"
-grep -q 'kernel: [0-9]* passes, 0 hits' $T/wn.err || fail "rejected packets were followed: $(grep kernel: $T/wn.err)"
+# Only packets ovs-vswitchd executed after an upcall (the lab's background traffic; once per
+# upcall, not per packet) may have passes followed: a few each, not the 3 of each of ours.
+python3 - "$(grep 'kernel:' $T/wn.err)" $N1 <<'PY' || fail "rejected packets were followed: $(grep kernel: $T/wn.err)"
+import re, sys
+line, n = sys.argv[1], int(sys.argv[2])
+hits = int(re.search(r"(\d+) hits", line).group(1))
+executes = int(re.search(r"(\d+) executes", line).group(1)) if "executes" in line else 0
+assert hits <= 4 * executes and hits < n, f"{hits} hits followed ({executes} executes), {n} packets sent"
+PY
 grep 'kernel:' $T/wn.err
 ok "watch matching nothing follows no packet past its first pass"
