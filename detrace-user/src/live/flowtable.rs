@@ -15,11 +15,12 @@
 //! yet is in neither for a moment: each count is kept at least at what was reported before,
 //! so counts never go back; the next read catches up.
 //!
-//! Drops: a flow whose actions drop (an explicit `drop`, or no action at all) drops every
-//! packet it counts, with that reason; packets ovs-vswitchd executed after their upcall with
-//! such a flow's actions are not in its stats and come from the probes (FLOW_STATS,
-//! `drops_after_upcall`). Drops that are no flow's action come from the drop tracepoint and
-//! are counted by reason, against no flow (`Counter::DropsNoFlow`).
+//! A flow's packets also include those ovs-vswitchd executed with its actions after the upcall
+//! that installed it (the probes' EXEC_STATS, once per upcall): the kernel's stats miss them.
+//! Drops: a flow whose actions drop (an explicit `drop`, or none that sends the packet on)
+//! drops every packet it counts, with that reason (the executed ones as `drops_after_upcall`).
+//! Drops that are no flow's action come from the drop tracepoint and are counted by reason,
+//! against no flow (`Counter::DropsNoFlow`).
 
 use detrace_common::{DROP_REASON_SLOTS, FlowStats, RemovedStats};
 
@@ -121,7 +122,11 @@ impl FlowAccounts {
             let last = self.last.entry(u).or_insert((0, 0, 0));
             *last = (last.0.max(packets), last.1.max(bytes), slot);
             let p = probes.get(&u);
-            let mut s = flow_stats(*last, p.map_or(0, |s| s.drops_after_upcall));
+            // Without per-packet counting, the probes' packets are those ovs-vswitchd
+            // executed with this flow's actions after the upcall that installed it
+            // (EXEC_STATS): counted as the flow's, as per-packet counting does.
+            let exec = p.map_or((0, 0), |s| (s.packets, s.bytes));
+            let mut s = flow_stats(*last, exec);
             if let (true, Some(p)) = (self.latency, p) {
                 s.latency = p.latency;
                 s.latency_sum_ns = p.latency_sum_ns;
@@ -137,20 +142,19 @@ impl FlowAccounts {
     }
 }
 
-/// A flow's [`FlowStats`] from its counts, the drop its actions make (slot 0: none) and the
-/// drops of packets executed with its actions after their upcall.
-fn flow_stats((packets, bytes, slot): (u64, u64, u32), after_upcall: u64) -> FlowStats {
+/// A flow's [`FlowStats`] from its kernel counts, the drop its actions make (slot 0: none) and
+/// the packets executed with its actions after their upcall (packets, bytes).
+fn flow_stats((packets, bytes, slot): (u64, u64, u32), exec: (u64, u64)) -> FlowStats {
     let mut s = FlowStats {
-        packets,
-        bytes,
+        packets: packets + exec.0,
+        bytes: bytes + exec.1,
         ..FlowStats::default()
     };
     let slot = slot as usize;
     if slot != 0 && slot < DROP_REASON_SLOTS {
-        // Executed packets whose flow does not drop were dropped at a later pass (whose flow
-        // counts them) or by no flow's action (the drop tracepoint counts them).
-        s.drops_after_upcall = after_upcall;
-        s.drops = packets + after_upcall;
+        // Every packet of a flow that drops is dropped by it, executed ones included.
+        s.drops_after_upcall = exec.0;
+        s.drops = s.packets;
         s.drop_reasons[slot] = s.drops;
     }
     s
@@ -168,7 +172,7 @@ mod tests {
     struct Fake {
         table: FastMap<[u32; 4], KernelFlow>,
         removed: FastMap<[u32; 4], RemovedStats>,
-        after_upcall: FastMap<[u32; 4], u64>,
+        executed: FastMap<[u32; 4], u64>,
         /// Run once, right after the next dump was taken (a flow going meanwhile).
         during_dump: Option<DuringDump>,
     }
@@ -212,12 +216,12 @@ mod tests {
         }
         fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
             Ok(self
-                .after_upcall
+                .executed
                 .iter()
                 .map(|(u, n)| {
                     let s = FlowStats {
-                        drops: *n,
-                        drops_after_upcall: *n,
+                        packets: *n,
+                        bytes: 100 * *n,
                         ..FlowStats::default()
                     };
                     (Uuid::from_words(*u), s)
@@ -285,8 +289,8 @@ mod tests {
         let mut acc = FlowAccounts::start(&mut k).unwrap();
         k.hit(A, 6, 3); // explicit drop
         k.hit(B, 9, 0); // forwards
-        k.after_upcall.insert(A, 1); // its first packet, executed by ovs-vswitchd
-        k.after_upcall.insert(B, 2); // dropped later, not by B
+        k.executed.insert(A, 1); // its first packet, executed by ovs-vswitchd
+        k.executed.insert(B, 2); // executed with B's actions: B's packets, not drops
         let v = acc.read(&mut k).unwrap();
         let a = get(&v, A);
         assert_eq!(
