@@ -7,6 +7,14 @@
 
 use core::mem::size_of;
 
+mod config;
+mod removal;
+pub use config::{
+    AddrKey, Config, FILTER_ADDRS, FILTER_ADDRS_MAX, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
+    FILTER_PORT, FILTER_PROTO, FILTER_SRC, MAP_FILTER_ADDRS,
+};
+pub use removal::{DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot};
+
 /// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Per-CPU hash of [`FlowKey`] -> [`FlowStats`]: aggregation in the kernel, no event per packet.
@@ -17,6 +25,13 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
+/// Per-CPU hash of [`FlowKey`] -> [`RemovedStats`]: the last stats of every datapath flow freed
+/// (or whose stats were cleared) since the probes were attached, by UFID.
+pub const MAP_REMOVED_STATS: &str = "REMOVED_STATS";
+pub const REMOVED_STATS_MAX_ENTRIES: u32 = 65536;
+/// Per-CPU array of `u64`, one slot per [`DROP_REASON_SLOTS`]: OVS drops counted against no
+/// flow (the skb was not followed, and the reason is not a flow's drop action).
+pub const MAP_OTHER_DROPS: &str = "OTHER_DROPS";
 
 /// What a probe counted (index into [`MAP_COUNTERS`]).
 #[repr(u32)]
@@ -60,12 +75,22 @@ pub enum Counter {
     /// Drops of executed packets (a subset of `Drops`), counted against the flow installed
     /// for them.
     DropsAfterUpcall = 14,
+    /// Datapath flows freed (or their stats cleared) whose last stats were caught
+    /// (REMOVED_STATS): once per flow removal, never per packet.
+    FlowsRemoved = 15,
+    /// Removed flows' stats not recorded because REMOVED_STATS was full.
+    RemovedStatsFull = 16,
+    /// OVS drops counted against no flow (OTHER_DROPS): conntrack, meters, TTL, errors.
+    DropsNoFlow = 17,
+    /// Not counted by the probes: user space puts the `--latency-sample` rate here (0: not
+    /// sampling), so that every report says how latency was measured.
+    LatencySample = 18,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 15] = [
+pub const COUNTERS: [CounterInfo; 19] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -116,6 +141,26 @@ pub const COUNTERS: [CounterInfo; 15] = [
         Counter::DropsAfterUpcall,
         "drops_after_upcall",
         "drops of packets executed after their upcall",
+    ),
+    CounterInfo::new(
+        Counter::FlowsRemoved,
+        "flows_removed",
+        "datapath flows removed, their last stats caught",
+    ),
+    CounterInfo::new(
+        Counter::RemovedStatsFull,
+        "removed_stats_full",
+        "removed flows not recorded: REMOVED_STATS full",
+    ),
+    CounterInfo::new(
+        Counter::DropsNoFlow,
+        "drops_no_flow",
+        "OVS drops counted against no flow (not a flow's drop action)",
+    ),
+    CounterInfo::new(
+        Counter::LatencySample,
+        "latency_sample",
+        "latency measured on 1 packet in this many (0: every packet, or none)",
     ),
 ];
 
@@ -375,92 +420,6 @@ impl FlowStats {
     }
 }
 
-/// Filter slots of [`Config::filter_flags`]: which filters are active.
-pub const FILTER_SRC: u32 = 1 << 0;
-pub const FILTER_DST: u32 = 1 << 1;
-/// Either port equals `filter_port`.
-pub const FILTER_PORT: u32 = 1 << 2;
-pub const FILTER_PROTO: u32 = 1 << 3;
-pub const FILTER_IN_PORT: u32 = 1 << 4;
-/// Either address equals `filter_src` (with `FILTER_HOST`, `filter_src` is "any address").
-pub const FILTER_HOST: u32 = 1 << 5;
-/// Either address is in the [`MAP_FILTER_ADDRS`] set (a pod's or a namespace's addresses,
-/// kept current by user space while pods come and go).
-pub const FILTER_ADDRS: u32 = 1 << 6;
-
-/// The set of addresses of `FILTER_ADDRS` (hash map [`AddrKey`] -> u8).
-pub const MAP_FILTER_ADDRS: &str = "FILTER_ADDRS";
-/// At most this many addresses in the set.
-pub const FILTER_ADDRS_MAX: u32 = 8192;
-
-/// An address of the `FILTER_ADDRS` set, as [`PacketKey`] holds it, with its family.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AddrKey {
-    pub addr: [u8; 16],
-    /// 4 or 6.
-    pub version: u32,
-}
-const _: () = assert!(size_of::<AddrKey>() == 20);
-
-/// Load-time configuration (global [`GLOBAL_CONFIG`], set with `EbpfLoader::set_global`).
-///
-/// rustc emits no CO-RE relocations and aya relocates against vmlinux BTF only, while the
-/// structs we read live in the openvswitch module: user space reads their offsets from
-/// /sys/kernel/btf/openvswitch (split BTF on vmlinux) and passes them here.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// offsetof(struct sw_flow, id) + offsetof(struct sw_flow_id, ufid_len / ufid).
-    pub off_flow_ufid_len: u32,
-    pub off_flow_ufid: u32,
-    /// offsetof(struct sw_flow, key): the flow's own (masked) key. Megaflows installed by OVS
-    /// always match recirc_id and in_port exactly (ofproto-dpif-xlate.c xlate_wc_init), so the
-    /// masked key holds the pass's real recirc_id and in_port.
-    pub off_flow_key: u32,
-    /// struct sw_flow_key members.
-    pub off_key_recirc_id: u32,
-    pub off_key_in_port: u32,
-    pub off_key_eth_type: u32,
-    pub off_key_ip_proto: u32,
-    pub off_key_ipv4_src: u32,
-    pub off_key_ipv4_dst: u32,
-    pub off_key_ipv6_src: u32,
-    pub off_key_ipv6_dst: u32,
-    pub off_key_tp_src: u32,
-    pub off_key_tp_dst: u32,
-    /// struct sk_buff.len.
-    pub off_skb_len: u32,
-    /// struct sk_buff.data: where an executed packet's frame starts (its headers are not
-    /// parsed yet when the probe sees it).
-    pub off_skb_data: u32,
-    /// struct sk_buff.head, .network_header and .transport_header (offsets from head): the
-    /// packet's headers, where its real fields are read at each flow hit.
-    pub off_skb_head: u32,
-    pub off_skb_network_header: u32,
-    pub off_skb_transport_header: u32,
-    /// struct vport.port_no.
-    pub off_vport_port_no: u32,
-    /// struct dp_upcall_info.cmd.
-    pub off_upcall_cmd: u32,
-    /// Offsets in the skb:kfree_skb tracepoint record (from its tracefs format file).
-    pub off_tp_kfree_skbaddr: u32,
-    pub off_tp_kfree_reason: u32,
-    /// 1: write per-packet events to the ring buffer.
-    pub events_enabled: u32,
-    /// Max events per second per CPU (0: unlimited).
-    pub rate_limit: u32,
-    pub filter_flags: u32,
-    pub filter_src: [u8; 16],
-    pub filter_dst: [u8; 16],
-    pub filter_port: u16,
-    pub filter_proto: u8,
-    /// 4 or 6: the family of filter_src/filter_dst.
-    pub filter_ip_version: u8,
-    pub filter_in_port: u32,
-}
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4);
-
 #[cfg(feature = "user")]
 mod pod {
     // Each: repr(C), integer fields and arrays only, explicit padding, every bit pattern valid.
@@ -474,6 +433,8 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RemovedStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AddrKey {}
     // SAFETY: as above.

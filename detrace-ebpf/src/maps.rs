@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    AddrKey, COUNTER_SLOTS, Config, Counter, ExecStats, FILTER_ADDRS_MAX, FLOW_STATS_MAX_ENTRIES,
-    FlowKey, FlowStats, PacketKey,
+    AddrKey, COUNTER_SLOTS, Config, Counter, DROP_REASON_SLOTS, ExecStats, FILTER_ADDRS_MAX,
+    FLOW_STATS_MAX_ENTRIES, FlowKey, FlowStats, PacketKey, REMOVED_STATS_MAX_ENTRIES, RemovedStats,
 };
 
 /// Load-time configuration: struct offsets from BTF, tracepoint offsets, filters, rate limit.
@@ -46,6 +46,14 @@ pub static CONFIG: Config = Config {
     filter_proto: 0,
     filter_ip_version: 0,
     filter_in_port: 0,
+    off_flow_stats: 0,
+    off_flow_sf_acts: 0,
+    off_stats_packet_count: 0,
+    off_acts_len: 0,
+    off_acts_actions: 0,
+    nr_cpus: 0,
+    latency_sample: 0,
+    matching_only: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.
@@ -77,6 +85,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map(name = "FLOW_STATS")]
 pub static FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats> =
     PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The last stats of removed flows, by UFID (probes/removal.rs). Per CPU: RCU callbacks of
+/// two CPUs may free flows of one UFID at once. Not preallocated, as FLOW_STATS.
+#[map(name = "REMOVED_STATS")]
+pub static REMOVED_STATS: PerCpuHashMap<FlowKey, RemovedStats> =
+    PerCpuHashMap::with_max_entries(REMOVED_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// OVS drops counted against no flow, by drop-reason slot (probes/drop.rs).
+#[map(name = "OTHER_DROPS")]
+pub static OTHER_DROPS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DROP_REASON_SLOTS as u32, 0);
 
 /// Packets executed by ovs-vswitchd with a flow's actions after the upcall that installed it,
 /// per UFID and CPU. Touched only by the execute hook (process context, once per upcall) and
@@ -212,6 +231,10 @@ pub struct Current {
 
 #[map(name = "CURRENT")]
 pub static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--latency-sample`: packets since the last one followed, per CPU (probes/datapath.rs).
+#[map(name = "SAMPLE_TICK")]
+pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space: an Event and an Inflight are built here, not on the 512-byte stack.
 #[map(name = "SCRATCH_EVENT")]

@@ -205,10 +205,37 @@ pub struct WatchArgs {
     pub verdict: Option<crate::live::sinks::watch::VerdictFilter>,
 }
 
+/// How `top` and `drops` count.
+#[derive(Args, Debug, Clone)]
+pub struct CountArgs {
+    /// Count in per-packet probes (a program at every datapath pass and output, with
+    /// latency and, for drops, a sample packet) instead of reading the kernel's own flow
+    /// stats every interval (no program runs per packet).
+    #[arg(long)]
+    pub per_packet: bool,
+    /// Measure datapath latency on 1 packet in N (decided at its first datapath pass: the
+    /// others cost the probes an early return); counts still come from the flow table.
+    /// Without it (and without --per-packet) there is no latency.
+    #[arg(long, value_name = "N", conflicts_with = "per_packet", value_parser = clap::value_parser!(u32).range(1..))]
+    pub latency_sample: Option<u32>,
+}
+
+impl CountArgs {
+    pub fn counting(&self) -> crate::live::kernel::Counting {
+        crate::live::kernel::Counting {
+            per_packet: self.per_packet,
+            latency_sample: self.latency_sample.unwrap_or(0),
+            matching_only: false,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TopArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub count: CountArgs,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,
@@ -223,6 +250,8 @@ pub struct TopArgs {
 pub struct DropsArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub count: CountArgs,
     #[command(flatten)]
     pub events: EventArgs,
     /// Seconds between reports (default: one report at the end).
@@ -303,6 +332,16 @@ pub struct ProbesArgs {
     /// Hook the datapath with kprobes even where fentry attaches.
     #[arg(long)]
     pub kprobes: bool,
+    /// Only the probes of counting from the kernel's flow table (as `top` and `drops` do by
+    /// default): flow removals and upcalls, no per-packet probe.
+    #[arg(long, conflicts_with_all = ["events", "events_out"])]
+    pub flow_table: bool,
+    /// With --events: follow only the packets the filter matches (as watch and record do).
+    #[arg(long)]
+    pub matching_only: bool,
+    /// With --flow-table: also the per-packet probes, following 1 packet in N for latency.
+    #[arg(long, value_name = "N", requires = "flow_table", value_parser = clap::value_parser!(u32).range(1..))]
+    pub latency_sample: Option<u32>,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

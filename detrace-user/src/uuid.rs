@@ -31,6 +31,16 @@ impl Uuid {
                 | u128::from(w[3]),
         )
     }
+
+    /// The inverse of [`Self::from_words`].
+    pub fn words(self) -> [u32; 4] {
+        [
+            (self.0 >> 96) as u32,
+            (self.0 >> 64) as u32,
+            (self.0 >> 32) as u32,
+            self.0 as u32,
+        ]
+    }
 }
 
 impl FromStr for Uuid {

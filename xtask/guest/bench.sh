@@ -27,7 +27,9 @@ start_mode() {
   case $1 in
     base) return 0 ;;
     top) $DETRACE top --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
-    top-kprobes) $DETRACE top --kprobes --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    drops) $DETRACE drops --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    top-ls64) $DETRACE top --latency-sample 64 --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    top-pp) $DETRACE top --per-packet --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-none) $DETRACE watch --ready --dst 10.244.9.9 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-all) $DETRACE watch --ready --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
   esac
@@ -55,8 +57,9 @@ done > $R/phases.txt
 : > $R/bench.txt; : > $R/cpu.txt
 # Modes alternate A B C D, and the order rotates by one each repetition (B C D A, ...) so that
 # no mode always runs right after the same other one (the guest's speed drifts over a run).
-# top-kprobes: top with the datapath hooked by kprobes instead of fentry, side by side.
-MODES="base top watch-none watch-all top-kprobes"
+# top and drops count from the kernel's flow table (their default: no per-packet probe);
+# top-ls64 adds --latency-sample 64; top-pp is top --per-packet, every packet through the probes.
+MODES="base top drops top-ls64 top-pp watch-none watch-all"
 NMODES=$(echo $MODES | wc -w)
 for rep in $(seq $REPS); do
   set -- $MODES
@@ -94,27 +97,32 @@ b0=$(busy); pps=$(udp); b1=$(busy)
 python3 -c "
 hz, secs, pps, b = $(getconf CLK_TCK), $SECS, $pps, $b1 - $b0
 print(f'base udp-64B {pps} pps, guest CPU {b / hz * 1e9 / (pps * secs):.0f} ns per packet')" | tee -a $R/cost.txt
-for mode in top watch-none watch-all top-kprobes; do
+for mode in top top-ls64 top-pp watch-none watch-all; do
   case $mode in
-    top) flags= ;; watch-none) flags="--events --dst 10.244.9.9" ;; watch-all) flags=--events ;;
-    top-kprobes) flags=--kprobes ;;
+    top) flags=--flow-table ;; top-ls64) flags="--flow-table --latency-sample 64" ;;
+    top-pp) flags= ;; watch-none) flags="--events --matching-only --dst 10.244.9.9" ;;
+    watch-all) flags="--events --matching-only" ;;
   esac
-  ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $SECS -J > /tmp/cost-udp.json &
+  # The flood outlasts the attach (seconds on a loaded TCG guest) and the SECS measured after it.
+  ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $((SECS + 6)) -J > /tmp/cost-udp.json &
   IPID=$!
   sleep 1
-  $DETRACE probes --attach $((SECS - 2)) --cost $flags --max-events 0 > $R/cost-$mode.jsonl 2>>$R/detrace-$mode.err
+  $DETRACE probes --attach $SECS --cost $flags --max-events 0 > $R/cost-$mode.jsonl 2>>$R/detrace-$mode.err
   wait $IPID
-  python3 - $mode $R/cost-$mode.jsonl $R/cost.txt <<'PY'
+  # Packets during the attach: iperf3's received rate over the attached seconds (the probes of
+  # the flow-table modes see no packet to count).
+  python3 - $mode $R/cost-$mode.jsonl $R/cost.txt /tmp/cost-udp.json $SECS <<'PY'
 import json, re, sys
 mode, path, base = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
 lines = [json.loads(l) for l in open(path)]
 c = [l for l in lines if l["type"] == "counters"][0]
 cost = [l for l in lines if l["type"] == "cost"]
-pkts = max(c["outputs"], 1)
+e = json.load(open(sys.argv[4]))["end"]["sum"]
+pkts = max(int((e["packets"] - e["lost_packets"]) / e["seconds"] * float(sys.argv[5])), 1)
 per = sum(p["time_ns"] for p in cost) / pkts
 base_ns = float(re.search(r"CPU (\d+) ns per packet", base).group(1))
 progs = ", ".join(f"{p['program']} {p['avg_ns']:.0f} ns x {p['runs'] / pkts:.2f}" for p in cost if p["runs"])
-print(f"{mode:<10} probes {per:.0f} ns per packet = {100 * per / base_ns:.1f}% of the base's CPU per packet ({c['outputs']} packets; {progs})")
+print(f"{mode:<10} probes {per:.0f} ns per packet = {100 * per / base_ns:.1f}% of the base's CPU per packet ({pkts} packets; {progs})")
 PY
 done | tee -a $R/cost.txt
 kill $(cat /tmp/iperf3.pid) 2>/dev/null

@@ -40,7 +40,17 @@ fn median(v: &mut [f64]) -> f64 {
 /// base drifts by tens of percent across repetitions under TCG, which the ratio of medians
 /// carries and the paired ratios mostly cancel).
 pub fn report(runs: &str) -> String {
-    let modes = ["base", "top", "watch-none", "watch-all", "top-kprobes"];
+    // bench.sh's modes: top and drops count from the flow table (their default), top-ls64 adds
+    // --latency-sample 64, top-pp is top --per-packet (every packet through the probes).
+    let modes = [
+        "base",
+        "top",
+        "drops",
+        "top-ls64",
+        "top-pp",
+        "watch-none",
+        "watch-all",
+    ];
     let mut out = String::from(
         "mode         tcp Mbit/s (median)  ratio  paired   udp 64B pps (median)  ratio  paired   runs\n",
     );

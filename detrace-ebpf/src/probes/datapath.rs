@@ -28,7 +28,8 @@ use super::packet::{
     read_skb_key, scratch_event, upcall_flags,
 };
 use crate::maps::{
-    CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, bump, conf, inflight_claim, inflight_get,
+    CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, SAMPLE_TICK, bump, conf, inflight_claim,
+    inflight_get,
 };
 
 /// OVS_PACKET_CMD_MISS (include/uapi/linux/openvswitch.h): the packet is consumed after it is
@@ -45,6 +46,10 @@ hook! {
 
 #[inline(always)]
 fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
+    let sample = conf!(latency_sample);
+    if (sample != 0 || conf!(matching_only) != 0) && !followed(flow, skb, sample)? {
+        return Ok(0);
+    }
     bump(Counter::Hits);
     // A pass is a hit or a miss; misses are counted by ovs_dp_upcall.
     bump(Counter::Passes);
@@ -63,7 +68,10 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
             [id[2], id[3], id[4], id[5]]
         };
         let len: u32 = read(skb, conf!(off_skb_len))?;
-        count_hit(&ufid, len);
+        // Sampling: the packets are counted by the kernel's flow table, not here.
+        if sample == 0 {
+            count_hit(&ufid, len);
+        }
         (ufid, len)
     };
     let flow_key = flow + u64::from(conf!(off_flow_key));
@@ -93,6 +101,44 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     ev.flags = 0;
     emit(ev);
     Ok(0)
+}
+
+/// Whether this pass's packet is followed, when not every packet is (`Config::latency_sample`,
+/// `Config::matching_only`): decided at the packet's first pass (recirc_id 0), by a per-CPU
+/// counter (1 in `latency_sample`) and, with `matching_only`, the event filter on the packet's
+/// headers. A later pass is followed when its packet is (its INFLIGHT entry, or for a clone its
+/// parent's, the pass running on this CPU); a packet not followed leaves no entry and clears
+/// CURRENT, so that each of its later passes and its output cost one lookup that misses.
+#[inline(always)]
+fn followed(flow: u64, skb: u64, sample: u32) -> Result<bool, u32> {
+    let flow_key = flow + u64::from(conf!(off_flow_key));
+    let (recirc_id, in_port) = read_pass(flow_key)?;
+    let current = CURRENT.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let current = unsafe { &mut *current };
+    if recirc_id != 0 {
+        return Ok(inflight_get(skb).is_some() || inflight_get(current.skb).is_some());
+    }
+    let mut follow = true;
+    if sample > 1 {
+        let tick = SAMPLE_TICK.get_ptr_mut(0).ok_or(0u32)?;
+        // SAFETY: as above.
+        let tick = unsafe { &mut *tick };
+        *tick += 1;
+        follow = *tick >= sample;
+        if follow {
+            *tick = 0;
+        }
+    }
+    if follow && conf!(matching_only) != 0 {
+        let ev = scratch_event()?;
+        read_skb_key(skb, flow_key, &mut ev.key)?;
+        follow = matches(&ev.key, in_port);
+    }
+    if !follow {
+        current.skb = 0;
+    }
+    Ok(follow)
 }
 
 /// What an event for this pass needs from the packet's INFLIGHT entry.

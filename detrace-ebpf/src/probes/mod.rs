@@ -8,5 +8,6 @@ mod packet;
 
 pub mod datapath;
 pub mod drop;
+pub mod removal;
 pub mod upcall;
 pub mod vport;

@@ -12,7 +12,7 @@ use crate::{
     events::path::AssemblyStats,
     live::{
         explainer::{Backend, ExplainCache, ExplainStats},
-        kernel::{EventOptions, attach_live},
+        kernel::{Counting, EventOptions, attach_live},
         pipeline::{Pipeline, Sink},
         run::{RunOptions, run},
         select::Selection,
@@ -27,6 +27,13 @@ use crate::{
     ovn::OvnReplicas,
     ovs::{unixctl::DaemonCtl, vswitchd::Vswitchd},
     ovsdb::Remote,
+};
+
+/// watch and record follow every packet the filter matches, and only those.
+const PER_PACKET: Counting = Counting {
+    per_packet: true,
+    latency_sample: 0,
+    matching_only: true,
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {
@@ -69,6 +76,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn run_live<K: Sink<DaemonCtl>>(
     live: &LiveArgs,
     events: Option<&EventArgs>,
+    counting: Counting,
     mut pipe: Pipeline<DaemonCtl>,
     sink: &mut K,
     report_every: Option<Duration>,
@@ -85,7 +93,8 @@ pub(crate) fn run_live<K: Sink<DaemonCtl>>(
             rate_limit: 0,
         },
     };
-    let (tracer, mut source, attach_time) = attach_live(&opts, events.is_some(), live.kprobes)?;
+    let (tracer, mut source, attach_time) =
+        attach_live(&opts, events.is_some(), counting, live.kprobes)?;
     eprintln!("detrace: probes attached in {attach_time:?}");
     if live.ready {
         println!("ready");
@@ -110,6 +119,7 @@ pub(crate) fn run_live<K: Sink<DaemonCtl>>(
             pipe.cache.queued(),
         );
     } else {
+        eprintln!("detrace: {}", loss.line());
         eprintln!(
             "detrace: {}",
             explain_line(&pipe.cache.stats, pipe.cache.queued())
@@ -187,7 +197,14 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let pipe = pipeline(&args.live, false)?;
     let mut sink = WatchSink::new(args.live.format, stdout());
     sink.verdict = args.verdict;
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, None)
+    run_live(
+        &args.live,
+        Some(&args.events),
+        PER_PACKET,
+        pipe,
+        &mut sink,
+        None,
+    )
 }
 
 pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
@@ -201,7 +218,12 @@ pub fn drops(args: DropsArgs) -> anyhow::Result<()> {
         );
     }
     let every = args.interval.map(Duration::from_secs_f64);
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, every)
+    // Per-packet events only with per-packet counting (for the sample packets), which a filter
+    // needs: the kernel's flow table counts every packet.
+    let mut counting = args.count.counting();
+    counting.per_packet |= sink.from_events;
+    let events = counting.per_packet.then_some(&args.events);
+    run_live(&args.live, events, counting, pipe, &mut sink, every)
 }
 
 pub fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -221,7 +243,15 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     sink.header("record", &pipe.clock, &pipe.ports)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    run_live(&args.live, Some(&args.events), pipe, &mut sink, None).map_err(full)?;
+    run_live(
+        &args.live,
+        Some(&args.events),
+        PER_PACKET,
+        pipe,
+        &mut sink,
+        None,
+    )
+    .map_err(full)?;
     eprintln!("detrace: recorded to {}", args.output.display());
     Ok(())
 }
@@ -239,5 +269,12 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let out = Box::new(std::io::stdout());
     let mut sink = TopSink::new(args.live.format, args.sort, args.limit, mode, out);
     let every = Duration::from_secs_f64(args.interval.max(0.1));
-    run_live(&args.live, None, pipe, &mut sink, Some(every))
+    run_live(
+        &args.live,
+        None,
+        args.count.counting(),
+        pipe,
+        &mut sink,
+        Some(every),
+    )
 }

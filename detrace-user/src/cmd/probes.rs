@@ -115,6 +115,9 @@ fn options(args: &ProbesArgs) -> ProbeOptions {
         filter: args.filter.to_filter(),
         cost: args.cost,
         kprobes_only: args.kprobes,
+        per_packet: !args.flow_table,
+        latency_sample: args.latency_sample.unwrap_or(0),
+        matching_only: args.matching_only,
     }
 }
 

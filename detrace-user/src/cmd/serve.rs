@@ -16,6 +16,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::live::{pipeline, run_live};
+use crate::live::kernel::Counting;
 use crate::{
     cli::ServeArgs,
     live::sinks::metrics::{Ledger, MetricsSink, Published},
@@ -42,7 +43,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ledger: Ledger::default(),
         published,
     };
-    run_live(&args.live, None, pipe, &mut sink, Some(every))
+    // Per-packet counting, as before flow-table counting existed: the ledger's latency
+    // histograms and its executed packets come from the probes.
+    let counting = Counting {
+        per_packet: true,
+        latency_sample: 0,
+        matching_only: false,
+    };
+    run_live(&args.live, None, counting, pipe, &mut sink, Some(every))
 }
 
 fn serve_http(listener: &TcpListener, published: &Mutex<Published>, every: Duration) {

@@ -2,10 +2,19 @@
 
 use std::{cell::RefCell, collections::BTreeSet, net::IpAddr, time::Duration};
 
-use detrace_common::{COUNTER_SLOTS, Event, FlowStats};
+use anyhow::Context as _;
+use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
 
-use super::source::{EventSource, Tracer};
-use crate::probes::loader::{EventReader, Filter, ProbeOptions, Probes};
+use super::{
+    flowtable::{FlowAccounts, FlowReads},
+    source::{EventSource, Tracer},
+};
+use crate::{
+    FastMap,
+    ovs::netlink::{FlowTable, KernelFlow},
+    probes::loader::{EventReader, Filter, ProbeOptions, Probes},
+    uuid::Uuid,
+};
 
 /// The event path's settings: what the kernel sends, and how much.
 pub struct EventOptions {
@@ -16,22 +25,90 @@ pub struct EventOptions {
     pub rate_limit: u32,
 }
 
-/// Attached probes; dropping this detaches them. In a cell: the filter's address set is
-/// rewritten while the run loop holds the tracer shared.
-pub struct KernelTracer(RefCell<Probes>);
+/// How per-flow counts are made.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counting {
+    /// By per-packet probes; else from the kernel's flow table.
+    pub per_packet: bool,
+    /// From the flow table: latency from 1 packet in this many (0: no latency).
+    pub latency_sample: u32,
+    /// Per packet, with events: only the packets the filter matches are followed and counted
+    /// (watch, record: the others cost the probes an early return).
+    pub matching_only: bool,
+}
+
+/// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
+/// per-packet counting, or (`flows` set) from the kernel's flow table. The probes in a cell:
+/// the filter's address set is rewritten while the run loop holds the tracer shared.
+pub struct KernelTracer {
+    probes: RefCell<Probes>,
+    flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
+    latency_sample: u32,
+}
+
+/// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
+struct Reads<'a> {
+    probes: &'a Probes,
+    table: &'a mut FlowTable,
+}
+
+impl FlowReads for Reads<'_> {
+    fn removed(&mut self) -> anyhow::Result<FastMap<Uuid, RemovedStats>> {
+        Ok(self
+            .probes
+            .removed_stats()?
+            .into_iter()
+            .map(|(w, s)| (Uuid::from_words(w), s))
+            .collect())
+    }
+    fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>> {
+        self.table
+            .dump()
+            .context("dumping the datapath's flows (generic netlink ovs_flow)")
+    }
+    fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
+        Ok(self
+            .probes
+            .flow_stats()?
+            .into_iter()
+            .map(|(w, s)| (Uuid::from_words(w), s))
+            .collect())
+    }
+}
 
 /// Their ring buffer (idle when per-packet events were not asked for).
 pub struct KernelEvents(Option<EventReader>);
 
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
-        Ok(self.0.borrow().flow_stats()?)
+        let Some(flows) = &self.flows else {
+            return Ok(self.probes.borrow().flow_stats()?);
+        };
+        let mut flows = flows.borrow_mut();
+        let (table, acc) = &mut *flows;
+        acc.read(&mut Reads {
+            probes: &self.probes.borrow(),
+            table,
+        })
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
-        Ok(self.0.borrow().counters()?)
+        let mut c = self.probes.borrow().counters()?;
+        if let Some(flows) = &self.flows {
+            // No probe counts hits or drops per packet here: the flow table's counts (as of
+            // the last read) do.
+            let (hits, drops) = flows.borrow().1.totals;
+            c[Counter::Hits as usize] = hits;
+            c[Counter::Drops as usize] = drops + c[Counter::DropsNoFlow as usize];
+            // What the sampled probes saw is not the traffic's.
+            for k in [Counter::Passes, Counter::Upcalls, Counter::Outputs] {
+                c[k as usize] = 0;
+            }
+            c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
+        }
+        Ok(c)
     }
     fn set_filter_addrs(&self, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<()> {
-        Ok(self.0.borrow_mut().set_filter_addrs(addrs)?)
+        Ok(self.probes.borrow_mut().set_filter_addrs(addrs)?)
     }
 }
 
@@ -47,10 +124,13 @@ impl EventSource for KernelEvents {
     }
 }
 
-/// Attaches the probes; per-packet events (with the filters) only when `events`.
+/// Attaches the probes; per-packet events (with the filters) only when `events`; per-packet
+/// counting only when asked (or with events), per-flow counts from the kernel's flow table
+/// otherwise.
 pub fn attach_live(
     args: &EventOptions,
     events: bool,
+    counting: Counting,
     kprobes_only: bool,
 ) -> anyhow::Result<(KernelTracer, KernelEvents, Duration)> {
     let opts = ProbeOptions {
@@ -60,8 +140,23 @@ pub fn attach_live(
         filter: args.filter.clone(),
         cost: false,
         kprobes_only,
+        per_packet: counting.per_packet,
+        latency_sample: counting.latency_sample,
+        matching_only: counting.matching_only,
     };
     let mut probes = Probes::attach(&opts)?;
+    let flows = if !opts.flow_table() {
+        None
+    } else {
+        // The removal probe is attached first: a flow that goes from here on is caught.
+        let mut table = FlowTable::open().context("opening generic netlink (ovs_flow)")?;
+        let mut acc = FlowAccounts::start(&mut Reads {
+            probes: &probes,
+            table: &mut table,
+        })?;
+        acc.latency = counting.latency_sample > 0;
+        Some(RefCell::new((table, acc)))
+    };
     let reader = probes.take_events();
     let t = probes.attach_time();
     let kinds: Vec<String> = probes
@@ -70,5 +165,15 @@ pub fn attach_live(
         .map(|(f, k)| format!("{f}:{k}"))
         .collect();
     tracing::info!("datapath hooks: {}", kinds.join(" "));
-    Ok((KernelTracer(RefCell::new(probes)), KernelEvents(reader), t))
+    let latency_sample = if opts.flow_table() {
+        counting.latency_sample
+    } else {
+        0
+    };
+    let tracer = KernelTracer {
+        probes: RefCell::new(probes),
+        flows,
+        latency_sample,
+    };
+    Ok((tracer, KernelEvents(reader), t))
 }

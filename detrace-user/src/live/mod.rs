@@ -2,7 +2,8 @@
 //! into the sink of each view.
 //!
 //! - [`source`]: the seams to the kernel (per-flow counters, the event stream); [`kernel`]:
-//!   the eBPF probes behind them; [`record`]: the recording format, read back as a source.
+//!   the eBPF probes behind them; [`flowtable`]: per-flow counts from the kernel's flow table
+//!   (no probe per packet); [`record`]: the recording format, read back as a source.
 //! - [`pipeline`]: decode -> assemble -> explain (through [`explainer`], the cache of
 //!   explanations) -> a [`pipeline::Sink`]; [`run`]: the live loop (ticks, reports, signals).
 //! - [`sinks`]: watch, drops, top, record (and per-flow counters from packets), each
@@ -10,6 +11,7 @@
 
 pub mod clock;
 pub mod explainer;
+pub mod flowtable;
 pub mod kernel;
 pub mod pipeline;
 pub mod record;

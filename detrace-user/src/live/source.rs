@@ -56,14 +56,38 @@ impl LossReport {
 
     /// One line for stderr; says loudly when anything was lost.
     pub fn line(&self) -> String {
-        let mut s = format!(
-            "kernel: {} passes, {} hits, {} upcalls, {} drops, {} outputs",
-            self.get(Counter::Passes),
-            self.get(Counter::Hits),
-            self.get(Counter::Upcalls),
-            self.get(Counter::Drops),
-            self.get(Counter::Outputs)
-        );
+        let mut s = if self.get(Counter::Passes) == 0 && self.get(Counter::Hits) > 0 {
+            // Counted from the kernel's flow table: no probe saw passes, upcalls or outputs.
+            format!(
+                "kernel: flow table: {} hits, {} drops ({} by no flow's action), {} flows \
+                 removed",
+                self.get(Counter::Hits),
+                self.get(Counter::Drops),
+                self.get(Counter::DropsNoFlow),
+                self.get(Counter::FlowsRemoved)
+            )
+        } else {
+            format!(
+                "kernel: {} passes, {} hits, {} upcalls, {} drops, {} outputs",
+                self.get(Counter::Passes),
+                self.get(Counter::Hits),
+                self.get(Counter::Upcalls),
+                self.get(Counter::Drops),
+                self.get(Counter::Outputs)
+            )
+        };
+        if self.get(Counter::LatencySample) > 0 {
+            s.push_str(&format!(
+                "; latency sampled: 1 packet in {}",
+                self.get(Counter::LatencySample)
+            ));
+        }
+        if self.get(Counter::RemovedStatsFull) > 0 {
+            s.push_str(&format!(
+                "; {} removed flows NOT counted (REMOVED_STATS full)",
+                self.get(Counter::RemovedStatsFull)
+            ));
+        }
         if self.get(Counter::Executes) > 0 || self.get(Counter::DropsAfterUpcall) > 0 {
             s.push_str(&format!(
                 "; after upcalls: {} executes ({} without an install before them: not \
@@ -163,7 +187,7 @@ mod tests {
             json.starts_with(r#"{"passes":0,"hits":10,"upcalls":20,"drops":30,"outputs":40,"#),
             "{json}"
         );
-        assert!(json.ends_with(r#""drops_after_upcall":140}"#), "{json}");
+        assert!(json.ends_with(r#""latency_sample":180}"#), "{json}");
         let back: LossReport = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(back, r);
         // An older recording: later counters absent, unknown fields skipped.

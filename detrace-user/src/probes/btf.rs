@@ -368,6 +368,23 @@ mod tests {
         Btf::parse_split(vmlinux, read("openvswitch-6.12.117.btf")).expect("parsing lab BTF")
     }
 
+    /// Every hook of both counting modes has its function in the lab kernel's module BTF (an
+    /// fentry target), the removal probe's RCU callback included.
+    #[test]
+    fn lab_kernel_has_every_hook() {
+        let btf = lab_btf();
+        let hooks = super::super::hooks::HOOKS
+            .iter()
+            .chain(super::super::hooks::FLOW_TABLE_HOOKS);
+        for h in hooks {
+            assert!(
+                btf.split_func(h.function).ok().flatten().is_some(),
+                "{} not in the module BTF",
+                h.function
+            );
+        }
+    }
+
     #[test]
     fn lab_kernel_offsets() {
         let btf = lab_btf();

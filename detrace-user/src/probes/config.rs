@@ -28,6 +28,28 @@ pub struct ProbeOptions {
     pub cost: bool,
     /// Hook the datapath with kprobes even where fentry would attach.
     pub kprobes_only: bool,
+    /// Count per packet in the probes (FLOW_STATS, latency). Without it (and without
+    /// `events`), no probe runs per packet: counts come from the kernel's flow table, and the
+    /// probes catch the last stats of removed flows (REMOVED_STATS).
+    pub per_packet: bool,
+    /// Counting from the flow table: also follow 1 packet in this many for its latency (0:
+    /// none). Ignored with `per_packet` or `events` (every packet is followed).
+    pub latency_sample: u32,
+    /// With events and a filter: follow only the matching packets (see
+    /// [`Config::matching_only`]); the per-flow counts are then of those packets only.
+    pub matching_only: bool,
+}
+
+impl ProbeOptions {
+    /// Counts come from the kernel's flow table (the removal probe is attached).
+    pub fn flow_table(&self) -> bool {
+        !self.per_packet && !self.events
+    }
+
+    /// Per-packet probes are attached: asked for, needed by the events, or sampling latency.
+    pub fn per_packet_probes(&self) -> bool {
+        !self.flow_table() || self.latency_sample > 0
+    }
 }
 
 impl Default for ProbeOptions {
@@ -39,6 +61,9 @@ impl Default for ProbeOptions {
             filter: Filter::default(),
             cost: false,
             kprobes_only: false,
+            per_packet: true,
+            latency_sample: 0,
+            matching_only: false,
         }
     }
 }
@@ -155,6 +180,17 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
     offsets::from_tracefs(tracefs, &mut cfg)?;
     cfg.events_enabled = u32::from(opts.events);
     cfg.rate_limit = opts.rate_limit;
+    if opts.flow_table() {
+        cfg.latency_sample = opts.latency_sample;
+    }
+    cfg.matching_only = u32::from(opts.matching_only && opts.events);
+    cfg.nr_cpus = aya::util::nr_cpus()
+        .map_err(|(path, source)| ProbeError::BtfRead {
+            path: path.into(),
+            source,
+        })?
+        .try_into()
+        .unwrap_or(u32::MAX);
     opts.filter.apply(&mut cfg)?;
     Ok((cfg, btf))
 }

@@ -16,6 +16,7 @@ use super::{
 };
 
 /// One openvswitch function, with one program per way of attaching to it.
+#[derive(Clone, Copy)]
 pub(super) struct Hook {
     pub function: &'static str,
     pub fentry: &'static str,
@@ -37,14 +38,9 @@ impl Hook {
     }
 }
 
-/// The datapath hooks, in attach order. One probe per datapath pass (`ovs_flow_stats_update`,
-/// see detrace-ebpf/src/probes/datapath.rs).
-pub(super) const HOOKS: &[Hook] = &[
-    Hook::required("ovs_flow_stats_update", "fentry_flow_stats_update"),
-    Hook::required("ovs_dp_upcall", "fentry_dp_upcall"),
-    Hook::required("ovs_vport_send", "fentry_vport_send"),
-    // Once per upcall, never per pass: the packet ovs-vswitchd executes after an upcall is
-    // followed as a packet of the flow it installed (detrace-ebpf/src/probes/upcall.rs).
+/// Once per upcall, never per pass: the packet ovs-vswitchd executes after an upcall is
+/// followed as a packet of the flow it installed (detrace-ebpf/src/probes/upcall.rs).
+const UPCALL_HOOKS: [Hook; 2] = [
     Hook {
         optional: Some(AFTER_UPCALL_MISSING),
         ..Hook::required("ovs_flow_tbl_insert", "fentry_flow_tbl_insert")
@@ -57,6 +53,57 @@ pub(super) const HOOKS: &[Hook] = &[
         )
     },
 ];
+
+/// The datapath hooks of per-packet tracing, in attach order. One probe per datapath pass
+/// (`ovs_flow_stats_update`, see detrace-ebpf/src/probes/datapath.rs).
+pub(super) const HOOKS: &[Hook] = &[
+    Hook::required("ovs_flow_stats_update", "fentry_flow_stats_update"),
+    Hook::required("ovs_dp_upcall", "fentry_dp_upcall"),
+    Hook::required("ovs_vport_send", "fentry_vport_send"),
+    UPCALL_HOOKS[0],
+    UPCALL_HOOKS[1],
+];
+
+/// Once per flow removal (detrace-ebpf/src/probes/removal.rs).
+const REMOVAL_HOOKS: [Hook; 2] = [
+    Hook::required("rcu_free_flow_callback", "fentry_flow_free_rcu"),
+    Hook {
+        optional: Some(
+            "a flow's stats cleared by OVS_FLOW_ATTR_CLEAR (dpctl/mod-flow --clear) lose what \
+             they counted before",
+        ),
+        ..Hook::required("ovs_flow_stats_clear", "fentry_stats_clear")
+    },
+];
+
+/// The hooks when counts come from the kernel's flow table (no per-packet probe): once per
+/// flow removal, once per upcall.
+pub(super) const FLOW_TABLE_HOOKS: &[Hook] = &[
+    REMOVAL_HOOKS[0],
+    REMOVAL_HOOKS[1],
+    UPCALL_HOOKS[0],
+    UPCALL_HOOKS[1],
+];
+
+/// Counts from the flow table, latency from a sample of packets (`--latency-sample`).
+pub(super) const SAMPLED_HOOKS: &[Hook] = &[
+    HOOKS[0],
+    HOOKS[1],
+    HOOKS[2],
+    REMOVAL_HOOKS[0],
+    REMOVAL_HOOKS[1],
+    UPCALL_HOOKS[0],
+    UPCALL_HOOKS[1],
+];
+
+/// The hooks of a counting mode (see [`super::config::ProbeOptions`]).
+pub(super) fn hooks(flow_table: bool, per_packet_probes: bool) -> &'static [Hook] {
+    match (flow_table, per_packet_probes) {
+        (true, true) => SAMPLED_HOOKS,
+        (true, false) => FLOW_TABLE_HOOKS,
+        (false, _) => HOOKS,
+    }
+}
 
 /// What is lost without the upcall hooks.
 const AFTER_UPCALL_MISSING: &str = "packets executed by ovs-vswitchd after an upcall (often \
@@ -93,28 +140,29 @@ impl AttachedHook {
 }
 
 /// Each hook's function in the module's BTF (its fentry target; None: not there).
-pub(super) fn fentry_targets(btf: &Btf) -> Vec<Option<u32>> {
-    HOOKS
+pub(super) fn fentry_targets(hooks: &[Hook], btf: &Btf) -> Vec<Option<u32>> {
+    hooks
         .iter()
         .map(|h| btf.split_func(h.function).ok().flatten())
         .collect()
 }
 
 /// Attaches every hook (fentry first, else its kprobe) and the drop tracepoint; `mark` is
-/// called after each phase. The result is in [`HOOKS`] order.
+/// called after each phase. The result is in `hooks` order.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
+    hooks: &'static [Hook],
     kprobes_only: bool,
     targets: &[Option<u32>],
     mark: &mut impl FnMut(&'static str),
 ) -> Result<Vec<AttachedHook>, ProbeError> {
     let fentries = if kprobes_only {
-        HOOKS.iter().map(|_| None).collect()
+        hooks.iter().map(|_| None).collect()
     } else {
-        attach_fentries(ebpf, targets)
+        attach_fentries(ebpf, hooks, targets)
     };
     mark("fentry");
-    let need_kprobe: Vec<&Hook> = HOOKS
+    let need_kprobe: Vec<&Hook> = hooks
         .iter()
         .zip(&fentries)
         .filter(|(_, f)| f.is_none())
@@ -122,8 +170,8 @@ pub(super) fn attach(
         .collect();
     let left_out = load_kprobes(ebpf, &need_kprobe)?;
     mark("load_verify");
-    let mut out = Vec::with_capacity(HOOKS.len());
-    for (h, f) in HOOKS.iter().zip(fentries) {
+    let mut out = Vec::with_capacity(hooks.len());
+    for (h, f) in hooks.iter().zip(fentries) {
         let attachment = match f {
             Some(a) => Attachment::Fentry(a),
             None if left_out.contains(&h.kprobe) => Attachment::None,
@@ -145,14 +193,18 @@ pub(super) fn attach(
 
 /// Each hook's fentry program, attached where it can be (None: use the kprobe, with a warning
 /// saying why). Loaded (verified) in parallel: the verifier runs in the loading thread.
-fn attach_fentries(ebpf: &Ebpf, targets: &[Option<u32>]) -> Vec<Option<fentry::Attached>> {
+fn attach_fentries(
+    ebpf: &Ebpf,
+    hooks: &[Hook],
+    targets: &[Option<u32>],
+) -> Vec<Option<fentry::Attached>> {
     let setup = fentry::module_btf("openvswitch")
         .and_then(|btf| Ok((btf, fentry::Relocated::new(EBPF_OBJECT, ebpf)?)));
     let (btf, code) = match setup {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("fentry unavailable ({}): using kprobes", error_chain(&e));
-            return HOOKS.iter().map(|_| None).collect();
+            return hooks.iter().map(|_| None).collect();
         }
     };
     let attach_one = |h: &Hook, id: Option<u32>| -> Result<_, FentryError> {
@@ -162,7 +214,7 @@ fn attach_fentries(ebpf: &Ebpf, targets: &[Option<u32>]) -> Vec<Option<fentry::A
         code.attach(h.fentry, &btf, id)
     };
     let results: Vec<_> = std::thread::scope(|s| {
-        let jobs: Vec<_> = HOOKS
+        let jobs: Vec<_> = hooks
             .iter()
             .zip(targets)
             .map(|(h, id)| s.spawn(move || attach_one(h, *id)))
@@ -171,7 +223,7 @@ fn attach_fentries(ebpf: &Ebpf, targets: &[Option<u32>]) -> Vec<Option<fentry::A
             .map(|j| j.join().unwrap_or(Err(FentryError::Panicked)))
             .collect()
     });
-    HOOKS
+    hooks
         .iter()
         .zip(results)
         .map(|(h, r)| match r {
@@ -309,7 +361,7 @@ mod tests {
                 .map(|p| p.section.clone())
                 .unwrap_or_else(|| panic!("no program {name} in the embedded object"))
         };
-        for h in HOOKS {
+        for h in HOOKS.iter().chain(FLOW_TABLE_HOOKS) {
             assert!(
                 matches!(section(h.fentry), ProgramSection::FEntry { .. }),
                 "{} is not an fentry program",

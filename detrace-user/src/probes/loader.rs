@@ -16,7 +16,9 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use detrace_common::{COUNTER_SLOTS, FlowStats, GLOBAL_CONFIG, MAP_EVENTS};
+use detrace_common::{
+    COUNTER_SLOTS, DROP_REASON_SLOTS, FlowStats, GLOBAL_CONFIG, MAP_EVENTS, RemovedStats,
+};
 
 use super::{
     config,
@@ -113,9 +115,10 @@ impl Probes {
         if let Some(addrs) = &opts.filter.addrs {
             maps::set_filter_addrs(&mut ebpf, addrs)?;
         }
-        let targets = hooks::fentry_targets(&btf);
+        let wanted = hooks::hooks(opts.flow_table(), opts.per_packet_probes());
+        let targets = hooks::fentry_targets(wanted, &btf);
         drop(btf);
-        let hooks = hooks::attach(&mut ebpf, opts.kprobes_only, &targets, &mut |p| {
+        let hooks = hooks::attach(&mut ebpf, wanted, opts.kprobes_only, &targets, &mut |p| {
             phases.mark(p)
         })?;
         let events = if opts.events {
@@ -212,6 +215,17 @@ impl Probes {
     /// Per-UFID aggregates, summed over CPUs.
     pub fn flow_stats(&self) -> Result<Vec<([u32; 4], FlowStats)>, ProbeError> {
         maps::flow_stats(&self.ebpf)
+    }
+
+    /// The last stats of removed flows by UFID, summed over CPUs (see
+    /// [`ProbeOptions::per_packet`]).
+    pub fn removed_stats(&self) -> Result<Vec<([u32; 4], RemovedStats)>, ProbeError> {
+        maps::removed_stats(&self.ebpf)
+    }
+
+    /// OVS drops counted against no flow, by drop-reason slot, summed over CPUs.
+    pub fn other_drops(&self) -> Result<[u64; DROP_REASON_SLOTS], ProbeError> {
+        maps::other_drops(&self.ebpf)
     }
 
     /// `Counter` values, summed over CPUs, indexed by `Counter as usize`.

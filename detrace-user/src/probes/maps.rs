@@ -8,8 +8,9 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use detrace_common::{
-    AddrKey, COUNTER_SLOTS, ExecStats, FILTER_ADDRS_MAX, FlowKey, FlowStats, MAP_COUNTERS,
-    MAP_EVENTS, MAP_EXEC_STATS, MAP_FILTER_ADDRS, MAP_FLOW_STATS,
+    AddrKey, COUNTER_SLOTS, DROP_REASON_SLOTS, ExecStats, FILTER_ADDRS_MAX, FlowKey, FlowStats,
+    MAP_COUNTERS, MAP_EVENTS, MAP_EXEC_STATS, MAP_FILTER_ADDRS, MAP_FLOW_STATS, MAP_OTHER_DROPS,
+    MAP_REMOVED_STATS, RemovedStats,
 };
 
 use super::{error::ProbeError, ring::EventReader};
@@ -32,6 +33,43 @@ pub(super) fn flow_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], FlowStats)>, Prob
         out.push((key.ufid, sum_stats(per_cpu.iter())));
     }
     add_executed(ebpf, &mut out)?;
+    Ok(out)
+}
+
+/// The last stats of removed flows by UFID, summed over CPUs (the drop slot is the flow's).
+pub(super) fn removed_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], RemovedStats)>, ProbeError> {
+    let err = map_err(MAP_REMOVED_STATS);
+    let map = ebpf.map(MAP_REMOVED_STATS).ok_or(ProbeError::NoMap {
+        name: MAP_REMOVED_STATS,
+    })?;
+    let map: PerCpuHashMap<&MapData, FlowKey, RemovedStats> =
+        PerCpuHashMap::try_from(map).map_err(&err)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = item.map_err(&err)?;
+        let mut t = RemovedStats::default();
+        for s in per_cpu.iter() {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.removals += s.removals;
+            t.drop_slot = t.drop_slot.max(s.drop_slot);
+        }
+        out.push((key.ufid, t));
+    }
+    Ok(out)
+}
+
+/// OVS drops counted against no flow, by drop-reason slot, summed over CPUs.
+pub(super) fn other_drops(ebpf: &Ebpf) -> Result<[u64; DROP_REASON_SLOTS], ProbeError> {
+    let err = map_err(MAP_OTHER_DROPS);
+    let map = ebpf.map(MAP_OTHER_DROPS).ok_or(ProbeError::NoMap {
+        name: MAP_OTHER_DROPS,
+    })?;
+    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(&err)?;
+    let mut out = [0u64; DROP_REASON_SLOTS];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = map.get(&(i as u32), 0).map_err(&err)?.iter().sum();
+    }
     Ok(out)
 }
 

@@ -118,6 +118,47 @@ pub fn from_btf(btf: &Btf, cfg: &mut Config) -> Result<(), ProbeError> {
     for (set, ty, path, size) in MEMBERS {
         set(cfg, get(ty, path, *size)?);
     }
+    removal_offsets(btf, cfg, &get)
+}
+
+/// What the flow-removal probe reads (detrace-ebpf/src/probes/removal.rs): the per-CPU stats
+/// and the actions of a `struct sw_flow` (net/openvswitch/flow.h).
+fn removal_offsets(
+    btf: &Btf,
+    cfg: &mut Config,
+    get: &dyn Fn(&str, &str, u32) -> Result<u32, ProbeError>,
+) -> Result<(), ProbeError> {
+    let at = |ty: &str, path: &str| {
+        btf.member(ty, path)
+            .map(|m| m.offset)
+            .map_err(|source| ProbeError::BtfMember {
+                what: format!("{ty}.{path}"),
+                source,
+            })
+    };
+    // The RCU callback gets &flow->rcu: the flow itself only while rcu comes first.
+    let rcu = at("sw_flow", "rcu")?;
+    if rcu != 0 {
+        return Err(ProbeError::Layout {
+            what: "the offset of sw_flow.rcu".into(),
+            size: rcu,
+            want: 0,
+        });
+    }
+    cfg.off_flow_stats = at("sw_flow", "stats")?;
+    cfg.off_flow_sf_acts = get("sw_flow", "sf_acts", 8)?;
+    cfg.off_stats_packet_count = get("sw_flow_stats", "packet_count", 8)?;
+    // packet_count and byte_count in one read.
+    let bytes = get("sw_flow_stats", "byte_count", 8)?;
+    if bytes != cfg.off_stats_packet_count + 8 {
+        return Err(ProbeError::Layout {
+            what: "the gap from sw_flow_stats.packet_count to byte_count".into(),
+            size: bytes.wrapping_sub(cfg.off_stats_packet_count),
+            want: 8,
+        });
+    }
+    cfg.off_acts_len = get("sw_flow_actions", "actions_len", 4)?;
+    cfg.off_acts_actions = at("sw_flow_actions", "actions")?;
     Ok(())
 }
 
@@ -206,6 +247,10 @@ mod tests {
         ];
         assert!(skb.iter().all(|&o| o > 0), "{skb:?}");
         assert_eq!(cfg.off_skb_network_header, cfg.off_skb_transport_header + 2);
+        // The removal probe's reads: sw_flow ends with sf_acts and the stats array.
+        assert_eq!(cfg.off_flow_stats, cfg.off_flow_sf_acts + 8);
+        assert_eq!(cfg.off_stats_packet_count, 0);
+        assert!(cfg.off_acts_actions > cfg.off_acts_len, "{cfg:?}");
     }
 
     #[test]

@@ -46,7 +46,9 @@ wait_ready() {
 
 # --- drops: exactly N dropped by the test ACL, attributed to it and to nothing else
 warm $SERVER 7777
-"$D" drops --ready --format json --duration 8 >$T/drops.out 2>$T/drops.err &
+# --per-packet: the sample packet comes from the per-packet events (flow-table-counts.sh tests
+# the default, counting from the kernel's flow table).
+"$D" drops --per-packet --ready --format json --duration 8 >$T/drops.out 2>$T/drops.err &
 P=$!
 wait_ready $T/drops.out drops
 send $SERVER 7777 $N

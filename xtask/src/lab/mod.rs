@@ -263,9 +263,9 @@ pub fn run_vm_bench(
         ("BENCH_SECONDS", seconds.to_string()),
     ])?;
     let console_log = lab_target().join("bench-console.log");
-    // 5 modes x 2 tests per repetition, plus attach/detach and setup, then 5 cost runs.
+    // 7 modes x 2 tests per repetition, plus attach/detach and setup, then 5 cost runs.
     let timeout =
-        Duration::from_secs(300 + (u64::from(reps) + 1) * 5 * (2 * u64::from(seconds) + 15));
+        Duration::from_secs(300 + (u64::from(reps) + 1) * 7 * (2 * u64::from(seconds) + 15));
     progress(&format!(
         "running the datapath benchmark (console log {})",
         console_log.display()

@@ -1,0 +1,83 @@
+//! The flow-removal probe's wire types: counting from the kernel's flow table, the last stats
+//! of every flow removed (detrace-ebpf/src/probes/removal.rs), and how a flow's actions drop.
+
+use core::mem::size_of;
+
+/// The last stats of a datapath flow, caught when it is freed (`MAP_REMOVED_STATS` value, per
+/// CPU; summed over every flow of that UFID removed since the probes were attached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemovedStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows of this UFID freed or cleared: user space sees that one went during its dump.
+    pub removals: u64,
+    /// The `FlowStats::drop_reasons` slot of the drop the flow's actions make (see
+    /// [`DropScan`]), 0 when its actions do not drop.
+    pub drop_slot: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RemovedStats>() == 32);
+
+/// OVS_ACTION_ATTR_DROP (include/uapi/linux/openvswitch.h `enum ovs_action_attr`).
+pub const OVS_ACTION_ATTR_DROP: u16 = 24;
+
+/// Top-level actions after which the packet goes on (sent, recirculated, handed to
+/// userspace, or cloned for one of these): `enum ovs_action_attr` OUTPUT 1, USERSPACE 2,
+/// SAMPLE 6, RECIRC 7, CLONE 20, CHECK_PKT_LEN 21, DEC_TTL 23 (nested action lists that do).
+const SENDS: [u16; 7] = [1, 2, 6, 7, 20, 21, 23];
+
+/// Whether a flow's actions drop its packets, seen one top-level action at a time (the
+/// removal probe and user space walk the list the same way).
+///
+/// net/openvswitch/actions.c do_execute_actions: an explicit drop frees the packet with
+/// OVS_DROP_EXPLICIT (slot 3) or, with an error code, OVS_DROP_EXPLICIT_WITH_ERROR (4); a list
+/// that ends without sending the packet anywhere (empty, or only ct_clear/set/ct...) frees it
+/// with OVS_DROP_LAST_ACTION (1). ovs-vswitchd writes an OVN drop as `drop`, after what crossing
+/// into a router adds (`ct_clear,drop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropScan {
+    sends: bool,
+    /// The explicit drop's error code + 1 (0: no explicit drop).
+    drop: u32,
+}
+
+impl DropScan {
+    /// One top-level action: its `nla_type` and its first 4 payload bytes (0 when shorter).
+    #[inline(always)]
+    pub fn push(&mut self, nla_type: u16, arg: u32) {
+        let ty = nla_type & 0x3fff;
+        if ty == OVS_ACTION_ATTR_DROP {
+            if self.drop == 0 {
+                self.drop = arg.saturating_add(1);
+            }
+        } else {
+            let mut i = 0;
+            while i < SENDS.len() {
+                if SENDS[i] == ty {
+                    self.sends = true;
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// The `FlowStats::drop_reasons` slot of the drop these actions make, 0 when they do not
+    /// drop.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        match (self.sends, self.drop) {
+            (true, _) => 0,
+            (false, 0) => 1,
+            (false, 1) => 3,
+            (false, _) => 4,
+        }
+    }
+}
+
+/// Drop-reason slots that are a flow's own drop action (see [`DropScan`]): drops of
+/// those reasons are counted as the flow's packets, not from the drop tracepoint.
+#[inline(always)]
+pub fn is_action_drop_slot(slot: usize) -> bool {
+    slot == 1 || slot == 3 || slot == 4
+}

@@ -1,0 +1,302 @@
+//! Per-flow counts from the kernel's own flow table, with no probe per packet: each read dumps
+//! the datapath's flows (packets, bytes, actions; ovs::netlink) and adds what the flows removed
+//! since the start had when they went (the removal probe's REMOVED_STATS, per UFID). Counts
+//! are from the start of the run, exact: the flows present at the start are taken as a
+//! baseline, and a flow created and deleted between two reads is in REMOVED_STATS.
+//!
+//! For a UFID u: `count = removed(u) - removed_at_start(u) + live(u) - live_at_start(u)`,
+//! where live is the flow in the table now (a later flow of the same UFID starts from 0; the
+//! baseline flow's count is in `removed` once it went, so the formula holds either way).
+//!
+//! The dump and the map cannot be read at one instant. A flow dumped and then freed before
+//! REMOVED_STATS is read would count twice: REMOVED_STATS is read before and after the dump,
+//! and a UFID that lost a flow in between has its dumped value ignored this once (its flow is
+//! gone or new; the next read has it right). A flow freed but whose RCU callback has not run
+//! yet is in neither for a moment: each count is kept at least at what was reported before,
+//! so counts never go back; the next read catches up.
+//!
+//! A flow's packets also include those ovs-vswitchd executed with its actions after the upcall
+//! that installed it (the probes' EXEC_STATS, once per upcall): the kernel's stats miss them.
+//! Drops: a flow whose actions drop (an explicit `drop`, or none that sends the packet on)
+//! drops every packet it counts, with that reason (the executed ones as `drops_after_upcall`).
+//! Drops that are no flow's action come from the drop tracepoint and are counted by reason,
+//! against no flow (`Counter::DropsNoFlow`).
+
+use detrace_common::{DROP_REASON_SLOTS, FlowStats, RemovedStats};
+
+use crate::{FastMap, ovs::netlink::KernelFlow, uuid::Uuid};
+
+/// What the accounting reads: the kernel (through the probes and netlink), or a test.
+pub trait FlowReads {
+    /// REMOVED_STATS, summed over CPUs.
+    fn removed(&mut self) -> anyhow::Result<FastMap<Uuid, RemovedStats>>;
+    /// The flow table now.
+    fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>>;
+    /// The probes' per-UFID stats (only `drops_after_upcall` is kept here).
+    fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>>;
+}
+
+/// The baseline and what was last reported.
+#[derive(Default, Debug)]
+pub struct FlowAccounts {
+    base_removed: FastMap<Uuid, (u64, u64)>,
+    base_live: FastMap<Uuid, (u64, u64)>,
+    /// (packets, bytes, drop slot) last reported per UFID.
+    last: FastMap<Uuid, (u64, u64, u32)>,
+    /// Reads where a flow went during the dump (its live value ignored once).
+    pub raced: u64,
+    /// Packets and drops over every flow, at the last read.
+    pub totals: (u64, u64),
+    /// Latency from the probes (`--latency-sample`): they follow a sample of packets.
+    pub latency: bool,
+}
+
+/// REMOVED_STATS, the live flows (by UFID), and how many went during the dump.
+type Read = (FastMap<Uuid, RemovedStats>, FastMap<Uuid, KernelFlow>, u64);
+
+/// One consistent-enough read: REMOVED_STATS around the dump; the dump's value of a UFID that
+/// lost a flow during it is left out.
+fn read_once(r: &mut impl FlowReads) -> anyhow::Result<Read> {
+    let before = r.removed()?;
+    let dump = r.dump()?;
+    let after = r.removed()?;
+    let mut raced = 0;
+    let removals = |m: &FastMap<Uuid, RemovedStats>, u: &Uuid| m.get(u).map_or(0, |s| s.removals);
+    let mut live = FastMap::default();
+    for f in dump {
+        let u = Uuid::from_words(f.ufid);
+        if removals(&before, &u) == removals(&after, &u) {
+            live.insert(u, f);
+        } else {
+            raced += 1;
+            // Its actions are still good to know.
+            live.insert(
+                u,
+                KernelFlow {
+                    packets: 0,
+                    bytes: 0,
+                    ..f
+                },
+            );
+        }
+    }
+    Ok((after, live, raced))
+}
+
+impl FlowAccounts {
+    /// Takes the baseline: what the flow table and REMOVED_STATS hold now is not counted.
+    pub fn start(r: &mut impl FlowReads) -> anyhow::Result<Self> {
+        let (removed, live, _) = read_once(r)?;
+        Ok(Self {
+            base_removed: removed
+                .into_iter()
+                .map(|(u, s)| (u, (s.packets, s.bytes)))
+                .collect(),
+            base_live: live
+                .into_iter()
+                .map(|(u, f)| (u, (f.packets, f.bytes)))
+                .collect(),
+            ..Self::default()
+        })
+    }
+
+    /// Cumulative per-UFID stats since [`Self::start`]: flows that counted anything.
+    pub fn read(&mut self, r: &mut impl FlowReads) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+        let (removed, live, raced) = read_once(r)?;
+        self.raced += raced;
+        let probes = r.probe_stats()?;
+        let mut ufids: Vec<Uuid> = removed.keys().chain(live.keys()).copied().collect();
+        ufids.sort_unstable();
+        ufids.dedup();
+        let mut out = Vec::with_capacity(ufids.len());
+        for u in ufids {
+            let rm = removed.get(&u).copied().unwrap_or_default();
+            let lv = live.get(&u);
+            let (bp, bb) = self.base_removed.get(&u).copied().unwrap_or((0, 0));
+            let (lp, lb) = self.base_live.get(&u).copied().unwrap_or((0, 0));
+            let packets =
+                (rm.packets.saturating_sub(bp) + lv.map_or(0, |f| f.packets)).saturating_sub(lp);
+            let bytes =
+                (rm.bytes.saturating_sub(bb) + lv.map_or(0, |f| f.bytes)).saturating_sub(lb);
+            let slot = lv.map_or(rm.drop_slot, |f| f.drop_slot);
+            let last = self.last.entry(u).or_insert((0, 0, 0));
+            *last = (last.0.max(packets), last.1.max(bytes), slot);
+            let p = probes.get(&u);
+            // Without per-packet counting, the probes' packets are those ovs-vswitchd
+            // executed with this flow's actions after the upcall that installed it
+            // (EXEC_STATS): counted as the flow's, as per-packet counting does.
+            let exec = p.map_or((0, 0), |s| (s.packets, s.bytes));
+            let mut s = flow_stats(*last, exec);
+            if let (true, Some(p)) = (self.latency, p) {
+                s.latency = p.latency;
+                s.latency_sum_ns = p.latency_sum_ns;
+            }
+            if s.packets > 0 || s.drops > 0 {
+                out.push((u.words(), s));
+            }
+        }
+        self.totals = out
+            .iter()
+            .fold((0, 0), |(p, d), (_, s)| (p + s.packets, d + s.drops));
+        Ok(out)
+    }
+}
+
+/// A flow's [`FlowStats`] from its kernel counts, the drop its actions make (slot 0: none) and
+/// the packets executed with its actions after their upcall (packets, bytes).
+fn flow_stats((packets, bytes, slot): (u64, u64, u32), exec: (u64, u64)) -> FlowStats {
+    let mut s = FlowStats {
+        packets: packets + exec.0,
+        bytes: bytes + exec.1,
+        ..FlowStats::default()
+    };
+    let slot = slot as usize;
+    if slot != 0 && slot < DROP_REASON_SLOTS {
+        // Every packet of a flow that drops is dropped by it, executed ones included.
+        s.drops_after_upcall = exec.0;
+        s.drops = s.packets;
+        s.drop_reasons[slot] = s.drops;
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+mod tests {
+    use super::*;
+
+    type DuringDump = Box<dyn FnOnce(&mut Fake)>;
+
+    /// A kernel to script: the flow table, REMOVED_STATS, and what happens during a dump.
+    #[derive(Default)]
+    struct Fake {
+        table: FastMap<[u32; 4], KernelFlow>,
+        removed: FastMap<[u32; 4], RemovedStats>,
+        executed: FastMap<[u32; 4], u64>,
+        /// Run once, right after the next dump was taken (a flow going meanwhile).
+        during_dump: Option<DuringDump>,
+    }
+
+    impl Fake {
+        fn hit(&mut self, u: [u32; 4], n: u64, drop_slot: u32) {
+            let f = self.table.entry(u).or_insert(KernelFlow {
+                ufid: u,
+                drop_slot,
+                ..KernelFlow::default()
+            });
+            f.packets += n;
+            f.bytes += 100 * n;
+        }
+        /// ovs_flow_tbl_remove, then the RCU callback (the removal probe).
+        fn remove(&mut self, u: [u32; 4]) {
+            if let Some(f) = self.table.remove(&u) {
+                let r = self.removed.entry(u).or_default();
+                r.packets += f.packets;
+                r.bytes += f.bytes;
+                r.removals += 1;
+                r.drop_slot = f.drop_slot;
+            }
+        }
+    }
+
+    impl FlowReads for Fake {
+        fn removed(&mut self) -> anyhow::Result<FastMap<Uuid, RemovedStats>> {
+            Ok(self
+                .removed
+                .iter()
+                .map(|(u, s)| (Uuid::from_words(*u), *s))
+                .collect())
+        }
+        fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>> {
+            let d = self.table.values().copied().collect();
+            if let Some(f) = self.during_dump.take() {
+                f(self);
+            }
+            Ok(d)
+        }
+        fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
+            Ok(self
+                .executed
+                .iter()
+                .map(|(u, n)| {
+                    let s = FlowStats {
+                        packets: *n,
+                        bytes: 100 * *n,
+                        ..FlowStats::default()
+                    };
+                    (Uuid::from_words(*u), s)
+                })
+                .collect())
+        }
+    }
+
+    fn get(v: &[([u32; 4], FlowStats)], u: [u32; 4]) -> FlowStats {
+        v.iter()
+            .find(|(w, _)| *w == u)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    }
+
+    const A: [u32; 4] = [1, 0, 0, 0];
+    const B: [u32; 4] = [2, 0, 0, 0];
+    const C: [u32; 4] = [3, 0, 0, 0];
+
+    #[test]
+    fn counts_from_the_start_across_removals() {
+        let mut k = Fake::default();
+        k.hit(A, 50, 0); // before the start: not counted
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 10, 0);
+        assert_eq!(get(&acc.read(&mut k).unwrap(), A).packets, 10);
+        // del-flows mid-interval, then the flow comes back (same UFID, from 0).
+        k.hit(A, 5, 0);
+        k.remove(A);
+        k.hit(A, 7, 0);
+        let v = acc.read(&mut k).unwrap();
+        assert_eq!((get(&v, A).packets, get(&v, A).bytes), (22, 2200));
+        // A flow that appears and vanishes between two reads, dropping: counted, as drops.
+        k.hit(B, 4, 3);
+        k.remove(B);
+        let v = acc.read(&mut k).unwrap();
+        let b = get(&v, B);
+        assert_eq!((b.packets, b.drops, b.drop_reasons[3]), (4, 4, 4));
+        assert_eq!(get(&v, A).packets, 22);
+    }
+
+    #[test]
+    fn a_flow_removed_during_the_dump_is_not_counted_twice() {
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 10, 0);
+        assert_eq!(get(&acc.read(&mut k).unwrap(), A).packets, 10);
+        k.hit(A, 3, 0);
+        k.during_dump = Some(Box::new(|k: &mut Fake| k.remove(A)));
+        let v = acc.read(&mut k).unwrap();
+        assert_eq!(get(&v, A).packets, 13, "dumped 13 and then removed with 13");
+        assert_eq!(acc.raced, 1);
+        // Freed but its RCU callback not run yet: in neither; the count does not go back.
+        k.hit(C, 2, 0);
+        let f = k.table.remove(&C).unwrap();
+        assert_eq!(get(&acc.read(&mut k).unwrap(), C).packets, 0);
+        k.table.insert(C, f);
+        k.remove(C);
+        assert_eq!(get(&acc.read(&mut k).unwrap(), C).packets, 2);
+    }
+
+    #[test]
+    fn drops_of_drop_flows_and_after_upcall() {
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 6, 3); // explicit drop
+        k.hit(B, 9, 0); // forwards
+        k.executed.insert(A, 1); // its first packet, executed by ovs-vswitchd
+        k.executed.insert(B, 2); // executed with B's actions: B's packets, not drops
+        let v = acc.read(&mut k).unwrap();
+        let a = get(&v, A);
+        assert_eq!(
+            (a.drops, a.drops_after_upcall, a.drop_reasons[3]),
+            (7, 1, 7)
+        );
+        assert_eq!(get(&v, B).drops, 0);
+    }
+}
