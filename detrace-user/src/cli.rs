@@ -263,6 +263,10 @@ pub struct DropsArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub live: LiveArgs,
+    /// By default counts come from the kernel's flow table (no program per packet) and
+    /// there is no latency; --latency-sample N adds latency histograms from 1 packet in N.
+    #[command(flatten)]
+    pub count: CountArgs,
     /// Address and port of the HTTP endpoint.
     #[arg(long, default_value = "127.0.0.1:9476")]
     pub listen: String,

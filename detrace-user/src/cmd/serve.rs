@@ -1,4 +1,5 @@
-//! `detrace serve`: the node agent. The live pipeline without per-packet events, a ledger of
+//! `detrace serve`: the node agent. The live pipeline on the kernel's flow table (no program
+//! per packet unless asked), a ledger of
 //! packets and drops per OVN and platform object (live/sinks/metrics/), and an HTTP endpoint
 //! for Prometheus: `/metrics` and `/healthz`.
 //!
@@ -16,7 +17,6 @@ use std::{
 use anyhow::Context as _;
 
 use super::live::{pipeline, run_live};
-use crate::live::kernel::Counting;
 use crate::{
     cli::ServeArgs,
     live::sinks::metrics::{Ledger, MetricsSink, Published},
@@ -43,14 +43,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ledger: Ledger::default(),
         published,
     };
-    // Per-packet counting, as before flow-table counting existed: the ledger's latency
-    // histograms and its executed packets come from the probes.
-    let counting = Counting {
-        per_packet: true,
-        latency_sample: 0,
-        matching_only: false,
-    };
-    run_live(&args.live, None, counting, pipe, &mut sink, Some(every))
+    // Always on: counts from the kernel's flow table by default (no program per packet),
+    // latency only on a sample when asked.
+    run_live(
+        &args.live,
+        None,
+        args.count.counting(),
+        pipe,
+        &mut sink,
+        Some(every),
+    )
 }
 
 fn serve_http(listener: &TcpListener, published: &Mutex<Published>, every: Duration) {
