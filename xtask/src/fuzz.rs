@@ -260,12 +260,9 @@ fn seed(root: &Path, target: &str, corpus: &Path) -> anyhow::Result<()> {
             }
         }
         "btf" => {
-            // A small, valid base of the members and function the probes look up.
-            put(&tiny_btf())?;
-            let split = fs::read(fx.join("btf/openvswitch-6.12.117.btf"))?;
-            put(&split)?;
-            // Split point 0: an empty base and the module's BTF as the split part.
-            put(&[&[0u8; 4][..], &split].concat())?;
+            for b in btf_seeds(&fx)? {
+                put(&b)?;
+            }
         }
         "event" => {
             for kind in 0u8..6 {
@@ -301,6 +298,14 @@ fn table_updates(message: &[u8]) -> Vec<String> {
         .filter(|v| v.is_object())
         .map(ToString::to_string)
         .collect()
+}
+
+/// A small valid base of the members and function the probes look up; the lab module's
+/// split BTF alone, and after a split point of 0 (an empty base, the module as the split).
+fn btf_seeds(fx: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let split = fs::read(fx.join("btf/openvswitch-6.12.117.btf"))?;
+    let at_zero = [&[0u8; 4][..], &split].concat();
+    Ok(vec![tiny_btf(), split, at_zero])
 }
 
 /// A small valid BTF blob (header, types, strings) with the types the fuzz target looks up:
