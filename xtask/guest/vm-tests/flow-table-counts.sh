@@ -107,10 +107,13 @@ for u in sorted(mine):
     got = rows[u]["packets"] if u in rows else 0
     assert want <= got <= want + x, f"ufid:{u} ({rows.get(u, {}).get('label')}): top {got}, the kernel {want} (+ up to {x} executed)"
     counts[u] = got
-assert max(counts.values()) == n, f"top counts {max(counts.values())} on the first lb-ft flow, sent {n}: {counts}"
+lat = int(__import__("os").environ.get("LAT", "0"))
+top_count = max(counts.values())
+# Without a flush, a flow the revalidators let expire meanwhile comes back through an upcall:
+# then its first packet is an executed one too.
+assert top_count == n or (lat and n <= top_count <= n + x), f"top counts {top_count} on the first lb-ft flow, sent {n}: {counts}"
 named = [r["label"] for u, r in rows.items() if u in mine]
 k = t["kernel"]
-lat = int(__import__("os").environ.get("LAT", "0"))
 if lat:
     assert k["latency_sample"] == lat, k
     # A packet's latency counts on its last flow (not always one of ours); over all flows, 1
@@ -167,7 +170,7 @@ snap d0
 send $VIP 5001 $N1
 snap d1
 wait $P || fail "detrace top --latency-sample exited $?: $(tail -5 $T/top3.err)"
-LAT=2 top_check $T/top3.out $N1 0 $T/snap.d0 $T/snap.d1 || fail "top --latency-sample: $(tail -c 3000 $T/top3.out; tail -3 $T/top3.err)"
+LAT=2 top_check $T/top3.out $N1 1 $T/snap.d0 $T/snap.d1 || fail "top --latency-sample: $(tail -c 3000 $T/top3.out; tail -3 $T/top3.err)"
 grep 'kernel:' $T/top3.err
 ok "top --latency-sample 2 counts $N1 packets and measures latency on a sample"
 
