@@ -186,25 +186,25 @@ impl Resolver<'_> {
             .and_then(|e| e.get_str("name"))
             .unwrap_or_default()
             .to_string();
-        let kind = match ext {
-            Some(e) if e.get("logical-switch").is_some() => "switch",
-            Some(e) if e.get("logical-router").is_some() => "router",
-            _ => "",
+        // northd names the NB row a datapath comes from in its external_ids.
+        let (kind, table, nb_row) = match ext {
+            Some(e) if e.get("logical-switch").is_some() => {
+                ("switch", "Logical_Switch", e.get_str("logical-switch"))
+            }
+            Some(e) if e.get("logical-router").is_some() => {
+                ("router", "Logical_Router", e.get_str("logical-router"))
+            }
+            _ => ("", "", None),
         };
         let tunnel_key = row
             .and_then(|r| r.get("tunnel_key"))
             .and_then(Datum::as_int)
             .and_then(|k| u64::try_from(k).ok());
-        let table = match kind {
-            "switch" => "Logical_Switch",
-            "router" => "Logical_Router",
-            _ => "",
-        };
-        let platform = self
-            .nb
-            .rows(table)
-            .find(|(_, r)| !name.is_empty() && r.str("name") == Some(name.as_str()))
-            .and_then(|(u, r)| platform::identify(self.nb, table, *u, r));
+        // One lookup by UUID: this runs for every datapath of every logical flow met.
+        let platform = nb_row
+            .and_then(|u| u.parse::<Uuid>().ok())
+            .and_then(|u| Some((u, self.nb.row(table, u)?)))
+            .and_then(|(u, r)| platform::identify(self.nb, table, u, r));
         DatapathRef {
             uuid,
             name,
