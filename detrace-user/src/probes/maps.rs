@@ -19,44 +19,42 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
     move |source| ProbeError::Map { name, source }
 }
 
-/// Per-UFID aggregates, summed over CPUs.
-pub(super) fn flow_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], FlowStats)>, ProbeError> {
-    let err = map_err(MAP_FLOW_STATS);
-    let map = ebpf.map(MAP_FLOW_STATS).ok_or(ProbeError::NoMap {
-        name: MAP_FLOW_STATS,
-    })?;
-    let map: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
-        PerCpuHashMap::try_from(map).map_err(&err)?;
+/// Every entry of a per-CPU hash map keyed by UFID, its per-CPU values folded by `sum`.
+fn per_ufid<V: aya::Pod, T>(
+    ebpf: &Ebpf,
+    name: &'static str,
+    sum: impl Fn(&[V]) -> T,
+) -> Result<Vec<([u32; 4], T)>, ProbeError> {
+    let err = map_err(name);
+    let map = ebpf.map(name).ok_or(ProbeError::NoMap { name })?;
+    let map: PerCpuHashMap<&MapData, FlowKey, V> = PerCpuHashMap::try_from(map).map_err(&err)?;
     let mut out = Vec::new();
     for item in map.iter() {
         let (key, per_cpu) = item.map_err(&err)?;
-        out.push((key.ufid, sum_stats(per_cpu.iter())));
+        out.push((key.ufid, sum(&per_cpu)));
     }
+    Ok(out)
+}
+
+/// Per-UFID aggregates, summed over CPUs.
+pub(super) fn flow_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], FlowStats)>, ProbeError> {
+    let mut out = per_ufid(ebpf, MAP_FLOW_STATS, |v: &[FlowStats]| sum_stats(v.iter()))?;
     add_executed(ebpf, &mut out)?;
     Ok(out)
 }
 
 /// The last stats of removed flows by UFID, summed over CPUs (the drop slot is the flow's).
 pub(super) fn removed_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], RemovedStats)>, ProbeError> {
-    let err = map_err(MAP_REMOVED_STATS);
-    let map = ebpf.map(MAP_REMOVED_STATS).ok_or(ProbeError::NoMap {
-        name: MAP_REMOVED_STATS,
-    })?;
-    let map: PerCpuHashMap<&MapData, FlowKey, RemovedStats> =
-        PerCpuHashMap::try_from(map).map_err(&err)?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (key, per_cpu) = item.map_err(&err)?;
+    per_ufid(ebpf, MAP_REMOVED_STATS, |v: &[RemovedStats]| {
         let mut t = RemovedStats::default();
-        for s in per_cpu.iter() {
+        for s in v {
             t.packets += s.packets;
             t.bytes += s.bytes;
             t.removals += s.removals;
             t.drop_slot = t.drop_slot.max(s.drop_slot);
         }
-        out.push((key.ufid, t));
-    }
-    Ok(out)
+        t
+    })
 }
 
 /// OVS drops counted against no flow, by drop-reason slot, summed over CPUs.
@@ -76,23 +74,17 @@ pub(super) fn other_drops(ebpf: &Ebpf) -> Result<[u64; DROP_REASON_SLOTS], Probe
 /// Adds to each flow the packets ovs-vswitchd executed with its actions after an upcall
 /// (EXEC_STATS): its packets are all it acted on, not only its kernel hits.
 fn add_executed(ebpf: &Ebpf, out: &mut Vec<([u32; 4], FlowStats)>) -> Result<(), ProbeError> {
-    let err = map_err(MAP_EXEC_STATS);
-    let map = ebpf.map(MAP_EXEC_STATS).ok_or(ProbeError::NoMap {
-        name: MAP_EXEC_STATS,
+    let executed = per_ufid(ebpf, MAP_EXEC_STATS, |v: &[ExecStats]| {
+        v.iter()
+            .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes))
     })?;
-    let map: PerCpuHashMap<&MapData, FlowKey, ExecStats> =
-        PerCpuHashMap::try_from(map).map_err(&err)?;
     let index: std::collections::HashMap<[u32; 4], usize> =
         out.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
-    for item in map.iter() {
-        let (key, per_cpu) = item.map_err(&err)?;
-        let (packets, bytes) = per_cpu
-            .iter()
-            .fold((0, 0), |(p, b), e| (p + e.packets, b + e.bytes));
-        let s = match index.get(&key.ufid) {
+    for (ufid, (packets, bytes)) in executed {
+        let s = match index.get(&ufid) {
             Some(&i) => &mut out[i].1,
             None => {
-                out.push((key.ufid, FlowStats::default()));
+                out.push((ufid, FlowStats::default()));
                 &mut out.last_mut().expect("just pushed").1
             }
         };
