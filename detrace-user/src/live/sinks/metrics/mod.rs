@@ -106,10 +106,18 @@ pub struct Ledger {
     pub unexplained_packets: u64,
     /// Since when a flow's explanation has been failing (it is retried meanwhile).
     failing_since: FastMap<Uuid, Instant>,
-    /// When each flow was first seen explained.
-    explained_at: FastMap<Uuid, Instant>,
+    /// Each explained flow: when it was first seen explained, and what it counts for.
+    known: FastMap<Uuid, Known>,
     /// How long an explained flow waits before its counters are attributed ([`HOLD`]).
     pub hold: std::time::Duration,
+}
+
+/// An explained flow, as the ledger attributes it: made once, when first seen explained.
+struct Known {
+    at: Instant,
+    place: FlowPlace,
+    objects: Vec<Labels>,
+    platforms: Vec<Labels>,
 }
 
 /// Explained flows wait this long before their counters are attributed: the flows before and
@@ -155,7 +163,7 @@ impl Default for Ledger {
             continued: Continuations::default(),
             unexplained_packets: 0,
             failing_since: FastMap::default(),
-            explained_at: FastMap::default(),
+            known: FastMap::default(),
             hold: HOLD,
         }
     }
@@ -168,14 +176,23 @@ impl Ledger {
         // flow after a recirculation may be explained before the one that recirculates.
         for u in flows.keys() {
             if let LookupRef::Explained(e) = view.peek(u)
-                && !self.explained_at.contains_key(u)
+                && !self.known.contains_key(u)
             {
-                self.explained_at.insert(*u, Instant::now());
                 let place = FlowPlace::of(&e.summary);
                 let objects: Vec<Labels> = place.objects.iter().map(object_labels).collect();
                 let platforms: Vec<Labels> = place.platforms.iter().map(platform_labels).collect();
                 self.continued.learn(&objects, &place);
                 self.continued.learn(&platforms, &place);
+                let at = Instant::now();
+                self.known.insert(
+                    *u,
+                    Known {
+                        at,
+                        place,
+                        objects,
+                        platforms,
+                    },
+                );
             }
         }
         for (u, s) in flows {
@@ -188,17 +205,14 @@ impl Ledger {
             if d.packets == 0 && d.drops == 0 {
                 continue;
             }
-            if let LookupRef::Explained(e) = view.peek(u) {
-                let place = FlowPlace::of(&e.summary);
-                let objects: Vec<Labels> = place.objects.iter().map(object_labels).collect();
-                let platforms: Vec<Labels> = place.platforms.iter().map(platform_labels).collect();
+            if let Some(k) = self.known.get(u) {
                 for (keys, totals) in [
-                    (objects, &mut self.objects),
-                    (platforms, &mut self.platform),
+                    (&k.objects, &mut self.objects),
+                    (&k.platforms, &mut self.platform),
                 ] {
-                    for k in keys {
-                        let again = self.continued.again(&k, &place);
-                        totals.entry(k).or_default().add(&d, !again);
+                    for key in keys {
+                        let again = self.continued.again(key, &k.place);
+                        totals.entry(key.clone()).or_default().add(&d, !again);
                     }
                 }
             } else {
@@ -211,7 +225,7 @@ impl Ledger {
         // Expired flows gave what they had: forget them (their UFIDs do not come back).
         self.attributed.retain(|u, _| flows.contains_key(u));
         self.failing_since.retain(|u, _| flows.contains_key(u));
-        self.explained_at.retain(|u, _| flows.contains_key(u));
+        self.known.retain(|u, _| flows.contains_key(u));
     }
 
     /// Whether a flow's counters can be attributed now: explained a little while ago (its
@@ -227,9 +241,9 @@ impl Ledger {
             }
             LookupRef::Explained(_) => {
                 self.failing_since.remove(u);
-                self.explained_at
+                self.known
                     .get(u)
-                    .is_some_and(|t| t.elapsed() >= self.hold)
+                    .is_some_and(|k| k.at.elapsed() >= self.hold)
             }
         }
     }
