@@ -129,6 +129,9 @@ fn attached_json(probes: &Probes, opts: &ProbeOptions) -> Value {
                .collect::<serde_json::Map<_, _>>(),
            "phases_ms": probes.attach_phases().iter()
                .map(|(k, d)| ((*k).to_string(), json!(d.as_secs_f64() * 1e3)))
+               .collect::<serde_json::Map<_, _>>(),
+           "parts_ms": probes.attach_parts().iter()
+               .map(|(k, d)| (k.clone(), json!(d.as_secs_f64() * 1e3)))
                .collect::<serde_json::Map<_, _>>()})
 }
 

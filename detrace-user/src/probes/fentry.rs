@@ -18,6 +18,7 @@ use std::{
     ffi::CStr,
     io,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use aya::{Ebpf, maps::Map};
@@ -130,9 +131,17 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// Instructions the verifier processed when it loaded the program (`verified_insns` of
+    /// `struct bpf_prog_info`; 0 on a kernel that does not say).
+    pub fn verified_insns(&self) -> u32 {
+        // SAFETY: bpf_prog_info is a repr(C) struct of integers: all zeroes is valid.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        obj_info(&self.prog, &mut info).map_or(0, |_| info.verified_insns)
+    }
+
     /// Runs and time inside the program, from the kernel's BPF statistics (`struct
     /// bpf_prog_info` run_cnt and run_time_ns, counted while BPF_ENABLE_STATS is held).
-    pub fn cost(&self) -> io::Result<(u64, std::time::Duration)> {
+    pub fn cost(&self) -> io::Result<(u64, Duration)> {
         // SAFETY: bpf_prog_info is a repr(C) struct of integers: all zeroes is valid.
         let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
         let len = obj_info(&self.prog, &mut info)?;
@@ -140,10 +149,7 @@ impl Attached {
         if (len as usize) < needed {
             return Err(io::Error::other("bpf_prog_info without run statistics"));
         }
-        Ok((
-            info.run_cnt,
-            std::time::Duration::from_nanos(info.run_time_ns),
-        ))
+        Ok((info.run_cnt, Duration::from_nanos(info.run_time_ns)))
     }
 }
 
@@ -177,13 +183,14 @@ impl Relocated {
     }
 
     /// Loads program `name` as fentry on the function of type id `func_id` in the BTF object
-    /// `btf`, and attaches it. On a verifier rejection the error carries the end of its log.
+    /// `btf`, and attaches it; also says how long the load (the kernel's verification) and the
+    /// attach took. On a verifier rejection the error carries the end of its log.
     pub fn attach(
         &self,
         name: &'static str,
         btf: &OwnedFd,
         func_id: u32,
-    ) -> Result<Attached, FentryError> {
+    ) -> Result<(Attached, [Duration; 2]), FentryError> {
         let prog = self
             .obj
             .programs
@@ -218,18 +225,21 @@ impl Relocated {
             a.__bindgen_anon_1.attach_btf_obj_fd = btf.as_raw_fd() as u32;
             sys_bpf(BPF_PROG_LOAD, &mut attr)
         };
+        let t = Instant::now();
         let prog_fd = match load(&mut []) {
             Ok(fd) => owned(fd),
             Err(source) => return Err(load_error(source, load)),
         };
+        let loaded = t.elapsed();
         let mut attr = zeroed_attr();
         attr.raw_tracepoint.prog_fd = prog_fd.as_raw_fd() as u32;
         let link = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
             .map_err(|source| FentryError::Attach { source })?;
-        Ok(Attached {
+        let attached = Attached {
             _link: owned(link),
             prog: prog_fd,
-        })
+        };
+        Ok((attached, [loaded, t.elapsed() - loaded]))
     }
 }
 

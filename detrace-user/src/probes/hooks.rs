@@ -13,6 +13,7 @@ use super::{
     error::{FentryError, ProbeError},
     fentry, kernel,
     object::EBPF_OBJECT,
+    phases::{Phases, timed},
 };
 
 /// One openvswitch function, with one program per way of attaching to it.
@@ -154,22 +155,22 @@ pub(super) fn attach(
     hooks: &'static [Hook],
     kprobes_only: bool,
     targets: &[Option<u32>],
-    mark: &mut impl FnMut(&'static str),
+    phases: &mut Phases,
 ) -> Result<Vec<AttachedHook>, ProbeError> {
     let fentries = if kprobes_only {
         hooks.iter().map(|_| None).collect()
     } else {
-        attach_fentries(ebpf, hooks, targets)
+        attach_fentries(ebpf, hooks, targets, phases)
     };
-    mark("fentry");
+    phases.mark("fentry");
     let need_kprobe: Vec<&Hook> = hooks
         .iter()
         .zip(&fentries)
         .filter(|(_, f)| f.is_none())
         .map(|(h, _)| h)
         .collect();
-    let left_out = load_kprobes(ebpf, &need_kprobe)?;
-    mark("load_verify");
+    let left_out = load_kprobes(ebpf, &need_kprobe, phases)?;
+    phases.mark("load_verify");
     let mut out = Vec::with_capacity(hooks.len());
     for (h, f) in hooks.iter().zip(fentries) {
         let attachment = match f {
@@ -177,7 +178,7 @@ pub(super) fn attach(
             None if left_out.contains(&h.kprobe) => Attachment::None,
             None => {
                 let a = attach_kprobe(ebpf, h)?;
-                mark(h.function);
+                phases.mark(h.function);
                 a
             }
         };
@@ -187,7 +188,7 @@ pub(super) fn attach(
         });
     }
     attach_tracepoint(ebpf)?;
-    mark("skb:kfree_skb");
+    phases.mark("skb:kfree_skb");
     Ok(out)
 }
 
@@ -197,9 +198,11 @@ fn attach_fentries(
     ebpf: &Ebpf,
     hooks: &[Hook],
     targets: &[Option<u32>],
+    phases: &mut Phases,
 ) -> Vec<Option<fentry::Attached>> {
     let setup = fentry::module_btf("openvswitch")
         .and_then(|btf| Ok((btf, fentry::Relocated::new(EBPF_OBJECT, ebpf)?)));
+    phases.mark("fentry_setup");
     let (btf, code) = match setup {
         Ok(s) => s,
         Err(e) => {
@@ -227,7 +230,14 @@ fn attach_fentries(
         .iter()
         .zip(results)
         .map(|(h, r)| match r {
-            Ok(a) => Some(a),
+            Ok((a, [load, attach])) => {
+                phases.part(
+                    format!("load {} ({} insns)", h.fentry, a.verified_insns()),
+                    load,
+                );
+                phases.part(format!("attach {}", h.fentry), attach);
+                Some(a)
+            }
             Err(e) => {
                 let e = error_chain(&e);
                 tracing::warn!("fentry on {}: {e}; using a kprobe", h.function);
@@ -239,7 +249,11 @@ fn attach_fentries(
 
 /// Loads (the kernel verifies) the kprobes of `hooks` and the tracepoint, in parallel; returns
 /// the optional hooks' kprobes that failed to load (left out, with a warning).
-fn load_kprobes(ebpf: &mut Ebpf, hooks: &[&Hook]) -> Result<Vec<&'static str>, ProbeError> {
+fn load_kprobes(
+    ebpf: &mut Ebpf,
+    hooks: &[&Hook],
+    phases: &mut Phases,
+) -> Result<Vec<&'static str>, ProbeError> {
     let wanted = |n: &str| {
         hooks
             .iter()
@@ -253,10 +267,12 @@ fn load_kprobes(ebpf: &mut Ebpf, hooks: &[&Hook]) -> Result<Vec<&'static str>, P
         let jobs: Vec<_> = ebpf
             .programs_mut()
             .filter_map(|(name, prog)| wanted(name).map(|name| (name, prog)))
-            .map(|(name, prog)| (name, s.spawn(move || load_program(name, prog))))
+            .map(|(name, prog)| (name, s.spawn(move || timed(|| load_program(name, prog)))))
             .collect();
         for (name, job) in jobs {
-            let Err(e) = job.join().map_err(|_| ProbeError::LoaderPanic)? else {
+            let (r, took) = job.join().map_err(|_| ProbeError::LoaderPanic)?;
+            phases.part(format!("load {name}"), took);
+            let Err(e) = r else {
                 continue;
             };
             let Some(missing) = optional(name) else {

@@ -25,6 +25,7 @@ use super::{
     hooks::{self, AttachedHook, Attachment},
     kernel, maps,
     object::EBPF_OBJECT,
+    phases::{Phases, timed},
 };
 pub use super::{
     config::{Filter, ProbeOptions},
@@ -51,7 +52,7 @@ pub struct Probes {
     /// While open, the kernel times every BPF program run (BPF_ENABLE_STATS).
     cost_stats: Option<OwnedFd>,
     attach_time: Duration,
-    phases: Vec<(&'static str, Duration)>,
+    phases: Phases,
 }
 
 impl std::fmt::Debug for Probes {
@@ -60,20 +61,6 @@ impl std::fmt::Debug for Probes {
             .field("attach_time", &self.attach_time)
             .field("events", &self.events.is_some())
             .finish()
-    }
-}
-
-/// Where the attach time goes, phase by phase.
-struct Phases {
-    last: Instant,
-    done: Vec<(&'static str, Duration)>,
-}
-
-impl Phases {
-    fn mark(&mut self, name: &'static str) {
-        let now = Instant::now();
-        self.done.push((name, now - self.last));
-        self.last = now;
     }
 }
 
@@ -88,21 +75,20 @@ impl Probes {
             return Err(ProbeError::RingSize { bytes: ring });
         }
         let tracefs = kernel::check_tracing()?;
-        let mut phases = Phases {
-            last: start,
-            done: Vec::new(),
-        };
+        let mut phases = Phases::new(start);
         phases.mark("checks");
         // aya's EbpfLoader::new parses the kernel's BTF (for CO-RE, which these programs do not
         // use, but it cannot be skipped); our offsets need a parse of their own (with the
         // module's split BTF). Both run at once: on a 2-CPU guest that hides one of them.
         let (loader, cfg) = std::thread::scope(|s| {
-            let aya = s.spawn(EbpfLoader::new);
-            let cfg = config::config(opts, &tracefs);
+            let aya = s.spawn(|| timed(EbpfLoader::new));
+            let cfg = timed(|| config::config(opts, &tracefs));
             (aya.join(), cfg)
         });
-        let (cfg, btf) = cfg?;
-        let mut loader = loader.map_err(|_| ProbeError::LoaderPanic)?;
+        let ((cfg, btf), took) = (cfg.0?, cfg.1);
+        phases.part("offsets", took);
+        let (mut loader, took) = loader.map_err(|_| ProbeError::LoaderPanic)?;
+        phases.part("aya_kernel_btf", took);
         tracing::debug!(?cfg, "probe configuration");
         phases.mark("offsets+aya_kernel_btf");
         let mut ebpf = loader
@@ -118,9 +104,7 @@ impl Probes {
         let wanted = hooks::hooks(opts.flow_table(), opts.per_packet_probes());
         let targets = hooks::fentry_targets(wanted, &btf);
         drop(btf);
-        let hooks = hooks::attach(&mut ebpf, wanted, opts.kprobes_only, &targets, &mut |p| {
-            phases.mark(p)
-        })?;
+        let hooks = hooks::attach(&mut ebpf, wanted, opts.kprobes_only, &targets, &mut phases)?;
         let events = if opts.events {
             Some(maps::take_events(&mut ebpf)?)
         } else {
@@ -140,7 +124,7 @@ impl Probes {
             ebpf,
             cost_stats,
             attach_time: start.elapsed(),
-            phases: phases.done,
+            phases,
         })
     }
 
@@ -158,7 +142,13 @@ impl Probes {
     /// Where the attach time went: checks, offsets (BTF + tracefs), aya's own parse of the
     /// kernel BTF, object load (maps), then each program's load+verify and attach.
     pub fn attach_phases(&self) -> &[(&'static str, Duration)] {
-        &self.phases
+        &self.phases.done
+    }
+
+    /// Inside the phases, each parallel thread's own time: the two BTF parses, each program's
+    /// load (the kernel's verification) and attach.
+    pub fn attach_parts(&self) -> &[(String, Duration)] {
+        &self.phases.parallel
     }
 
     /// Detaches everything (what dropping does) and says how long it took.

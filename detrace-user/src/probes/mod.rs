@@ -24,6 +24,7 @@ pub mod loader;
 mod maps;
 mod object;
 mod offsets;
+mod phases;
 mod ring;
 
 pub use error::{FentryError, ProbeError};
