@@ -158,10 +158,21 @@ pub struct Relocated {
     obj: aya_obj::Object,
 }
 
+/// The object's programs, parsed (their maps not yet known).
+pub struct Parsed(aya_obj::Object);
+
+impl Parsed {
+    /// Parses the object (needs nothing from the kernel: done while the kernel's BTF is read).
+    pub fn new(object: &[u8]) -> Result<Self, FentryError> {
+        aya_obj::Object::parse(object)
+            .map(Self)
+            .map_err(|source| FentryError::Parse { source })
+    }
+}
+
 impl Relocated {
-    pub fn new(object: &[u8], ebpf: &Ebpf) -> Result<Self, FentryError> {
-        let mut obj =
-            aya_obj::Object::parse(object).map_err(|source| FentryError::Parse { source })?;
+    /// Relocates the parsed programs against the maps of `ebpf`.
+    pub fn new(Parsed(mut obj): Parsed, ebpf: &Ebpf) -> Result<Self, FentryError> {
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
         let mut defs = Vec::new();
         for (name, map) in ebpf.maps() {

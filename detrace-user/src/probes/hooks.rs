@@ -12,7 +12,6 @@ use super::{
     btf::Btf,
     error::{FentryError, ProbeError},
     fentry, kernel,
-    object::EBPF_OBJECT,
     phases::{Phases, timed},
 };
 
@@ -148,19 +147,21 @@ pub(super) fn fentry_targets(hooks: &[Hook], btf: &Btf) -> Vec<Option<u32>> {
         .collect()
 }
 
-/// Attaches every hook (fentry first, else its kprobe) and the drop tracepoint; `mark` is
-/// called after each phase. The result is in `hooks` order.
+/// The object's programs as parsed for fentry, and each hook's target in the module's BTF.
+pub(super) type FentryPlan<'a> = (Result<fentry::Parsed, FentryError>, &'a [Option<u32>]);
+
+/// Attaches every hook (fentry first, unless `fentry` is None: the object's parsed programs and
+/// each hook's target in the module's BTF; else its kprobe) and the drop tracepoint. The result
+/// is in `hooks` order.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     hooks: &'static [Hook],
-    kprobes_only: bool,
-    targets: &[Option<u32>],
+    fentry: Option<FentryPlan<'_>>,
     phases: &mut Phases,
 ) -> Result<Vec<AttachedHook>, ProbeError> {
-    let fentries = if kprobes_only {
-        hooks.iter().map(|_| None).collect()
-    } else {
-        attach_fentries(ebpf, hooks, targets, phases)
+    let fentries = match fentry {
+        None => hooks.iter().map(|_| None).collect(),
+        Some((parsed, targets)) => attach_fentries(ebpf, hooks, parsed, targets, phases),
     };
     phases.mark("fentry");
     let need_kprobe: Vec<&Hook> = hooks
@@ -197,11 +198,12 @@ pub(super) fn attach(
 fn attach_fentries(
     ebpf: &Ebpf,
     hooks: &[Hook],
+    parsed: Result<fentry::Parsed, FentryError>,
     targets: &[Option<u32>],
     phases: &mut Phases,
 ) -> Vec<Option<fentry::Attached>> {
     let setup = fentry::module_btf("openvswitch")
-        .and_then(|btf| Ok((btf, fentry::Relocated::new(EBPF_OBJECT, ebpf)?)));
+        .and_then(|btf| Ok((btf, fentry::Relocated::new(parsed?, ebpf)?)));
     phases.mark("fentry_setup");
     let (btf, code) = match setup {
         Ok(s) => s,
@@ -366,6 +368,7 @@ mod tests {
     use aya_obj::ProgramSection;
 
     use super::*;
+    use crate::probes::object::EBPF_OBJECT;
 
     /// Every program the hook table names is in the embedded eBPF object, of the right kind.
     #[test]

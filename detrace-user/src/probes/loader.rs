@@ -22,6 +22,7 @@ use detrace_common::{
 
 use super::{
     config,
+    fentry::Parsed,
     hooks::{self, AttachedHook, Attachment},
     kernel, maps,
     object::EBPF_OBJECT,
@@ -64,6 +65,29 @@ impl std::fmt::Debug for Probes {
     }
 }
 
+/// aya's loader without aya's parse of the kernel's BTF: `EbpfLoader::new` always parses
+/// /sys/kernel/btf/vmlinux (aya 0.14: 0.2-0.8 s under TCG), for CO-RE relocations, which these
+/// programs do not have (rustc emits none; the fentry programs, which need the module's BTF, are
+/// loaded by [`super::fentry`]). So the loader is made on a thread of its own whose root
+/// directory alone is moved (`unshare(CLONE_FS)` gives the thread its own; `chroot`) to
+/// /sys/kernel/btf, where no `sys/kernel/btf/vmlinux` exists: aya finds no BTF and loads as with
+/// `.btf(None)`. The thread ends there, and its root with it. Where either call is refused,
+/// aya parses as before. Returns whether aya parsed.
+fn aya_loader() -> (EbpfLoader<'static>, bool) {
+    let own_root = std::thread::spawn(|| {
+        // SAFETY: plain syscalls on this thread's own fs context (unshare(CLONE_FS) copies it
+        // for this thread only, so the chroot affects no other thread); no memory is passed but
+        // a NUL-terminated path.
+        let moved = unsafe {
+            libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(c"/sys/kernel/btf".as_ptr()) == 0
+        };
+        (EbpfLoader::new(), !moved)
+    });
+    own_root
+        .join()
+        .unwrap_or_else(|_| (EbpfLoader::new(), true))
+}
+
 impl Probes {
     /// Checks what the kernel offers, loads the programs with this kernel's offsets, attaches
     /// them. On any error, whatever was attached is detached again before returning.
@@ -77,20 +101,37 @@ impl Probes {
         let tracefs = kernel::check_tracing()?;
         let mut phases = Phases::new(start);
         phases.mark("checks");
-        // aya's EbpfLoader::new parses the kernel's BTF (for CO-RE, which these programs do not
-        // use, but it cannot be skipped); our offsets need a parse of their own (with the
-        // module's split BTF). Both run at once: on a 2-CPU guest that hides one of them.
+        // Three things at once: our offsets (BTF of vmlinux and the module, tracefs), aya's
+        // feature probes (a few dozen bpf() calls, made once per process when the object is
+        // loaded) and aya's loader, built without its own parse of the kernel's BTF.
+        // The fentry programs' own parse of the object goes along.
         let (loader, cfg) = std::thread::scope(|s| {
-            let aya = s.spawn(|| timed(EbpfLoader::new));
+            let features = s.spawn(|| timed(aya::features));
+            let aya = s.spawn(|| timed(aya_loader));
+            let parsed = s.spawn(|| (!opts.kprobes_only).then(|| Parsed::new(EBPF_OBJECT)));
             let cfg = timed(|| config::config(opts, &tracefs));
-            (aya.join(), cfg)
+            let parsed = parsed.join();
+            (
+                aya.join()
+                    .and_then(|l| Ok((l, features.join()?.1, parsed?))),
+                cfg,
+            )
         });
         let ((cfg, btf), took) = (cfg.0?, cfg.1);
         phases.part("offsets", took);
-        let (mut loader, took) = loader.map_err(|_| ProbeError::LoaderPanic)?;
-        phases.part("aya_kernel_btf", took);
+        let (((mut loader, parsed), took), features, fentry) =
+            loader.map_err(|_| ProbeError::LoaderPanic)?;
+        phases.part("aya_features", features);
+        phases.part(
+            if parsed {
+                "aya_kernel_btf"
+            } else {
+                "aya_loader"
+            },
+            took,
+        );
         tracing::debug!(?cfg, "probe configuration");
-        phases.mark("offsets+aya_kernel_btf");
+        phases.mark("offsets+aya");
         let mut ebpf = loader
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
@@ -104,7 +145,8 @@ impl Probes {
         let wanted = hooks::hooks(opts.flow_table(), opts.per_packet_probes());
         let targets = hooks::fentry_targets(wanted, &btf);
         drop(btf);
-        let hooks = hooks::attach(&mut ebpf, wanted, opts.kprobes_only, &targets, &mut phases)?;
+        let fentry = fentry.map(|p| (p, &targets[..]));
+        let hooks = hooks::attach(&mut ebpf, wanted, fentry, &mut phases)?;
         let events = if opts.events {
             Some(maps::take_events(&mut ebpf)?)
         } else {
