@@ -46,13 +46,22 @@ stop_mode() {
   kill -INT $DPID; wait $DPID
 }
 
-# Where the attach time goes, on a quiet guest (no traffic yet): phases of three attaches.
+# Where the attach time goes, on a quiet guest (no traffic yet): phases of three attaches of
+# each mode's probes (top/drops: flow table; top --latency-sample 64; top --per-packet; watch),
+# and inside the phases each parallel part (BTF, each program's load = verification, attach).
 for i in 1 2 3; do
-  $DETRACE probes --attach 0.5 2>>$R/detrace-probes.err | python3 -c '
+  for m in top lat64 per-packet watch; do
+    case $m in
+      top) f="--flow-table";; lat64) f="--flow-table --latency-sample 64";;
+      per-packet) f="";; watch) f="--events --matching-only --port 4444";;
+    esac
+    $DETRACE probes --attach 0.5 --max-events 0 $f 2>>$R/detrace-probes.err | python3 -c '
 import json, sys
 a = [json.loads(l) for l in sys.stdin if "attached" in l][0]
 ms, hooks = a["attach_ms"], " ".join(f"{k}:{v}" for k, v in a["hooks"].items())
-print(f"attach {ms:.0f} ms ({hooks}):", ", ".join(f"{k} {v:.0f}" for k, v in a["phases_ms"].items()))'
+print(f"{sys.argv[1]}: attach {ms:.0f} ms ({hooks}):", ", ".join(f"{k} {v:.0f}" for k, v in a["phases_ms"].items()))
+print("  parts:", ", ".join(f"{k} {v:.0f}" for k, v in a["parts_ms"].items()))' $m
+  done
 done > $R/phases.txt
 : > $R/bench.txt; : > $R/cpu.txt
 # Modes alternate A B C D, and the order rotates by one each repetition (B C D A, ...) so that
