@@ -181,8 +181,9 @@ impl Probes {
         self.attach_time
     }
 
-    /// Where the attach time went: checks, offsets (BTF + tracefs), aya's own parse of the
-    /// kernel BTF, object load (maps), then each program's load+verify and attach.
+    /// Where the attach time went: checks; offsets (BTF + tracefs) beside aya's loader and
+    /// feature probes; object load (maps); the fentry setup (module BTF, relocation) and the
+    /// fentry programs' load+verify and attach; the kprobes' and tracepoint's.
     pub fn attach_phases(&self) -> &[(&'static str, Duration)] {
         &self.phases.done
     }
