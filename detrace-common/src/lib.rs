@@ -85,12 +85,16 @@ pub enum Counter {
     /// Not counted by the probes: user space puts the `--latency-sample` rate here (0: not
     /// sampling), so that every report says how latency was measured.
     LatencySample = 18,
+    /// Not counted by the probes: user space puts here the upcalls the datapath lost since
+    /// detrace started (`lookups: lost` of `ovs-dpctl show`, read over netlink): packets the
+    /// kernel dropped because ovs-vswitchd did not take them.
+    DatapathLost = 19,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 19] = [
+pub const COUNTERS: [CounterInfo; 20] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -161,6 +165,11 @@ pub const COUNTERS: [CounterInfo; 19] = [
         Counter::LatencySample,
         "latency_sample",
         "latency measured on 1 packet in this many (0: every packet, or none)",
+    ),
+    CounterInfo::new(
+        Counter::DatapathLost,
+        "datapath_upcalls_lost",
+        "upcalls the datapath lost while detrace ran (ovs-dpctl show: lookups lost)",
     ),
 ];
 

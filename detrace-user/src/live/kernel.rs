@@ -8,6 +8,7 @@ use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
 use super::{
     flowtable::{FlowAccounts, FlowReads},
     source::{EventSource, Tracer},
+    upcall_loss::UpcallLoss,
 };
 use crate::{
     FastMap,
@@ -44,6 +45,8 @@ pub struct KernelTracer {
     probes: RefCell<Probes>,
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
     latency_sample: u32,
+    /// The datapath's lost upcalls, counted from the attach.
+    upcall_loss: Option<RefCell<UpcallLoss>>,
 }
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
@@ -104,6 +107,9 @@ impl Tracer for KernelTracer {
                 c[k as usize] = 0;
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
+        }
+        if let Some(u) = &self.upcall_loss {
+            c[Counter::DatapathLost as usize] = u.borrow_mut().read();
         }
         Ok(c)
     }
@@ -174,6 +180,7 @@ pub fn attach_live(
         probes: RefCell::new(probes),
         flows,
         latency_sample,
+        upcall_loss: UpcallLoss::open().map(RefCell::new),
     };
     Ok((tracer, KernelEvents(reader), t))
 }

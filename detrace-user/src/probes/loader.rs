@@ -109,7 +109,7 @@ impl Probes {
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
             .load(EBPF_OBJECT)
-            .map_err(|source| ProbeError::Object { source })?;
+            .map_err(ProbeError::object)?;
         phases.mark("object");
         // Before any program runs: the first packets are already filtered.
         if let Some(addrs) = &opts.filter.addrs {
