@@ -13,7 +13,9 @@ pub use config::{
     AddrKey, Config, FILTER_ADDRS, FILTER_ADDRS_MAX, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
     FILTER_PORT, FILTER_PROTO, FILTER_SRC, MAP_FILTER_ADDRS,
 };
-pub use removal::{DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot};
+pub use removal::{
+    DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot, kernel_drop_slot,
+};
 
 /// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -323,6 +325,10 @@ pub const DROP_REASON_SLOTS: usize = 16;
 pub const LATENCY_BUCKETS: usize = 32;
 /// OVS drop reasons live in subsystem 3: `SKB_DROP_REASON_SUBSYS_OPENVSWITCH << 16`.
 pub const OVS_DROP_REASON_BASE: u32 = 0x30000;
+/// Not a kernel reason: on kernels without OVS drop reasons (before 6.4) a packet whose flow's
+/// actions send it nowhere is freed as consumed, not dropped; the probes then decide the drop
+/// at the flow hit and give it this reason (slot 14, past OVS's own), named "no actions".
+pub const DROP_NO_ACTIONS: u32 = OVS_DROP_REASON_BASE + 14;
 
 /// Aggregates for one datapath flow, per CPU ([`MAP_FLOW_STATS`] value).
 #[repr(C)]

@@ -75,9 +75,22 @@ impl DropScan {
     }
 }
 
-/// Drop-reason slots that are a flow's own drop action (see [`DropScan`]): drops of
-/// those reasons are counted as the flow's packets, not from the drop tracepoint.
+/// Drop-reason slots that are a flow's own drop action (see [`DropScan`]; 14 is
+/// [`crate::DROP_NO_ACTIONS`], the same on kernels without drop reasons): drops of those
+/// reasons are counted as the flow's packets, not from the drop tracepoint.
 #[inline(always)]
 pub fn is_action_drop_slot(slot: usize) -> bool {
-    slot == 1 || slot == 3 || slot == 4
+    slot == 1 || slot == 3 || slot == 4 || slot == 14
+}
+
+/// The slot a flow's drop is counted in on this kernel: [`DropScan::slot`] as it is where the
+/// kernel has OVS drop reasons; on kernels without (`no_drop_reasons`), where an action list
+/// that sends the packet nowhere is all a drop can be, [`crate::DROP_NO_ACTIONS`]'s.
+#[inline(always)]
+pub fn kernel_drop_slot(scan_slot: u32, no_drop_reasons: bool) -> u32 {
+    if no_drop_reasons && scan_slot != 0 {
+        14
+    } else {
+        scan_slot
+    }
 }

@@ -3,7 +3,7 @@
 use std::{cell::RefCell, collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
-use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
+use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats, kernel_drop_slot};
 
 use super::{
     flowtable::{FlowAccounts, FlowReads},
@@ -65,9 +65,16 @@ impl FlowReads for Reads<'_> {
             .collect())
     }
     fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>> {
-        self.table
+        let mut flows = self
+            .table
             .dump()
-            .context("dumping the datapath's flows (generic netlink ovs_flow)")
+            .context("dumping the datapath's flows (generic netlink ovs_flow)")?;
+        // Named as this kernel frees them (as the probes do).
+        let none = self.probes.no_drop_reasons();
+        for f in &mut flows {
+            f.drop_slot = kernel_drop_slot(f.drop_slot, none);
+        }
+        Ok(flows)
     }
     fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
         Ok(self

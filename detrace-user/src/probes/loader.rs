@@ -52,6 +52,8 @@ pub struct Probes {
     cost_stats: Option<OwnedFd>,
     attach_time: Duration,
     phases: Vec<(&'static str, Duration)>,
+    /// The kernel has no OVS drop reasons (see `Config::no_drop_reasons`).
+    no_drop_reasons: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -141,7 +143,14 @@ impl Probes {
             cost_stats,
             attach_time: start.elapsed(),
             phases: phases.done,
+            no_drop_reasons: cfg.no_drop_reasons != 0,
         })
+    }
+
+    /// Whether this kernel lacks OVS drop reasons (before 6.4): a flow's drop is then counted
+    /// with the reason "no actions" (`DROP_NO_ACTIONS`).
+    pub fn no_drop_reasons(&self) -> bool {
+        self.no_drop_reasons
     }
 
     /// How each hooked openvswitch function is probed: (function, "fentry" | "kprobe" |
