@@ -94,3 +94,34 @@ pub fn kernel_drop_slot(scan_slot: u32, no_drop_reasons: bool) -> u32 {
         scan_slot
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_slots_with_and_without_kernel_drop_reasons() {
+        let scan = |acts: &[(u16, u32)]| {
+            let mut s = DropScan::default();
+            for &(t, a) in acts {
+                s.push(t, a);
+            }
+            s.slot()
+        };
+        // output:2 sends; nothing at all, ct_clear (31) only, an explicit drop, drop with error.
+        assert_eq!(scan(&[(1, 2)]), 0);
+        assert_eq!(scan(&[]), 1);
+        assert_eq!(scan(&[(31, 0)]), 1);
+        assert_eq!(scan(&[(31, 0), (OVS_ACTION_ATTR_DROP, 0)]), 3);
+        assert_eq!(scan(&[(OVS_ACTION_ATTR_DROP, 7)]), 4);
+        // A kernel without drop reasons (6.1) frees them all as consumed: "no actions".
+        assert_eq!(kernel_drop_slot(1, true), 14);
+        assert_eq!(kernel_drop_slot(0, true), 0);
+        assert_eq!(kernel_drop_slot(3, false), 3);
+        for slot in [1, 3, 4, 14] {
+            assert!(is_action_drop_slot(slot));
+        }
+        assert!(!is_action_drop_slot(10));
+        assert_eq!(crate::drop_reason_slot(crate::DROP_NO_ACTIONS), 14);
+    }
+}
