@@ -1,0 +1,388 @@
+//! `cargo xtask bench --soak`: `detrace top` and `detrace watch` side by side in the lab VM under
+//! churn (xtask/guest/soak.sh), and the verdict on what the guest sampled: memory bounded and
+//! not growing, no fd leak, clean exits, and every packet the churn pod sent into the datapath
+//! either shown by watch or counted as lost by it.
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context as _, bail};
+
+/// What a soak must hold to pass.
+pub struct Bounds {
+    /// Neither process's RSS may exceed this (MiB).
+    pub rss_mib: f64,
+    /// RSS growth over the second half, extrapolated to an hour (MiB/h), judged when the
+    /// second half spans at least [`MIN_JUDGED_SECS`].
+    pub growth_mib_per_hour: f64,
+}
+
+/// Shorter second halves are too noisy for a growth rate (the allocator's own steps are
+/// hundreds of KiB): reported, not judged.
+pub const MIN_JUDGED_SECS: f64 = 600.0;
+/// More fds at the end than after the warm-up is a leak past this slack.
+const FD_SLACK: u64 = 8;
+
+/// One sample of one process: seconds since start, RSS and peak RSS (KiB), fds, CPU ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub t: f64,
+    pub rss_kb: f64,
+    pub hwm_kb: f64,
+    pub fds: u64,
+    pub ticks: u64,
+}
+
+/// soak-samples.txt: `t name rss_kb hwm_kb fds ticks` lines (and `t dpflows N`).
+pub fn samples(text: &str, name: &str) -> Vec<Sample> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 6 || f[1] != name {
+                return None;
+            }
+            Some(Sample {
+                t: f[0].parse().ok()?,
+                rss_kb: f[2].parse().ok()?,
+                hwm_kb: f[3].parse().ok()?,
+                fds: f[4].parse().ok()?,
+                ticks: f[5].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The datapath's flow counts sampled (`t dpflows N`).
+pub fn dpflows(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && f[1] == "dpflows").then(|| f[2].parse().ok())?
+        })
+        .collect()
+}
+
+/// Least-squares slope of y over x (per unit of x); None under two distinct x.
+pub fn slope(pts: &[(f64, f64)]) -> Option<f64> {
+    let n = pts.len() as f64;
+    let (mx, my) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / n,
+        pts.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (pts.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// The integer just before the last occurrence of `phrase` in `text` ("12 LOST" -> 12).
+pub fn number_before(text: &str, phrase: &str) -> Option<u64> {
+    let at = text.rfind(phrase)?;
+    let head = text[..at].trim_end();
+    let digits: String = head
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse().ok()
+}
+
+/// One process's memory over the run.
+pub struct Memory {
+    pub start_mib: f64,
+    pub max_mib: f64,
+    pub end_mib: f64,
+    pub hwm_mib: f64,
+    /// Second half's linear fit, extrapolated to an hour.
+    pub growth_mib_per_hour: Option<f64>,
+    pub second_half_secs: f64,
+    pub fds: (u64, u64, u64),
+    pub cpu_percent: f64,
+}
+
+/// `warmup`: seconds after which the start is taken; `secs`: the run's length.
+pub fn memory(s: &[Sample], warmup: f64, secs: f64, hz: f64) -> Option<Memory> {
+    let mib = |kb: f64| kb / 1024.0;
+    let start = s.iter().find(|x| x.t >= warmup).or(s.first())?;
+    let last = s.last()?;
+    let half: Vec<(f64, f64)> = s
+        .iter()
+        .filter(|x| x.t >= secs / 2.0)
+        .map(|x| (x.t, mib(x.rss_kb)))
+        .collect();
+    let span = half.last().map_or(0.0, |l| l.0) - half.first().map_or(0.0, |f| f.0);
+    let first = s.first()?;
+    Some(Memory {
+        start_mib: mib(start.rss_kb),
+        max_mib: mib(s.iter().map(|x| x.rss_kb).fold(0.0, f64::max)),
+        end_mib: mib(last.rss_kb),
+        hwm_mib: mib(s.iter().map(|x| x.hwm_kb).fold(0.0, f64::max)),
+        growth_mib_per_hour: slope(&half).map(|k| k * 3600.0),
+        second_half_secs: span,
+        fds: (start.fds, s.iter().map(|x| x.fds).max()?, last.fds),
+        cpu_percent: 100.0 * (last.ticks - first.ticks) as f64 / hz / (last.t - first.t).max(1.0),
+    })
+}
+
+/// Reads the kept results, prints the summary, fails on any bound broken.
+pub fn report(dir: &Path, secs: u64, bounds: &Bounds) -> anyhow::Result<()> {
+    let read = |f: &str| {
+        fs::read_to_string(dir.join(f)).with_context(|| format!("{f} in {}", dir.display()))
+    };
+    let text = read("soak-samples.txt")?;
+    let (mut out, mut fails) = (String::new(), Vec::new());
+    let secs = secs as f64;
+    let warmup = (secs / 6.0).min(120.0);
+    writeln!(
+        out,
+        "soak: {secs:.0} s, samples every ~10 s, start = first sample after {warmup:.0} s"
+    )?;
+    for name in ["top", "watch"] {
+        let Some(m) = memory(&samples(&text, name), warmup, secs, 100.0) else {
+            fails.push(format!("{name}: no samples"));
+            continue;
+        };
+        judge(&mut out, &mut fails, name, &m, bounds)?;
+        let rc = read(&format!("soak-{name}.rc")).unwrap_or_default();
+        if rc.trim() != "0" {
+            fails.push(format!("{name} exited with {:?}", rc.trim()));
+        }
+    }
+    let flows = dpflows(&text);
+    writeln!(
+        out,
+        "datapath flows sampled: max {}, mean {:.0}",
+        flows.iter().max().unwrap_or(&0),
+        flows.iter().sum::<u64>() as f64 / flows.len().max(1) as f64
+    )?;
+    exactness(&mut out, &mut fails, dir)?;
+    for name in ["top", "watch"] {
+        let err = read(&format!("soak-{name}.err")).unwrap_or_default();
+        writeln!(out, "{name}'s closing lines:")?;
+        for l in err
+            .lines()
+            .filter(|l| l.starts_with("detrace:"))
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            writeln!(out, "  {l}")?;
+        }
+        let said: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("lost") || l.contains("again"))
+            .collect();
+        writeln!(
+            out,
+            "  ({} lines on stderr about a lost connection or recovery)",
+            said.len()
+        )?;
+    }
+    if let Ok(ev) = read("soak-events.txt") {
+        let n = |w: &str| {
+            ev.lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some(w))
+                .count()
+        };
+        writeln!(
+            out,
+            "control plane churn: {} ACL swaps, {} LB add/del, {} ovs-vswitchd restarts",
+            n("acl"),
+            n("lb"),
+            n("ovs-vswitchd-restart")
+        )?;
+    }
+    print!("{out}");
+    if fails.is_empty() {
+        println!(
+            "soak: PASS (RSS under {:.0} MiB, growth under {:.0} MiB/h when judged, no fd leak, nothing lost silently)",
+            bounds.rss_mib, bounds.growth_mib_per_hour
+        );
+        return Ok(());
+    }
+    for f in &fails {
+        println!("soak: FAIL {f}");
+    }
+    bail!("the soak failed: {}", fails.join("; "))
+}
+
+fn judge(
+    out: &mut String,
+    fails: &mut Vec<String>,
+    name: &str,
+    m: &Memory,
+    b: &Bounds,
+) -> std::fmt::Result {
+    let growth = m
+        .growth_mib_per_hour
+        .map_or("?".into(), |g| format!("{g:+.1}"));
+    writeln!(
+        out,
+        "{name:<5} RSS MiB: start {:.1}  max {:.1}  end {:.1}  (VmHWM {:.1}); second half ({:.0} s) {growth} MiB/h; fds start/max/end {}/{}/{}; CPU {:.1}% of one guest CPU",
+        m.start_mib,
+        m.max_mib,
+        m.end_mib,
+        m.hwm_mib,
+        m.second_half_secs,
+        m.fds.0,
+        m.fds.1,
+        m.fds.2,
+        m.cpu_percent
+    )?;
+    if m.max_mib.max(m.hwm_mib) > b.rss_mib {
+        fails.push(format!(
+            "{name}: RSS reached {:.1} MiB, over the bound {:.0} MiB",
+            m.max_mib.max(m.hwm_mib),
+            b.rss_mib
+        ));
+    }
+    match m.growth_mib_per_hour {
+        Some(g) if m.second_half_secs >= MIN_JUDGED_SECS && g > b.growth_mib_per_hour => {
+            fails.push(format!(
+                "{name}: RSS grows {g:.1} MiB/h over the second half (bound {:.0})",
+                b.growth_mib_per_hour
+            ));
+        }
+        _ if m.second_half_secs < MIN_JUDGED_SECS => {
+            writeln!(
+                out,
+                "      (second half under {MIN_JUDGED_SECS:.0} s: growth reported, not judged)"
+            )?;
+        }
+        _ => {}
+    }
+    if m.fds.2 > m.fds.0 + FD_SLACK {
+        fails.push(format!("{name}: fds went from {} to {}", m.fds.0, m.fds.2));
+    }
+    Ok(())
+}
+
+/// Watch against the churn pod's veth: every packet it sent into the datapath is shown or
+/// counted lost (watch's closing lines), none is shown twice; watch printed what it assembled.
+fn exactness(out: &mut String, fails: &mut Vec<String>, dir: &Path) -> anyhow::Result<()> {
+    let churn = fs::read_to_string(dir.join("soak-churn.txt")).unwrap_or_default();
+    let err = fs::read_to_string(dir.join("soak-watch.err")).unwrap_or_default();
+    let counts: serde_json::Value = fs::read_to_string(dir.join("soak-watch.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let tx: Vec<u64> = churn
+        .lines()
+        .find_map(|l| l.strip_prefix("tx "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let [tx0, tx1] = tx[..] else {
+        fails.push("no tx counts from the churn pod".into());
+        return Ok(());
+    };
+    let sent = tx1 - tx0;
+    let get = |k: &str| {
+        counts
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (seen, shown, malformed) = (get("churn"), get("packets"), get("malformed"));
+    let lost = number_before(&err, "LOST").unwrap_or(0);
+    let limited = number_before(&err, "not sent (over --rate-limit)").unwrap_or(0);
+    let assembled = number_before(&err, "packets assembled");
+    let events = number_before(&err, "sent;").or_else(|| number_before(&err, "sent,"));
+    writeln!(
+        out,
+        "watch: {shown} packets shown ({} from the churn pod: {}), {} events sent, {lost} lost, {limited} over --rate-limit; {} assembled",
+        seen,
+        counts
+            .get("churn_verdicts")
+            .map_or("?".into(), ToString::to_string),
+        events.map_or("?".into(), |e| e.to_string()),
+        assembled.map_or("?".into(), |a| a.to_string())
+    )?;
+    writeln!(
+        out,
+        "churn pod: {sent} packets into the datapath (its veth's tx count); {}",
+        churn
+            .lines()
+            .find(|l| l.starts_with("sent"))
+            .unwrap_or("churn.py said nothing")
+    )?;
+    if seen > sent {
+        fails.push(format!(
+            "watch showed {seen} packets from the churn pod, which sent {sent}"
+        ));
+    } else if sent - seen > lost + limited {
+        fails.push(format!(
+            "{} of the churn pod's {sent} packets missing from watch, {} counted lost: lost silently",
+            sent - seen,
+            lost + limited
+        ));
+    }
+    if malformed > 0 {
+        fails.push(format!("watch printed {malformed} lines that are not JSON"));
+    }
+    if assembled != Some(shown) {
+        fails.push(format!(
+            "watch printed {shown} packets but says it assembled {assembled:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_line_and_of_noise() {
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 2.0 * f64::from(i) + 1.0))
+            .collect();
+        assert!((slope(&line).unwrap_or_default() - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 5.0)]), None);
+        let flat = [
+            (0.0, 1.0),
+            (1.0, 3.0),
+            (2.0, 1.0),
+            (3.0, 3.0),
+            (4.0, 1.0),
+            (5.0, 3.0),
+        ];
+        assert!(slope(&flat).unwrap_or(9.0).abs() < 0.3);
+    }
+
+    #[test]
+    fn closing_line_numbers() {
+        let err = "detrace: kernel: 10 passes; events: 1234 sent, 56 LOST (ring buffer full: raise --ring-size)\n\
+                   detrace: 1178 packets assembled (0 unfinished, 0 evicted, 2 ends without passes); 40 flows explained";
+        assert_eq!(number_before(err, "LOST"), Some(56));
+        assert_eq!(number_before(err, "sent,"), Some(1234));
+        assert_eq!(number_before(err, "packets assembled"), Some(1178));
+        assert_eq!(number_before(err, "flows explained"), Some(40));
+        assert_eq!(number_before(err, "not sent (over --rate-limit)"), None);
+    }
+
+    #[test]
+    fn memory_from_samples() {
+        let text = "0 top 1000 1000 10 0\n10 watch 2048 2048 12 5\n60 top 2048 3072 11 100\n\
+                    120 top 4096 4096 11 200\n0 dpflows 7\n120 dpflows 9\n";
+        let s = samples(text, "top");
+        assert_eq!(s.len(), 3);
+        let m = memory(&s, 50.0, 120.0, 100.0).expect("memory");
+        assert_eq!(
+            (m.start_mib, m.max_mib, m.end_mib, m.hwm_mib),
+            (2.0, 4.0, 4.0, 4.0)
+        );
+        // Second half (t >= 60): 2 MiB -> 4 MiB in 60 s = 120 MiB/h.
+        assert!((m.growth_mib_per_hour.unwrap_or_default() - 120.0).abs() < 1e-6);
+        assert_eq!(m.fds, (11, 11, 11));
+        // 200 ticks at 100 Hz over 120 s.
+        assert!((m.cpu_percent - 200.0 / 100.0 / 120.0 * 100.0).abs() < 1e-9);
+        assert_eq!(dpflows(text), vec![7, 9]);
+    }
+}
