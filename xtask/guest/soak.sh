@@ -41,8 +41,11 @@ mark soak-begin seconds=$SECS churn_port=$PORTNO
 T0=$SECONDS
 "$DETRACE" top --ready --format json >/tmp/top.out 2>$R/soak-top.err &
 TPID=$!
-"$DETRACE" watch --ready --format json \
-  > >(python3 $G/churn.py count $PORTNO > $R/soak-watch.json) 2>$R/soak-watch.err &
+# watch's output is counted as it comes (30 minutes of explained packets would fill the guest's
+# memory); a FIFO as the guest has no /dev/fd for a process substitution.
+mkfifo /tmp/watch.fifo
+python3 $G/churn.py count $PORTNO < /tmp/watch.fifo > $R/soak-watch.json &
+"$DETRACE" watch --ready --format json >/tmp/watch.fifo 2>$R/soak-watch.err &
 WPID=$!
 # churn.py count touches /tmp/watch.ready when watch prints "ready".
 for i in $(seq 300); do
