@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 # The soak's churn (xtask/guest/soak.sh), three roles:
-#   churn.py send SECS    in the churn pod: bursts of new UDP conversations (a new source port
+#   churn.py send SECS LOG   in the churn pod: bursts of new UDP conversations (a new source port
 #                         each, destination ports 6000-6199 on the server and the lb-soak VIP's
 #                         7000), then silences long enough for their datapath flows to idle out;
-#                         prints what it sent.
+#                         prints what it sent; LOG gets "sport dst dport packets" per conversation.
 #   churn.py sink         in the server pod: receives on those ports (no ICMP errors back).
-#   churn.py count PORT   reads watch's JSON lines on stdin, touches /tmp/watch.ready at
+#   churn.py count PORT KEEP  reads watch's JSON lines on stdin, touches /tmp/watch.ready at
 #                         "ready", prints at EOF how many packets it saw in all and from the
-#                         datapath port PORT (the churn pod's), by verdict.
+#                         datapath port PORT (the churn pod's), by verdict; KEEP gets a short
+#                         JSON line per packet from PORT.
 import json
 import random
 import selectors
@@ -19,7 +20,7 @@ SERVER, VIP = "10.244.2.5", "10.244.1.44"
 PORTS = range(6000, 6200)
 
 
-def send(secs):
+def send(secs, log):
     end = time.monotonic() + secs
     rng = random.Random(14)
     sent = conversations = bursts = errors = 0
@@ -31,12 +32,15 @@ def send(secs):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("0.0.0.0", 0))
             conversations += 1
+            n = 0
             for _ in range(rng.randint(1, 4)):
                 try:
                     s.sendto(b"detrace-soak" * 5, to)
-                    sent += 1
+                    n += 1
                 except OSError:
                     errors += 1
+            sent += n
+            log.write(f"{s.getsockname()[1]} {to[0]} {to[1]} {n}\n")
             s.close()
             time.sleep(0.1)
         # Silence: flows idle out of the datapath after ~10 s.
@@ -60,7 +64,7 @@ def sink():
                 pass
 
 
-def count(port):
+def count(port, keep):
     c = {"lines": 0, "packets": 0, "churn": 0, "malformed": 0, "after_upcall": 0,
          "verdicts": {}, "churn_verdicts": {}, "ready": False}
     for line in sys.stdin:
@@ -81,14 +85,22 @@ def count(port):
         if p.get("in_port") == port:
             c["churn"] += 1
             c["churn_verdicts"][v] = c["churn_verdicts"].get(v, 0) + 1
+            k = p.get("packet", {})
+            path = p.get("path") or [{}]
+            keep.write(json.dumps({"time": p.get("time"), "verdict": v, "after_upcall": bool(p.get("after_upcall")),
+                                   "src": k.get("src"), "dst": k.get("dst"), "sport": k.get("sport"), "dport": k.get("dport"),
+                                   "proto": k.get("proto"), "len": p.get("len"), "passes": len(path),
+                                   "recirc0": path[0].get("recirc_id")}) + "\n")
     print(json.dumps(c))
 
 
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "send":
-        send(float(sys.argv[2]))
+        with open(sys.argv[3], "w") as log:
+            send(float(sys.argv[2]), log)
     elif role == "sink":
         sink()
     else:
-        count(int(sys.argv[2]))
+        with open(sys.argv[3], "w") as keep:
+            count(int(sys.argv[2]), keep)

@@ -44,7 +44,7 @@ TPID=$!
 # watch's output is counted as it comes (30 minutes of explained packets would fill the guest's
 # memory); a FIFO as the guest has no /dev/fd for a process substitution.
 mkfifo /tmp/watch.fifo
-python3 $G/churn.py count $PORTNO < /tmp/watch.fifo > $R/soak-watch.json &
+python3 $G/churn.py count $PORTNO $R/soak-churn-seen.jsonl < /tmp/watch.fifo > $R/soak-watch.json &
 "$DETRACE" watch --ready --format json >/tmp/watch.fifo 2>$R/soak-watch.err &
 WPID=$!
 # churn.py count touches /tmp/watch.ready when watch prints "ready".
@@ -57,7 +57,7 @@ grep -q '^ready' /tmp/top.out || die "top did not attach: $(tail -3 $R/soak-top.
 mark soak-attached top=$TPID watch=$WPID
 
 # Churn for the duration minus 20 s of quiet at the end (the last flows idle out, watch drains).
-ip netns exec churn python3 $G/churn.py send $((SECS - 20)) > $R/soak-churn.txt 2>&1 &
+ip netns exec churn python3 $G/churn.py send $((SECS - 20)) $R/soak-conversations.txt > $R/soak-churn.txt 2>&1 &
 CPID=$!
 
 # Control plane churn: an ACL every ~40 s (switch and port group alternately, the previous one
@@ -68,8 +68,8 @@ control() {
   while [ $((SECONDS - T0)) -lt $((SECS - 30)) ]; do
     sleep 20; i=$((i + 1)); now=$((SECONDS - T0))
     if [ $((i % 2)) = 0 ]; then
-      ovn-nbctl --if-exists acl-del sw-backend to-lport 1010 'outport == "server" && udp.dst == 6150'
-      ovn-nbctl --if-exists acl-del pg-soak to-lport 1011 'outport == @pg-soak && udp.dst == 6160'
+      ovn-nbctl acl-del sw-backend to-lport 1010 'outport == "server" && udp.dst == 6150' 2>/dev/null
+      ovn-nbctl acl-del pg-soak to-lport 1011 'outport == @pg-soak && udp.dst == 6160' 2>/dev/null
       if [ $((i % 4)) = 0 ]; then
         ovn-nbctl acl-add sw-backend to-lport 1010 'outport == "server" && udp.dst == 6150' drop
       else

@@ -88,6 +88,16 @@ pub fn number_before(text: &str, phrase: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The integer just after the last occurrence of `phrase` ("events: 12 sent" -> 12).
+pub fn number_after(text: &str, phrase: &str) -> Option<u64> {
+    let at = text.rfind(phrase)? + phrase.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// One process's memory over the run.
 pub struct Memory {
     pub start_mib: f64,
@@ -293,7 +303,7 @@ fn exactness(out: &mut String, fails: &mut Vec<String>, dir: &Path) -> anyhow::R
     let lost = number_before(&err, "LOST").unwrap_or(0);
     let limited = number_before(&err, "not sent (over --rate-limit)").unwrap_or(0);
     let assembled = number_before(&err, "packets assembled");
-    let events = number_before(&err, "sent;").or_else(|| number_before(&err, "sent,"));
+    let events = number_after(&err, "events: ");
     writeln!(
         out,
         "watch: {shown} packets shown ({} from the churn pod: {}), {} events sent, {lost} lost, {limited} over --rate-limit; {} assembled",
@@ -362,6 +372,7 @@ mod tests {
                    detrace: 1178 packets assembled (0 unfinished, 0 evicted, 2 ends without passes); 40 flows explained";
         assert_eq!(number_before(err, "LOST"), Some(56));
         assert_eq!(number_before(err, "sent,"), Some(1234));
+        assert_eq!(number_after(err, "events: "), Some(1234));
         assert_eq!(number_before(err, "packets assembled"), Some(1178));
         assert_eq!(number_before(err, "flows explained"), Some(40));
         assert_eq!(number_before(err, "not sent (over --rate-limit)"), None);
