@@ -36,8 +36,12 @@ pub struct BenchArgs {
     rss_bound_mib: f64,
     /// The soak fails if either process's RSS grows faster than this over the second half of a
     /// run (linear fit, MiB per hour; judged when that half spans 10 minutes or more).
-    #[arg(long, default_value_t = 4.0, requires = "soak")]
+    #[arg(long, default_value_t = 8.0, requires = "soak")]
     growth_bound_mib_per_hour: f64,
+    /// With --soak: no VM, the verdict again on the results a soak kept (target/lab/soak-results),
+    /// e.g. with other bounds.
+    #[arg(long, requires = "soak")]
+    soak_results: Option<std::path::PathBuf>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -115,7 +119,10 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             "== soak: detrace top + watch for {} s in the lab VM under churn",
             args.duration
         );
-        let dir = crate::lab::run_vm_soak(args.duration, args.cpus)?;
+        let dir = match args.soak_results {
+            Some(dir) => dir,
+            None => crate::lab::run_vm_soak(args.duration, args.cpus)?,
+        };
         let bounds = crate::soak::Bounds {
             rss_mib: args.rss_bound_mib,
             growth_mib_per_hour: args.growth_bound_mib_per_hour,
