@@ -335,6 +335,20 @@ pub fn churn(conversations: &str, seen: &str, server: &str) -> Churn {
     c
 }
 
+/// The churn pod's veth's tx packets over the run, from soak.sh's `tx BEFORE AFTER` line.
+fn tx_sent(log: &str) -> Option<u64> {
+    let tx: Vec<u64> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("tx "))?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match tx[..] {
+        [before, after] => after.checked_sub(before),
+        _ => None,
+    }
+}
+
 /// Watch against the churn pod: every packet it sent into the datapath (its veth's tx count)
 /// shown with its fate or as an upcall, or counted lost by watch; no fate shown twice; on the
 /// fast path (conversations with no upcall) exactly as many fates shown as packets sent; and
@@ -344,20 +358,10 @@ fn exactness(out: &mut String, fails: &mut Vec<String>, dir: &Path) -> anyhow::R
     let (log, err) = (read("soak-churn.txt"), read("soak-watch.err"));
     let counts: serde_json::Value =
         serde_json::from_str(&read("soak-watch.json")).unwrap_or_default();
-    let tx: Vec<u64> = log
-        .lines()
-        .find_map(|l| l.strip_prefix("tx "))
-        .map(|l| {
-            l.split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let [tx0, tx1] = tx[..] else {
+    let Some(sent) = tx_sent(&log) else {
         fails.push("no tx counts from the churn pod".into());
         return Ok(());
     };
-    let sent = tx1 - tx0;
     let get = |k: &str| {
         counts
             .get(k)
@@ -489,6 +493,29 @@ mod tests {
         );
         let c = churn("100 10.244.2.5 6000 3\n", &seen, "10.244.2.5");
         assert_eq!((c.fast_sent, c.fast_shown), (3, 2));
+    }
+
+    #[test]
+    fn tx_count() {
+        assert_eq!(tx_sent("sent 3 conversations 1\ntx 10 25\n"), Some(15));
+        assert_eq!(tx_sent("tx 10\n"), None);
+        assert_eq!(tx_sent(""), None);
+    }
+
+    #[test]
+    fn bench_flags_parse() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: crate::bench::BenchArgs,
+        }
+        // The soak's options have defaults and do not make a plain bench a soak.
+        assert!(Cli::try_parse_from(["bench"]).is_ok());
+        assert!(Cli::try_parse_from(["bench", "--host-only"]).is_ok());
+        assert!(Cli::try_parse_from(["bench", "--soak", "--duration", "180"]).is_ok());
+        assert!(Cli::try_parse_from(["bench", "--duration", "180"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--soak", "--vm-only"]).is_err());
     }
 
     #[test]
