@@ -358,19 +358,22 @@ pub fn churn(conversations: &str, seen: &str, server: &str) -> Churn {
             if upcall { e.1 += 1 } else { e.0 += 1 }
         }
     }
+    // Packets sent per (sport, dport) to the server: an ephemeral port can come back for the
+    // same destination port, making two conversations of one 5-tuple. Packets to the VIP
+    // while lb-soak is absent never leave the pod (no ARP answer): not counted.
+    let mut sent: std::collections::HashMap<(u64, u64), u64> = Default::default();
     for l in conversations.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let (Some(sport), Some(dport), Some(n)) = (
+        if let (Some(sport), Some(dport), Some(n), true) = (
             f.first().and_then(|v| v.parse().ok()),
             f.get(2).and_then(|v| v.parse().ok()),
             f.get(3).and_then(|v| v.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        // Packets to the VIP while lb-soak is absent never leave the pod (no ARP answer).
-        if f.get(1) != Some(&server) {
-            continue;
+            f.get(1) == Some(&server),
+        ) {
+            *sent.entry((sport, dport)).or_default() += n;
         }
+    }
+    for ((sport, dport), n) in sent {
         let (fates, upcalls) = shown
             .get(&(sport, server.to_string(), dport))
             .copied()
@@ -542,6 +545,13 @@ mod tests {
         );
         let c = churn("100 10.244.2.5 6000 3\n", &seen, "10.244.2.5");
         assert_eq!((c.fast_sent, c.fast_shown), (3, 2));
+        // One 5-tuple, two conversations (the ephemeral port came back): counted once.
+        let c = churn(
+            "100 10.244.2.5 6000 1\n100 10.244.2.5 6000 1\n",
+            &seen,
+            "10.244.2.5",
+        );
+        assert_eq!((c.fast_conversations, c.fast_sent, c.fast_shown), (1, 2, 2));
     }
 
     #[test]
