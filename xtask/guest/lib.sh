@@ -6,6 +6,14 @@ G=/mnt/host/guest
 mark() { echo "DETRACE-GUEST $* (guest uptime $(cut -d' ' -f1 /proc/uptime)s)"; }
 die() { mark error "$*"; exit 1; }
 
+# The lab profile (xtask/src/lab/profile.rs), from the kernel command line; it must be the
+# release the guest runs, or the image and the scripts disagree.
+PROFILE=$(sed -n 's/.*detrace\.profile=\([a-z]*\).*/\1/p' /proc/cmdline)
+PROFILE=${PROFILE:-trixie}
+export DETRACE_PROFILE=$PROFILE
+. /etc/os-release
+[ "$VERSION_CODENAME" = "$PROFILE" ] || die "profile $PROFILE but the guest is $VERSION_CODENAME"
+
 # Pods: name switch mac ip/len gateway
 CLIENT_IP=10.244.1.4 SERVER_IP=10.244.2.5 VIP=10.244.1.42
 
@@ -19,6 +27,13 @@ start_ovs() {
     --remote=db:Open_vSwitch,Open_vSwitch,manager_options -vconsole:off --pidfile --log-file --detach \
     || die "ovsdb-server"
   ovs-vsctl --no-wait init
+  # OVS 3.1.0 in per-CPU upcall dispatch mode on this 2-vCPU guest computes its handler count
+  # as 0 ("Overriding n-handler-threads to 0") and the datapath then loses every upcall
+  # (`ovs-dpctl show`: lookups lost == missed). A count set in the database before
+  # ovs-vswitchd starts is taken as is; set afterwards it does not help (docs/lab.md).
+  if [ "$PROFILE" = bookworm ]; then
+    ovs-vsctl --no-wait set Open_vSwitch . other_config:n-handler-threads=2
+  fi
   ovs-vswitchd -vconsole:off --pidfile --log-file --detach || die "ovs-vswitchd"
 }
 
@@ -102,13 +117,14 @@ wait_flows() {
     fi
     sleep 1
   done
-  ovs-appctl dpctl/dump-flows; tail -5 /tmp/traffic.log
+  ovs-appctl dpctl/dump-flows; ovs-dpctl show | grep -E 'lookups|masks'; tail -5 /tmp/traffic.log
   die "the traffic's datapath flows did not show up in 60 s"
 }
 
 lab_up() {
   local t0=$SECONDS
-  start_ovs; mark ovs-up
+  mark profile=$PROFILE kernel=$(uname -r)
+  start_ovs; mark ovs-up "$(ovs-vswitchd --version | head -1)"
   start_ovn; mark ovn-up
   topology; mark topology-up
   start_traffic
