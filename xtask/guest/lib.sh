@@ -112,7 +112,8 @@ wait_flows() {
   for i in $(seq 60); do
     local f; f=$(ovs-appctl dpctl/dump-flows 2>/dev/null)
     if echo "$f" | grep -q 'dst=9999' && echo "$f" | grep -q "dst=$VIP"; then
-      mark flows-up n=$(echo "$f" | grep -c .) after=${i}s
+      mark flows-up n=$(echo "$f" | grep -c .) after=${i}s \
+        "$(ovs-dpctl show | grep -o 'lookups:.*')"
       return 0
     fi
     sleep 1
