@@ -27,12 +27,13 @@ start_ovs() {
     --remote=db:Open_vSwitch,Open_vSwitch,manager_options -vconsole:off --pidfile --log-file --detach \
     || die "ovsdb-server"
   ovs-vsctl --no-wait init
-  # OVS 3.1.0 in per-CPU upcall dispatch mode on this 2-vCPU guest computes its handler count
-  # as 0 ("Overriding n-handler-threads to 0") and the datapath then loses every upcall
-  # (`ovs-dpctl show`: lookups lost == missed). A count set in the database before
-  # ovs-vswitchd starts is taken as is; set afterwards it does not help (docs/lab.md).
+  # OVS 3.1.0 (bookworm) started in the guest's first 10 s of uptime computes its per-CPU
+  # upcall handlers as 0 ("Overriding n-handler-threads to 0", flapping with 2) and its
+  # datapath then loses every upcall for good (`ovs-dpctl show`: lost == missed), with or
+  # without other_config:n-handler-threads=2 set beforehand; started later it takes 2 handlers
+  # and works (docs/lab.md, "Profiles"). So wait until then.
   if [ "$PROFILE" = bookworm ]; then
-    ovs-vsctl --no-wait set Open_vSwitch . other_config:n-handler-threads=2
+    while [ "$(cut -d. -f1 /proc/uptime)" -lt 11 ]; do sleep 0.5; done
   fi
   ovs-vswitchd -vconsole:off --pidfile --log-file --detach || die "ovs-vswitchd"
 }
@@ -119,13 +120,16 @@ wait_flows() {
     sleep 1
   done
   ovs-appctl dpctl/dump-flows; ovs-dpctl show | grep -E 'lookups|masks'; tail -5 /tmp/traffic.log
+  grep -E 'Overriding n-handler|Setting n-handler' /var/log/openvswitch/ovs-vswitchd.log | tail -3
   die "the traffic's datapath flows did not show up in 60 s"
 }
 
 lab_up() {
   local t0=$SECONDS
   mark profile=$PROFILE kernel=$(uname -r)
-  start_ovs; mark ovs-up "$(ovs-vswitchd --version | head -1)"
+  start_ovs
+  mark ovs-up "$(ovs-vswitchd --version | head -1)" \
+    "$(grep -o 'Overriding n-handler-threads to [0-9]*' /var/log/openvswitch/ovs-vswitchd.log | sort | uniq -c | tr -s ' ')"
   start_ovn; mark ovn-up
   topology; mark topology-up
   start_traffic
