@@ -114,7 +114,8 @@ wait_flows() {
     local f; f=$(ovs-appctl dpctl/dump-flows 2>/dev/null)
     if echo "$f" | grep -q 'dst=9999' && echo "$f" | grep -q "dst=$VIP"; then
       mark flows-up n=$(echo "$f" | grep -c .) after=${i}s \
-        "$(ovs-dpctl show | grep -o 'lookups:.*')"
+        "$(ovs-dpctl show | grep -o 'lookups:.*')" handlers: \
+        "$(grep -o 'n-handler-threads to [0-9]*' /var/log/openvswitch/ovs-vswitchd.log | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
       return 0
     fi
     sleep 1
@@ -127,9 +128,7 @@ wait_flows() {
 lab_up() {
   local t0=$SECONDS
   mark profile=$PROFILE kernel=$(uname -r)
-  start_ovs
-  mark ovs-up "$(ovs-vswitchd --version | head -1)" \
-    "$(grep -o 'Overriding n-handler-threads to [0-9]*' /var/log/openvswitch/ovs-vswitchd.log | sort | uniq -c | tr -s ' ')"
+  start_ovs; mark ovs-up "$(ovs-vswitchd --version | head -1)"
   start_ovn; mark ovn-up
   topology; mark topology-up
   start_traffic
