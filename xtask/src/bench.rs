@@ -18,6 +18,9 @@ pub struct BenchArgs {
     /// speed drifts between runs; 1 leaves a core free and steadies the figures.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
+    /// The lab guest the datapath benchmark runs in.
+    #[arg(long, value_enum, default_value_t)]
+    profile: crate::lab::Profile,
     /// Only the host benchmarks (no VM).
     #[arg(long)]
     host_only: bool,
@@ -139,7 +142,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
     );
-    let (runs, attach, cost) = crate::lab::run_vm_bench(args.reps, args.seconds, args.cpus)?;
+    let (runs, attach, cost) =
+        crate::lab::run_vm_bench(args.reps, args.seconds, args.cpus, args.profile)?;
     println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
     println!("{}", report(&runs));
     println!("attach/detach:\n{attach}");
