@@ -13,6 +13,13 @@ PROFILE=${PROFILE:-trixie}
 export DETRACE_PROFILE=$PROFILE
 . /etc/os-release
 [ "$VERSION_CODENAME" = "$PROFILE" ] || die "profile $PROFILE but the guest is $VERSION_CODENAME"
+# The reason an OVN drop (an ACL's, a flow whose actions send the packet nowhere) reads with:
+# the kernel's OVS_DROP_EXPLICIT where it has OVS drop reasons (6.4+); on 6.1, which has none,
+# detrace's own "no actions" (detrace_common::DROP_NO_ACTIONS, 0x3000e). For the tests.
+case $PROFILE in
+  bookworm) export OVN_DROP_REASON="no actions" OVN_DROP_CODE=0x3000e ;;
+  *) export OVN_DROP_REASON=OVS_DROP_EXPLICIT OVN_DROP_CODE=0x30003 ;;
+esac
 
 # Pods: name switch mac ip/len gateway
 CLIENT_IP=10.244.1.4 SERVER_IP=10.244.2.5 VIP=10.244.1.42
