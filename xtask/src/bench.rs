@@ -124,7 +124,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         );
         let dir = match args.soak_results {
             Some(dir) => dir,
-            None => crate::lab::run_vm_soak(args.duration, args.cpus)?,
+            None => crate::lab::run_vm_soak(args.duration, args.cpus, args.profile)?,
         };
         let bounds = crate::soak::Bounds {
             rss_mib: args.rss_bound_mib,

@@ -349,20 +349,20 @@ pub fn run_vm_bench(
 
 /// `cargo xtask bench --soak`: boots the guest in soak mode (xtask/guest/soak.sh) for `seconds`
 /// of top and watch under churn; returns where its results were kept (target/lab/soak-results).
-pub fn run_vm_soak(seconds: u64, cpus: u32) -> anyhow::Result<PathBuf> {
-    let (image, detrace) = prepare()?;
+pub fn run_vm_soak(seconds: u64, cpus: u32, profile: Profile) -> anyhow::Result<PathBuf> {
+    let (image, detrace) = prepare(profile)?;
     let share = guest::Share::new(&detrace)?;
     share.write_config(&[("SOAK_SECONDS", seconds.to_string())])?;
-    let console_log = lab_target().join("soak-console.log");
+    let console_log = lab_target().join(profile.target_name("soak-console", ".log"));
     // Boot and lab setup take 1-2 minutes under TCG; the ending (detach, closing lines) less.
     let timeout = Duration::from_secs(seconds + 420);
     progress(&format!(
         "running the soak for {seconds} s (console log {})",
         console_log.display()
     ));
-    let end = boot_batch(&image, &share, "soak", &console_log, timeout, cpus)?;
+    let end = boot_batch(&image, &share, "soak", &console_log, timeout, cpus, profile)?;
     let done = share.results().join("done").exists();
-    let kept = keep_results(&share, "soak-results")?;
+    let kept = keep_results(&share, &profile.target_name("soak-results", ""))?;
     finish(end, &console_log)?;
     if !done {
         bail!(
