@@ -25,6 +25,16 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // aya-build watches detrace-ebpf's directory only; the probes also compile detrace-common
+    // (map sizes, event and config layouts): a change there must rebuild the object too, or
+    // the binary embeds probes that disagree with its own user space.
+    for p in &metadata.packages {
+        if p.name.as_str() == "detrace-common"
+            && let Some(dir) = p.manifest_path.parent()
+        {
+            println!("cargo:rerun-if-changed={dir}");
+        }
+    }
     let ebpf = metadata
         .packages
         .into_iter()

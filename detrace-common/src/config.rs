@@ -103,5 +103,10 @@ pub struct Config {
     /// the others cost one early return per hook, and the per-flow counts are of the packets
     /// followed (watch, record).
     pub matching_only: u32,
+    /// 1: this kernel has no OVS drop reasons (before 6.4): a packet whose flow's actions send
+    /// it nowhere is consumed, not dropped, so the probes decide its drop at the flow hit (and
+    /// for an executed packet, from the flow installed for it) with reason
+    /// [`crate::DROP_NO_ACTIONS`].
+    pub no_drop_reasons: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 8);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 9);

@@ -13,7 +13,9 @@ pub use config::{
     AddrKey, Config, FILTER_ADDRS, FILTER_ADDRS_MAX, FILTER_DST, FILTER_HOST, FILTER_IN_PORT,
     FILTER_PORT, FILTER_PROTO, FILTER_SRC, MAP_FILTER_ADDRS,
 };
-pub use removal::{DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot};
+pub use removal::{
+    DropScan, OVS_ACTION_ATTR_DROP, RemovedStats, is_action_drop_slot, kernel_drop_slot,
+};
 
 /// Ring buffer of [`Event`]s (only filled when per-packet events are asked for: `watch`, `record`).
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -85,12 +87,16 @@ pub enum Counter {
     /// Not counted by the probes: user space puts the `--latency-sample` rate here (0: not
     /// sampling), so that every report says how latency was measured.
     LatencySample = 18,
+    /// Not counted by the probes: user space puts here the upcalls the datapath lost since
+    /// detrace started (`lookups: lost` of `ovs-dpctl show`, read over netlink): packets the
+    /// kernel dropped because ovs-vswitchd did not take them.
+    DatapathLost = 19,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 19] = [
+pub const COUNTERS: [CounterInfo; 20] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -161,6 +167,11 @@ pub const COUNTERS: [CounterInfo; 19] = [
         Counter::LatencySample,
         "latency_sample",
         "latency measured on 1 packet in this many (0: every packet, or none)",
+    ),
+    CounterInfo::new(
+        Counter::DatapathLost,
+        "datapath_upcalls_lost",
+        "upcalls the datapath lost while detrace ran (ovs-dpctl show: lookups lost)",
     ),
 ];
 
@@ -314,6 +325,10 @@ pub const DROP_REASON_SLOTS: usize = 16;
 pub const LATENCY_BUCKETS: usize = 32;
 /// OVS drop reasons live in subsystem 3: `SKB_DROP_REASON_SUBSYS_OPENVSWITCH << 16`.
 pub const OVS_DROP_REASON_BASE: u32 = 0x30000;
+/// Not a kernel reason: on kernels without OVS drop reasons (before 6.4) a packet whose flow's
+/// actions send it nowhere is freed as consumed, not dropped; the probes then decide the drop
+/// at the flow hit and give it this reason (slot 14, past OVS's own), named "no actions".
+pub const DROP_NO_ACTIONS: u32 = OVS_DROP_REASON_BASE + 14;
 
 /// Aggregates for one datapath flow, per CPU ([`MAP_FLOW_STATS`] value).
 #[repr(C)]

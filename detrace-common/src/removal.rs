@@ -85,15 +85,59 @@ impl DropScan {
     }
 }
 
-/// Drop-reason slots that are a flow's own drop action (see [`DropScan`]): drops of
-/// those reasons are counted as the flow's packets, not from the drop tracepoint.
+/// Drop-reason slots that are a flow's own drop action (see [`DropScan`]; 14 is
+/// [`crate::DROP_NO_ACTIONS`], the same on kernels without drop reasons): drops of those
+/// reasons are counted as the flow's packets, not from the drop tracepoint.
 #[inline(always)]
 pub fn is_action_drop_slot(slot: usize) -> bool {
-    slot == 1 || slot == 3 || slot == 4
+    slot == 1 || slot == 3 || slot == 4 || slot == 14
+}
+
+/// The slot a flow's drop is counted in on this kernel: [`DropScan::slot`] as it is where the
+/// kernel has OVS drop reasons; on kernels without (`no_drop_reasons`), where an action list
+/// that sends the packet nowhere is all a drop can be, [`crate::DROP_NO_ACTIONS`]'s.
+#[inline(always)]
+pub fn kernel_drop_slot(scan_slot: u32, no_drop_reasons: bool) -> u32 {
+    if no_drop_reasons && scan_slot != 0 {
+        14
+    } else {
+        scan_slot
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_slots_with_and_without_kernel_drop_reasons() {
+        let scan = |acts: &[(u16, u32)]| {
+            let mut s = DropScan::default();
+            for &(t, a) in acts {
+                s.push(t, a);
+            }
+            s.slot()
+        };
+        // output:2 sends; nothing at all, ct_clear (31) only, an explicit drop, drop with error.
+        assert_eq!(scan(&[(1, 2)]), 0);
+        assert_eq!(scan(&[]), 1);
+        assert_eq!(scan(&[(31, 0)]), 1);
+        assert_eq!(scan(&[(31, 0), (OVS_ACTION_ATTR_DROP, 0)]), 3);
+        assert_eq!(scan(&[(OVS_ACTION_ATTR_DROP, 7)]), 4);
+        // A kernel without drop reasons (6.1) frees them all as consumed: "no actions".
+        assert_eq!(kernel_drop_slot(1, true), 14);
+        assert_eq!(kernel_drop_slot(0, true), 0);
+        assert_eq!(kernel_drop_slot(3, false), 3);
+        for slot in [1, 3, 4, 14] {
+            assert!(is_action_drop_slot(slot));
+        }
+        assert!(!is_action_drop_slot(10));
+        assert_eq!(crate::drop_reason_slot(crate::DROP_NO_ACTIONS), 14);
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
     use super::*;
 
     fn slot(actions: &[(u16, u32)]) -> u32 {

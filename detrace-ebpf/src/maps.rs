@@ -54,6 +54,7 @@ pub static CONFIG: Config = Config {
     nr_cpus: 0,
     latency_sample: 0,
     matching_only: 0,
+    no_drop_reasons: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.
@@ -206,6 +207,10 @@ pub struct Put {
     pub recirc_id: u32,
     pub in_port: u32,
     pub ts: u64,
+    /// The flow's drop slot on a kernel without drop reasons (`Config::no_drop_reasons`), 0
+    /// otherwise or when its actions do not drop.
+    pub drop_slot: u32,
+    pub _pad: u32,
 }
 
 /// Installs not yet taken by an execute, by thread (`bpf_get_current_pid_tgid`). LRU: a thread

@@ -18,12 +18,33 @@ pub struct BenchArgs {
     /// speed drifts between runs; 1 leaves a core free and steadies the figures.
     #[arg(long, default_value_t = 2)]
     cpus: u32,
+    /// The lab guest the datapath benchmark runs in.
+    #[arg(long, value_enum, default_value_t)]
+    profile: crate::lab::Profile,
     /// Only the host benchmarks (no VM).
     #[arg(long)]
     host_only: bool,
     /// Only the datapath benchmark in the lab VM (no host benchmarks).
     #[arg(long, conflicts_with = "host_only")]
     vm_only: bool,
+    /// The soak instead: `detrace top` and `detrace watch` side by side in the lab VM under
+    /// churn (xtask/guest/soak.sh); fails when memory is not bounded or a packet goes missing.
+    #[arg(long, conflicts_with_all = ["host_only", "vm_only"])]
+    soak: bool,
+    /// Seconds of the soak.
+    #[arg(long, default_value_t = 1800, requires = "soak")]
+    duration: u64,
+    /// The soak fails if either process's RSS exceeds this (MiB).
+    #[arg(long, default_value_t = 64.0, requires = "soak")]
+    rss_bound_mib: f64,
+    /// The soak fails if either process's RSS grows faster than this over the second half of a
+    /// run (linear fit, MiB per hour; judged when that half spans 10 minutes or more).
+    #[arg(long, default_value_t = 8.0, requires = "soak")]
+    growth_bound_mib_per_hour: f64,
+    /// With --soak: no VM, the verdict again on the results a soak kept (target/lab/soak-results),
+    /// e.g. with other bounds.
+    #[arg(long, requires = "soak")]
+    soak_results: Option<std::path::PathBuf>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -96,6 +117,21 @@ pub fn report(runs: &str) -> String {
 
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     crate::deps::all()?;
+    if args.soak {
+        eprintln!(
+            "== soak: detrace top + watch for {} s in the lab VM under churn",
+            args.duration
+        );
+        let dir = match args.soak_results {
+            Some(dir) => dir,
+            None => crate::lab::run_vm_soak(args.duration, args.cpus, args.profile)?,
+        };
+        let bounds = crate::soak::Bounds {
+            rss_mib: args.rss_bound_mib,
+            growth_mib_per_hour: args.growth_bound_mib_per_hour,
+        };
+        return crate::soak::report(&dir, args.duration, &bounds);
+    }
     let root = workspace_root();
     if !args.vm_only {
         host_benches(&root)?;
@@ -106,7 +142,8 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!(
         "== datapath overhead in the lab VM (iperf3 client -> server through OVN + conntrack)"
     );
-    let (runs, attach, cost) = crate::lab::run_vm_bench(args.reps, args.seconds, args.cpus)?;
+    let (runs, attach, cost) =
+        crate::lab::run_vm_bench(args.reps, args.seconds, args.cpus, args.profile)?;
     println!("runs (mode rep tcp_bps udp_pps):\n{runs}");
     println!("{}", report(&runs));
     println!("attach/detach:\n{attach}");

@@ -7,6 +7,7 @@ mod dist;
 mod fuzz;
 mod lab;
 mod sizes;
+mod soak;
 mod test;
 mod util;
 

@@ -54,5 +54,5 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
             "--test-threads=1",
         ]))?;
     // Kernel-level tests in the lab guest (OVS kernel datapath, kprobes, module BTF).
-    crate::lab::run_vm_tests(Vec::new())
+    crate::lab::run_vm_tests(Vec::new(), &[crate::lab::Profile::Trixie])
 }

@@ -21,11 +21,14 @@
 //!   decision and first-pass key. Without a live parent (the packet came back from an upcall
 //!   through OVS_PACKET_CMD_EXECUTE, or probes were attached mid-flight) the clone starts afresh.
 
-use detrace_common::{Counter, EventKind, PacketKey};
+use detrace_common::{Counter, DROP_NO_ACTIONS, EventKind, PacketKey};
 
-use super::packet::{
-    copy_inflight, count_hit, cpu, emit, events_enabled, matches, now, read, read_key, read_pass,
-    read_skb_key, scratch_event, upcall_flags,
+use super::{
+    packet::{
+        End, copy_inflight, count_end, count_hit, cpu, emit, emit_end, events_enabled, matches,
+        now, read, read_key, read_pass, read_skb_key, scratch_event, upcall_flags,
+    },
+    removal::flow_drop_slot,
 };
 use crate::maps::{
     CURRENT, Current, INFLIGHT_MAX_AGE_NS, Inflight, SAMPLE_TICK, bump, conf, inflight_claim,
@@ -78,9 +81,28 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     let (recirc_id, in_port) = read_pass(flow_key)?;
     let ts = now();
     let pass = track_pass(skb, flow_key, ufid, recirc_id, in_port, ts)?;
-    if !events_enabled() || !pass.matched || ufid_len == 0 {
-        return Ok(0);
+    if events_enabled() && pass.matched && ufid_len != 0 {
+        pass_event(skb, flow_key, &pass, ufid, recirc_id, in_port, ts, len)?;
     }
+    if conf!(no_drop_reasons) != 0 && ufid_len != 0 {
+        drop_at_hit(flow, skb, &ufid, ts)?;
+    }
+    Ok(0)
+}
+
+/// The event of a pass that hit `ufid`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "the fields of one event")]
+fn pass_event(
+    skb: u64,
+    flow_key: u64,
+    pass: &Pass,
+    ufid: [u32; 4],
+    recirc_id: u32,
+    in_port: u32,
+    ts: u64,
+    len: u32,
+) -> Result<(), u32> {
     let ev = scratch_event()?;
     // This pass's fields (a later pass may see NAT-rewritten addresses); a packet's first
     // pass has just read them into its in-flight entry.
@@ -100,7 +122,31 @@ fn flow_hit(flow: u64, skb: u64) -> Result<u32, u32> {
     ev.latency_ns = ts.wrapping_sub(pass.first_ts);
     ev.flags = 0;
     emit(ev);
-    Ok(0)
+    Ok(())
+}
+
+/// On a kernel without OVS drop reasons (`Config::no_drop_reasons`), a packet whose flow's
+/// actions send it nowhere is freed by consume_skb at the end of its actions: no drop for
+/// skb:kfree_skb to see. Its drop is decided here, at the hit of such a flow (the removal
+/// probe's walk of the actions), with reason [`DROP_NO_ACTIONS`]; its in-flight entry ends.
+#[inline(always)]
+fn drop_at_hit(flow: u64, skb: u64, ufid: &[u32; 4], ts: u64) -> Result<(), u32> {
+    if flow_drop_slot(flow)? == 0 {
+        return Ok(());
+    }
+    let Some(e) = inflight_get(skb) else {
+        return Ok(());
+    };
+    e.skb = 0;
+    let e = &*e;
+    bump(Counter::Drops);
+    let latency = ts.wrapping_sub(e.first_ts);
+    count_end(ufid, End::Drop(DROP_NO_ACTIONS, false), latency);
+    if events_enabled() && e.matched != 0 {
+        let len = read(skb, conf!(off_skb_len)).unwrap_or(0);
+        emit_end(EventKind::Drop, e, ts, DROP_NO_ACTIONS, len, latency)?;
+    }
+    Ok(())
 }
 
 /// Whether this pass's packet is followed, when not every packet is (`Config::latency_sample`,

@@ -19,7 +19,7 @@
 //! ovs_flow_stats_update): summed here over the possible CPUs.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use detrace_common::{Counter, DropScan, FlowKey, RemovedStats};
+use detrace_common::{Counter, DropScan, FlowKey, RemovedStats, kernel_drop_slot};
 
 use super::packet::read;
 use crate::maps::{REMOVED_STATS, bump, conf};
@@ -54,7 +54,7 @@ fn flow_gone(flow: u64) -> Result<u32, u32> {
         [id[2], id[3], id[4], id[5]]
     };
     let (packets, bytes) = flow_stats(flow)?;
-    let drop_slot = drop_slot(flow).unwrap_or(0);
+    let drop_slot = flow_drop_slot(flow).unwrap_or(0);
     bump(Counter::FlowsRemoved);
     let key = FlowKey { ufid };
     let s = match REMOVED_STATS.get_ptr_mut(key) {
@@ -107,6 +107,16 @@ fn flow_stats(flow: u64) -> Result<(u64, u64), u32> {
 
 /// Actions walked at most: OVN's drop flows have one or two (`drop`, `ct_clear,drop`).
 const MAX_ACTIONS: u32 = 16;
+
+/// The drop-reason slot of the flow's drop on this kernel (0: its actions do not drop; see
+/// [`kernel_drop_slot`]).
+#[inline(always)]
+pub(super) fn flow_drop_slot(flow: u64) -> Result<u32, u32> {
+    Ok(kernel_drop_slot(
+        drop_slot(flow)?,
+        conf!(no_drop_reasons) != 0,
+    ))
+}
 
 /// The drop-reason slot of the flow's drop (0: its actions do not drop), walking its top-level
 /// actions as user space does ([`DropScan`]). A list longer than [`MAX_ACTIONS`] does not drop.

@@ -31,9 +31,12 @@
 //! counted (as before this hook existed).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid};
-use detrace_common::{Counter, EventKind, ExecStats, FlowKey, PacketKey};
+use detrace_common::{Counter, DROP_NO_ACTIONS, EventKind, ExecStats, FlowKey, PacketKey};
 
-use super::packet::{emit_end, events_enabled, matches, now, read, read_l4, read_pass};
+use super::{
+    packet::{End, count_end, emit_end, events_enabled, matches, now, read, read_l4, read_pass},
+    removal::flow_drop_slot,
+};
 use crate::maps::{
     CURRENT, Current, EXEC_STATS, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim,
 };
@@ -64,11 +67,18 @@ fn flow_insert(flow: u64) -> Result<u32, u32> {
         [id[2], id[3], id[4], id[5]]
     };
     let (recirc_id, in_port) = read_pass(flow + u64::from(conf!(off_flow_key)))?;
+    let drop_slot = if conf!(no_drop_reasons) != 0 {
+        flow_drop_slot(flow).unwrap_or(0)
+    } else {
+        0
+    };
     let put = Put {
         ufid,
         recirc_id,
         in_port,
         ts: now(),
+        drop_slot,
+        _pad: 0,
     };
     if PUTS.insert(&thread, &put, 0).is_err() {
         bump(Counter::ProbeErrors);
@@ -131,6 +141,17 @@ fn execute(skb: u64) -> Result<u32, u32> {
     count_executed(&put.ufid, len);
     if events_enabled() && e.matched != 0 {
         emit_end(EventKind::Execute, e, ts, 0, len, 0)?;
+    }
+    if put.drop_slot != 0 {
+        // A kernel without drop reasons consumes it at the end of its actions, which send it
+        // nowhere (see datapath.rs drop_at_hit): its drop is decided here.
+        e.skb = 0;
+        bump(Counter::Drops);
+        bump(Counter::DropsAfterUpcall);
+        count_end(&put.ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        if events_enabled() && e.matched != 0 {
+            emit_end(EventKind::Drop, e, ts, DROP_NO_ACTIONS, len, 0)?;
+        }
     }
     Ok(0)
 }

@@ -6,7 +6,8 @@
 //!
 //! Open addressing with linear probing: a byte per slot (empty, or 7 bits of the hash) so a
 //! probe reads the slots only where the byte matches, and the (key, value) slots in one array.
-//! Insert-only (the pipeline never forgets a UFID one entry at a time; `clear` empties it all);
+//! Insert-only (the pipeline never forgets a UFID one entry at a time; `retain` rebuilds the
+//! table with what it keeps, `clear` empties it all);
 //! at most 7/8 full.
 
 use crate::uuid::Uuid;
@@ -170,6 +171,17 @@ impl<V: Default> UfidMap<V> {
 
     pub fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// Keeps only the entries `keep` accepts, in a table rebuilt (and shrunk) for them: O(n),
+    /// for a caller that forgets in bulk and seldom.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Uuid, &V) -> bool) {
+        let old = std::mem::take(self);
+        for (t, (k, v)) in old.tags.into_iter().zip(old.slots) {
+            if t != EMPTY && keep(&k, &v) {
+                self.insert_new(k, v);
+            }
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &V)> {

@@ -215,6 +215,10 @@ pub fn drop_reason(reason: u32) -> Cow<'static, str> {
         "OVS_DROP_CONNTRACK",
         "OVS_DROP_IP_TTL",
     ];
+    if reason == detrace_common::DROP_NO_ACTIONS {
+        // A kernel without OVS drop reasons: the flow's actions sent the packet nowhere.
+        return "no actions".into();
+    }
     if reason & 0xffff_0000 == OVS_DROP_REASON_BASE {
         return OVS
             .get((reason & 0xffff) as usize)
@@ -297,6 +301,10 @@ mod tests {
     fn drop_reason_names() {
         assert_eq!(drop_reason_name(0x30003), "OVS_DROP_EXPLICIT");
         assert_eq!(drop_reason_name(0x3000b), "OVS_DROP_IP_TTL");
+        assert_eq!(
+            drop_reason_name(detrace_common::DROP_NO_ACTIONS),
+            "no actions"
+        );
         assert_eq!(drop_reason_name(0x30099), "OVS_DROP_0x30099");
         assert_eq!(drop_reason_name(1), "SKB_DROP_REASON_NOT_SPECIFIED");
         assert_eq!(drop_reason_name(77), "skb_drop_reason 77");

@@ -3,11 +3,12 @@
 use std::{cell::RefCell, collections::BTreeSet, net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
-use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats};
+use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats, kernel_drop_slot};
 
 use super::{
     flowtable::{FlowAccounts, FlowReads},
     source::{EventSource, Tracer},
+    upcall_loss::UpcallLoss,
 };
 use crate::{
     FastMap,
@@ -44,6 +45,8 @@ pub struct KernelTracer {
     probes: RefCell<Probes>,
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
     latency_sample: u32,
+    /// The datapath's lost upcalls, counted from the attach.
+    upcall_loss: Option<RefCell<UpcallLoss>>,
 }
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
@@ -62,9 +65,16 @@ impl FlowReads for Reads<'_> {
             .collect())
     }
     fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>> {
-        self.table
+        let mut flows = self
+            .table
             .dump()
-            .context("dumping the datapath's flows (generic netlink ovs_flow)")
+            .context("dumping the datapath's flows (generic netlink ovs_flow)")?;
+        // Named as this kernel frees them (as the probes do).
+        let none = self.probes.no_drop_reasons();
+        for f in &mut flows {
+            f.drop_slot = kernel_drop_slot(f.drop_slot, none);
+        }
+        Ok(flows)
     }
     fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
         Ok(self
@@ -104,6 +114,9 @@ impl Tracer for KernelTracer {
                 c[k as usize] = 0;
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
+        }
+        if let Some(u) = &self.upcall_loss {
+            c[Counter::DatapathLost as usize] = u.borrow_mut().read();
         }
         Ok(c)
     }
@@ -174,6 +187,7 @@ pub fn attach_live(
         probes: RefCell::new(probes),
         flows,
         latency_sample,
+        upcall_loss: UpcallLoss::open().map(RefCell::new),
     };
     Ok((tracer, KernelEvents(reader), t))
 }

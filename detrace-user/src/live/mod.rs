@@ -7,7 +7,8 @@
 //! - [`pipeline`]: decode -> assemble -> explain (through [`explainer`], the cache of
 //!   explanations) -> a [`pipeline::Sink`]; [`run`]: the live loop (ticks, reports, signals).
 //! - [`sinks`]: watch, drops, top, record (and per-flow counters from packets), each
-//!   rendering with [`render`] from resolved data; [`clock`]: kernel time and port names.
+//!   rendering with [`render`] from resolved data; [`clock`]: kernel time and port names;
+//!   [`upcall_loss`]: packets the datapath itself lost (upcalls ovs-vswitchd never took).
 
 pub mod clock;
 pub mod explainer;
@@ -20,6 +21,7 @@ pub mod run;
 pub mod select;
 pub mod sinks;
 pub mod source;
+pub mod upcall_loss;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]

@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use detrace_common::FlowStats;
+use detrace_common::{Counter, FlowStats};
 
 use super::{
     pipeline::{FlowsAt, Pipeline, Sink},
     source::{EventSource, LossReport, Tracer},
+    upcall_loss::LossWarning,
 };
 use crate::{FastMap, ovs::unixctl::Appctl, uuid::Uuid};
 
@@ -75,7 +76,7 @@ fn tick<T: Tracer, A: Appctl>(
     pipe: &mut Pipeline<A>,
     sink: &mut impl Sink<A>,
     scan: bool,
-    last_lost: &mut u64,
+    warn: &mut Warnings,
 ) -> anyhow::Result<()> {
     pipe.expire(sink)?;
     let needs = sink.needs();
@@ -90,14 +91,24 @@ fn tick<T: Tracer, A: Appctl>(
     }
     sink.flush()?;
     let loss = LossReport::from_counters(&tracer.counters()?);
-    if loss.get(detrace_common::Counter::EventsLost) > *last_lost {
-        eprintln!(
-            "detrace: {} events lost so far (ring buffer full)",
-            loss.get(detrace_common::Counter::EventsLost)
-        );
-        *last_lost = loss.get(detrace_common::Counter::EventsLost);
+    let lost = loss.get(Counter::EventsLost);
+    if lost > warn.events_lost {
+        eprintln!("detrace: {lost} events lost so far (ring buffer full)");
+        warn.events_lost = lost;
+    }
+    if let Some(msg) = warn
+        .datapath
+        .check(loss.get(Counter::DatapathLost), Instant::now())
+    {
+        eprintln!("{msg}");
     }
     Ok(())
+}
+
+/// What the run has said on stderr about losses.
+struct Warnings {
+    events_lost: u64,
+    datapath: LossWarning,
 }
 
 /// Runs the pipeline on the kernel's events and counters until stopped; the sink gets every
@@ -122,7 +133,11 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
         None => std::future::pending::<()>().await,
     };
     let mut batch = Vec::with_capacity(1024);
-    let (mut last_lost, mut ticks) = (0u64, 0u64);
+    let mut warn = Warnings {
+        events_lost: 0,
+        datapath: LossWarning::new(Duration::from_secs(10)),
+    };
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -135,7 +150,7 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
             }
             _ = ticker.tick() => {
                 ticks += 1;
-                tick(tracer, pipe, sink, ticks.is_multiple_of(2), &mut last_lost)?;
+                tick(tracer, pipe, sink, ticks.is_multiple_of(2), &mut warn)?;
             }
             _ = next_report(&mut reports) => {
                 report(tracer, pipe, sink, false)?;

@@ -76,6 +76,13 @@ impl LossReport {
                 self.get(Counter::Outputs)
             )
         };
+        if self.get(Counter::DatapathLost) > 0 {
+            s.push_str(&format!(
+                "; the DATAPATH LOST {} upcalls (dropped before ovs-vswitchd or detrace saw \
+                 them: see `ovs-dpctl show`, lookups lost)",
+                self.get(Counter::DatapathLost)
+            ));
+        }
         if self.get(Counter::LatencySample) > 0 {
             s.push_str(&format!(
                 "; latency sampled: 1 packet in {}",
@@ -187,7 +194,10 @@ mod tests {
             json.starts_with(r#"{"passes":0,"hits":10,"upcalls":20,"drops":30,"outputs":40,"#),
             "{json}"
         );
-        assert!(json.ends_with(r#""latency_sample":180}"#), "{json}");
+        assert!(
+            json.ends_with(r#""latency_sample":180,"datapath_upcalls_lost":190}"#),
+            "{json}"
+        );
         let back: LossReport = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(back, r);
         // An older recording: later counters absent, unknown fields skipped.

@@ -34,6 +34,9 @@ const OVS_DATAPATH_FAMILY: &str = "ovs_datapath";
 const OVS_FLOW_FAMILY: &str = "ovs_flow";
 const OVS_DP_CMD_GET: u8 = 3;
 const OVS_DATAPATH_VERSION: u8 = 2;
+/// enum ovs_datapath_attr.
+const OVS_DP_ATTR_NAME: u16 = 1;
+const OVS_DP_ATTR_STATS: u16 = 3;
 const OVS_FLOW_CMD_GET: u8 = 3;
 const OVS_FLOW_VERSION: u8 = 1;
 /// enum ovs_flow_attr.
@@ -59,6 +62,20 @@ pub struct KernelFlow {
     /// The drop its actions make, as a drop-reason slot (0: none; see
     /// [`detrace_common::DropScan`]).
     pub drop_slot: u32,
+}
+
+/// A datapath's lookup counters (`struct ovs_dp_stats`): what `ovs-dpctl show` prints as
+/// `lookups: hit:H missed:M lost:L` and `flows: F`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathStats {
+    pub ifindex: i32,
+    pub name: String,
+    pub hit: u64,
+    pub missed: u64,
+    /// Upcalls that never reached ovs-vswitchd (its socket full, or no handler for the CPU):
+    /// the kernel dropped those packets.
+    pub lost: u64,
+    pub flows: u64,
 }
 
 /// A generic netlink socket with the OVS families resolved.
@@ -127,6 +144,11 @@ impl FlowTable {
 
     /// The ifindex of every OVS datapath.
     pub fn datapaths(&mut self) -> io::Result<Vec<i32>> {
+        Ok(self.datapath_stats()?.iter().map(|d| d.ifindex).collect())
+    }
+
+    /// Every OVS datapath with its name and lookup counters.
+    pub fn datapath_stats(&mut self) -> io::Result<Vec<DatapathStats>> {
         let mut out = Vec::new();
         let fam = self.dp_family;
         self.request(
@@ -136,7 +158,7 @@ impl FlowTable {
             Some(0),
             &[],
             true,
-            |h, _| out.push(h),
+            |h, a| out.push(parse_datapath(h, a)),
         )?;
         Ok(out)
     }
@@ -369,6 +391,29 @@ pub fn parse_flow(a: &[u8]) -> Option<KernelFlow> {
     ufid.then_some(f)
 }
 
+/// One `OVS_DP_CMD_GET` reply: the name and `ovs_dp_stats` (hit, missed, lost, flows: four
+/// u64). A reply without stats reads as zeros.
+pub fn parse_datapath(ifindex: i32, a: &[u8]) -> DatapathStats {
+    let mut d = DatapathStats {
+        ifindex,
+        ..DatapathStats::default()
+    };
+    for (t, p) in attrs(a) {
+        match t {
+            OVS_DP_ATTR_NAME => {
+                let name = p.split(|&b| b == 0).next().unwrap_or_default();
+                d.name = String::from_utf8_lossy(name).into_owned();
+            }
+            OVS_DP_ATTR_STATS => {
+                let at = |i: usize| u64_at(p, i * 8).unwrap_or(0);
+                (d.hit, d.missed, d.lost, d.flows) = (at(0), at(1), at(2), at(3));
+            }
+            _ => {}
+        }
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +459,27 @@ mod tests {
         let mut a = Vec::new();
         put_attr(&mut a, OVS_FLOW_ATTR_USED, &1u64.to_ne_bytes());
         assert_eq!(parse_flow(&a), None);
+    }
+
+    #[test]
+    fn parses_a_datapath_and_its_lookups() {
+        let mut a = Vec::new();
+        put_attr(&mut a, OVS_DP_ATTR_NAME, b"ovs-system\0");
+        let stats: Vec<u8> = [7u64, 36, 36, 2]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        put_attr(&mut a, OVS_DP_ATTR_STATS, &stats);
+        let d = parse_datapath(5, &a);
+        assert_eq!(
+            (d.ifindex, d.name.as_str(), d.hit, d.missed, d.lost, d.flows),
+            (5, "ovs-system", 7, 36, 36, 2)
+        );
+        // A truncated stats attribute reads what it has; no stats at all is zeros.
+        let mut a = Vec::new();
+        put_attr(&mut a, OVS_DP_ATTR_STATS, &stats[..12]);
+        assert_eq!(parse_datapath(1, &a).hit, 7);
+        assert_eq!(parse_datapath(1, &a).missed, 0);
+        assert_eq!(parse_datapath(1, &[]).lost, 0);
     }
 }

@@ -319,6 +319,23 @@ impl Btf {
         Ok(None)
     }
 
+    /// Whether the split (module) BTF has an enum named `name`.
+    pub fn split_enum(&self, name: &str) -> Result<bool, BtfError> {
+        let Some(split) = &self.split else {
+            return Ok(false);
+        };
+        let base_count = self.base_count();
+        for id in base_count..base_count + split.types.len() {
+            let t = self.ty(id as u32)?;
+            if matches!(t.kind, KIND_ENUM | KIND_ENUM64)
+                && self.name(t.name_off)? == name.as_bytes()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Byte offset and size of `path` (dot-separated, e.g. `ipv4.addr.src`) in struct `ty`.
     /// Anonymous structs and unions on the way are looked through, as C does.
     pub fn member(&self, ty: &str, path: &str) -> Result<Member, BtfError> {

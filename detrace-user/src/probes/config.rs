@@ -184,6 +184,7 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
         cfg.latency_sample = opts.latency_sample;
     }
     cfg.matching_only = u32::from(opts.matching_only && opts.events);
+    cfg.no_drop_reasons = u32::from(!has_ovs_drop_reasons(&btf)?);
     cfg.nr_cpus = aya::util::nr_cpus()
         .map_err(|(path, source)| ProbeError::BtfRead {
             path: path.into(),
@@ -193,6 +194,25 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
         .unwrap_or(u32::MAX);
     opts.filter.apply(&mut cfg)?;
     Ok((cfg, btf))
+}
+
+/// Whether the openvswitch module frees packets with its own drop reasons (Linux >= 6.4,
+/// net/openvswitch/drop.h `enum ovs_drop_reason`, in the module's BTF). Without them a flow
+/// that drops frees its packets as consumed: the probes must decide the drop themselves.
+fn has_ovs_drop_reasons(btf: &Btf) -> Result<bool, ProbeError> {
+    let found = btf
+        .split_enum("ovs_drop_reason")
+        .map_err(|source| ProbeError::BtfParse {
+            path: BTF_OPENVSWITCH.into(),
+            source,
+        })?;
+    if !found {
+        tracing::info!(
+            "this kernel has no OVS drop reasons (before 6.4): drops of flows whose actions \
+             send the packet nowhere are decided at the flow hit, reason \"no actions\""
+        );
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

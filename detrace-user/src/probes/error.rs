@@ -56,6 +56,11 @@ pub enum ProbeError {
     SymbolMissing { symbol: &'static str },
     #[error("loading the eBPF object")]
     Object { source: aya::EbpfError },
+    #[error(
+        "this kernel cannot create a BPF ring buffer (BPF_MAP_TYPE_RINGBUF: Linux >= 5.8, or a \
+         vendor kernel that backports it), which detrace's events need"
+    )]
+    NoRingBuf { source: aya::EbpfError },
     #[error("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")]
     CostStats { source: aya::sys::SyscallError },
     #[error("a thread loading the probes panicked")]
@@ -84,6 +89,22 @@ pub enum ProbeError {
     RingSize { bytes: u32 },
     #[error("filter: {why}")]
     Filter { why: String },
+}
+
+impl ProbeError {
+    /// Loading the object failed: the ring buffer's creation failing with EINVAL means the
+    /// kernel does not know the map type (before 5.8); other failures as they are.
+    pub fn object(source: aya::EbpfError) -> Self {
+        match &source {
+            aya::EbpfError::MapError(MapError::CreateError { name, io_error })
+                if name == detrace_common::MAP_EVENTS
+                    && io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Self::NoRingBuf { source }
+            }
+            _ => Self::Object { source },
+        }
+    }
 }
 
 /// Why a hook's fentry program did not attach (the hook then uses its kprobe).

@@ -54,6 +54,8 @@ pub struct Probes {
     cost_stats: Option<OwnedFd>,
     attach_time: Duration,
     phases: Phases,
+    /// The kernel has no OVS drop reasons (see `Config::no_drop_reasons`).
+    no_drop_reasons: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -136,7 +138,7 @@ impl Probes {
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
             .load(EBPF_OBJECT)
-            .map_err(|source| ProbeError::Object { source })?;
+            .map_err(ProbeError::object)?;
         phases.mark("object");
         // Before any program runs: the first packets are already filtered.
         if let Some(addrs) = &opts.filter.addrs {
@@ -167,7 +169,14 @@ impl Probes {
             cost_stats,
             attach_time: start.elapsed(),
             phases,
+            no_drop_reasons: cfg.no_drop_reasons != 0,
         })
+    }
+
+    /// Whether this kernel lacks OVS drop reasons (before 6.4): a flow's drop is then counted
+    /// with the reason "no actions" (`DROP_NO_ACTIONS`).
+    pub fn no_drop_reasons(&self) -> bool {
+        self.no_drop_reasons
     }
 
     /// How each hooked openvswitch function is probed: (function, "fentry" | "kprobe" |

@@ -3,6 +3,8 @@
 # traffic up): what detrace's live tracing needs from the kernel and OVS is there, the chain
 # datapath flow -> ofproto/detrace -> cookie -> SB Logical_Flow -> NB ACL / Load_Balancer holds
 # on the kernel datapath, and `detrace explain --all --format json` resolves the lab's flows.
+# OVS before 3.4 (the bookworm profile's 3.1) has no ofproto/detrace: the chain goes through
+# `ofproto/trace` of the datapath flow's match instead, as detrace's own fallback does.
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
 ok() { echo "ok: $*"; }
@@ -19,7 +21,31 @@ for fn in ovs_dp_process_packet ovs_flow_tbl_lookup_stats ovs_execute_actions; d
 done
 ok "kprobes on openvswitch functions"
 ovs-appctl dpctl/show | grep -q 'system@ovs-system' || fail "br-int is not on the kernel datapath"
-ovs-appctl list-commands | grep -q 'ofproto/detrace' || fail "this OVS has no ofproto/detrace"
+if ovs-appctl list-commands | grep -q 'ofproto/detrace'; then
+  HOW=ofproto/detrace
+else
+  # trixie's OVS 3.5 has it: its absence there is a broken lab, not an older OVS.
+  [ "${DETRACE_PROFILE:-trixie}" = trixie ] && fail "this OVS has no ofproto/detrace"
+  HOW=ofproto/trace
+fi
+ok "rules of a datapath flow through $HOW ($(ovs-vswitchd --version | head -1))"
+
+# The OpenFlow rules' cookies behind the datapath flow $1 (ufid), one per line.
+cookies_of() {
+  local out
+  if [ $HOW = ofproto/detrace ]; then
+    out=$(ovs-appctl ofproto/detrace "$1" 2>&1)
+    echo "$out" | grep -o 'cookie=0x[0-9a-f]*' | cut -c10-
+  else
+    # The flow's match: between "ufid:..., " and ", packets:".
+    local m
+    m=$(ovs-appctl dpctl/dump-flows -m | grep -F "$1," | sed 's/^ufid:[0-9a-f-]*, //; s/, packets:.*//')
+    [ -n "$m" ] || return 0
+    out=$(ovs-appctl ofproto/trace ovs-system "$m" 2>&1)
+    echo "$out" | grep -o 'cookie 0x[0-9a-f]*' | cut -c10-
+  fi
+  [ -n "$out" ] && printf '%s\n' "$out" > /tmp/explain-kernel.last
+}
 
 # --- the chain by hand, with OVS/OVN's own tools. Cookies come from ofproto/detrace, which only
 # answers once the flow's xlate cache is filled (first revalidation): retry, bounded.
@@ -28,9 +54,9 @@ nb_names_for_flow() { # $1 = dpctl match fragment; prints "table name" of NB row
   for i in $(seq 20); do
     u=$(ovs-appctl dpctl/dump-flows -m | grep -- "$1" | grep -o 'ufid:[0-9a-f-]*' | head -1)
     if [ -n "$u" ]; then
-      out=$(ovs-appctl ofproto/detrace "$u" 2>&1)
-      if echo "$out" | grep -q 'cookie=0x'; then
-        for c in $(echo "$out" | grep -o 'cookie=0x[0-9a-f]*' | cut -c10- | sort -u); do
+      out=$(cookies_of "$u")
+      if [ -n "$out" ]; then
+        for c in $(echo "$out" | sort -u); do
           c=$(printf '%08x' 0x$c)
           hint=$(ovn-sbctl --bare get Logical_Flow "$c" external_ids:stage-hint 2>/dev/null | tr -d '"')
           [ -n "$hint" ] || continue
@@ -42,15 +68,15 @@ nb_names_for_flow() { # $1 = dpctl match fragment; prints "table name" of NB row
     fi
     sleep 1
   done
-  echo "no resolvable flow for '$1' (last ufid '$u': $out)" >&2
+  echo "no resolvable flow for '$1' (last ufid '$u'; $HOW said: $(cat /tmp/explain-kernel.last 2>/dev/null))" >&2
   return 1
 }
 acl=$(nb_names_for_flow 'dst=9999') || fail "the ACL drop flow could not be traced"
 echo "$acl" | grep -qx 'acl drop-9999' || fail "dropped tcp/9999 flow does not lead to ACL drop-9999: $acl"
-ok "tcp/9999 datapath flow -> ofproto/detrace -> Logical_Flow -> ACL drop-9999"
+ok "tcp/9999 datapath flow -> $HOW -> Logical_Flow -> ACL drop-9999"
 lb=$(nb_names_for_flow 'dst=10.244.1.42') || fail "the VIP flow could not be traced"
 echo "$lb" | grep -qx 'lb lb0' || fail "VIP flow does not lead to Load_Balancer lb0: $lb"
-ok "VIP datapath flow -> ofproto/detrace -> Logical_Flow -> Load_Balancer lb0"
+ok "VIP datapath flow -> $HOW -> Logical_Flow -> Load_Balancer lb0"
 
 # --- detrace itself
 if ! "$DETRACE_BIN" explain --help >/dev/null 2>&1; then

@@ -29,7 +29,7 @@ burst() { ip netns exec client ping -q -i 0.002 -c "$1" $SERVER >/dev/null 2>&1 
 ovs-appctl dpctl/dump-flows -m > $T/flows.txt
 cat $T/count.jsonl | head -40
 python3 - $T/count.jsonl $T/flows.txt <<'EOF' || fail "counting run"
-import json, sys
+import json, os, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 flows_txt = open(sys.argv[2]).read()
 by = lambda t: [l for l in lines if l["type"] == t]
@@ -53,8 +53,9 @@ assert c["events_sent"] == 0, "events sent without --events"
 assert flows, "no per-UFID stats"
 known = [f for f in flows if "ufid:" + f["ufid"] in flows_txt]
 assert len(known) * 2 >= len(flows), f"only {len(known)} of {len(flows)} UFIDs are in dpctl/dump-flows"
-drops = [f for f in flows if f["drop_reasons"].get("0x30003", 0) > 0]
-assert drops, "no flow with drops of reason 0x30003 (OVS_DROP_EXPLICIT)"
+code = os.environ["OVN_DROP_CODE"]
+drops = [f for f in flows if f["drop_reasons"].get(code, 0) > 0]
+assert drops, f"no flow with drops of reason {code} ({os.environ['OVN_DROP_REASON']})"
 seen_9999 = False
 for f in drops:
     line = [l for l in flows_txt.splitlines() if "ufid:" + f["ufid"] in l]
@@ -63,12 +64,12 @@ for f in drops:
     # Besides the ACL's, only flows whose own action is drop (e.g. IPv6 router solicitations
     # OVN drops, counted after their upcall) may hold explicit drops.
     assert not line or "9999" in line[0] or line[0].rstrip().endswith("actions:drop"), \
-        f"0x30003 drops on a flow that neither is the tcp/9999 one nor drops: {line}"
-assert seen_9999, "no 0x30003 drop on the tcp/9999 flow"
+        f"{code} drops on a flow that neither is the tcp/9999 one nor drops: {line}"
+assert seen_9999, f"no {code} drop on the tcp/9999 flow"
 assert any(f["outputs"] > 0 and sum(f["latency"].values()) > 0 for f in flows), "no output latency"
 print(f"attach {att['attach_ms']:.0f} ms, detach {det['detach_ms']:.0f} ms, counters {c}")
 EOF
-ok "counting: passes/hits/outputs/drops, per-UFID stats known to OVS, 0x30003 on the tcp/9999 flow"
+ok "counting: passes/hits/outputs/drops, per-UFID stats known to OVS, $OVN_DROP_CODE on the tcp/9999 flow"
 
 # --- 1b. the kprobe fallback (--kprobes) counts the same way
 "$D" probes --attach 3 --kprobes > $T/kp.jsonl 2> $T/kp.err || { cat $T/kp.err; fail "probes --attach --kprobes exited $?"; }
@@ -92,7 +93,7 @@ ovs-appctl dpctl/dump-flows -m > $R/events-lab.flows.txt
 ovs-appctl dpctl/show > $R/events-lab.dpctl-show.txt
 cat $T/ev.jsonl | grep -v '"flow"'
 python3 - $T/ev.jsonl $R/events-lab.jsonl <<'EOF' || fail "events run"
-import json, sys
+import json, os, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 c = [l for l in lines if l["type"] == "counters"][0]
 evs = [json.loads(l) for l in open(sys.argv[2])]
@@ -101,7 +102,8 @@ assert c["malformed"] == 0, c
 kinds = {e["kind"] for e in evs}
 assert {1, 3, 4} <= kinds, f"event kinds seen {kinds}, want pass, drop and output"
 drop = [e for e in evs if e["kind"] == 3]
-assert any(e["reason"] == 0x30003 and e["key"]["dport"] == 9999 for e in drop), "no 0x30003 drop of tcp/9999"
+code = int(os.environ["OVN_DROP_CODE"], 16)
+assert any(e["reason"] == code and e["key"]["dport"] == 9999 for e in drop), f"no {code:#x} drop of tcp/9999"
 recirc = [e for e in evs if e["kind"] == 1 and e["recirc_id"] != 0]
 assert recirc, "no recirculated pass"
 print(f"{len(evs)} events, kinds {sorted(kinds)}, {len(recirc)} recirculated passes, counters {c}")

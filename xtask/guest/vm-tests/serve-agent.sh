@@ -83,7 +83,7 @@ scrape /nope | grep -q 'HTTP 404' || fail "/nope was not a 404"
 kill -0 $P 2>/dev/null || fail "serve exited: $(cat $T/s.err)"
 
 python3 - $T/metrics <<'PY' || fail "metrics: $(grep -vE '^#|object_(bytes|drops)' $T/metrics); $(cat $T/s.err); flows: $(ovs-appctl dpctl/dump-flows | grep -E '10.244.1.61|dst=5100')"
-import re, sys
+import os, re, sys
 text = open(sys.argv[1]).read()
 def value(metric, **labels):
     rows = []
@@ -98,7 +98,7 @@ def value(metric, **labels):
     return rows[0]
 assert text.rstrip().endswith("# EOF"), "not an OpenMetrics exposition"
 checks = [
-    (value("detrace_drops_total", culprit="serve-drop-7790", culprit_kind="acl", reason="OVS_DROP_EXPLICIT"), 19),
+    (value("detrace_drops_total", culprit="serve-drop-7790", culprit_kind="acl", reason=os.environ["OVN_DROP_REASON"]), 19),
     (value("detrace_object_packets_total", table="ACL", name="serve-drop-7790"), 19),
     (value("detrace_object_drops_total", table="ACL", name="serve-drop-7790"), 19),
     (value("detrace_object_packets_total", table="Load_Balancer", name="Service_serve/web_UDP_cluster"), 11),

@@ -14,6 +14,7 @@ mod host;
 mod image;
 mod interrupt;
 mod paths;
+mod profile;
 mod qemu;
 
 use std::{
@@ -31,8 +32,13 @@ use self::{
     qemu::{End, MARK},
 };
 
+pub use self::profile::Profile;
+
 #[derive(clap::Args)]
 pub struct LabArgs {
+    /// Which guest: trixie (kernel 6.12, OVS 3.5, OVN 25.03) or bookworm (6.1, 3.1, 23.03).
+    #[arg(long, value_enum, default_value_t)]
+    profile: Profile,
     /// How long to keep showing detrace's output once the topology is up, in seconds.
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -59,6 +65,9 @@ pub struct IntegrationTestArgs {
     /// Run only the vm-tests whose file name contains this (repeatable; default: all).
     #[arg(long)]
     only: Vec<String>,
+    /// The guest(s) to run them in, one after the other (repeatable; default: trixie).
+    #[arg(long, value_enum)]
+    profile: Vec<Profile>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -66,13 +75,16 @@ enum TestTarget {
     Vm,
 }
 
-fn prepare() -> anyhow::Result<(image::Image, PathBuf)> {
+fn prepare(profile: Profile) -> anyhow::Result<(image::Image, PathBuf)> {
     install_signal_handler()?;
-    progress("checking host dependencies");
+    progress(&format!(
+        "profile {}; checking host dependencies",
+        profile.name()
+    ));
     host::ensure_host()?;
     qemu::check_qemu()?;
     let build = DetraceBuild::start()?;
-    let image = image::ensure()?;
+    let image = image::ensure(profile)?;
     if interrupted() {
         bail!("interrupted");
     }
@@ -81,13 +93,13 @@ fn prepare() -> anyhow::Result<(image::Image, PathBuf)> {
 }
 
 pub fn run_lab(args: LabArgs) -> anyhow::Result<()> {
-    let (image, detrace) = prepare()?;
+    let (image, detrace) = prepare(args.profile)?;
     let share = guest::Share::new(&detrace)?;
     share.write_config(&[
         ("DURATION", args.duration.to_string()),
         ("INTERVAL", args.interval.max(1).to_string()),
     ])?;
-    let console_log = lab_target().join("lab-console.log");
+    let console_log = lab_target().join(args.profile.target_name("lab-console", ".log"));
     let (mode, timeout) = if args.shell {
         // A person is at the shell: a long but still bounded session.
         ("shell", Duration::from_secs(4 * 3600))
@@ -114,6 +126,7 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<()> {
             boot_timeout: Duration::from_secs(120),
             timeout,
             cpus: 2,
+            profile: args.profile.name(),
         },
         |_, line| {
             if let Some(m) = line.split(MARK).nth(1) {
@@ -171,51 +184,59 @@ fn finish(end: End, console_log: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// For the project's test command: the VM tests with the default settings plus `extra`
-/// test executables (same contract as `--test-exe`).
-pub fn run_vm_tests(extra: Vec<PathBuf>) -> anyhow::Result<()> {
+/// For the project's test command: the VM tests with the default settings in each of
+/// `profiles`, plus `extra` test executables (same contract as `--test-exe`).
+pub fn run_vm_tests(extra: Vec<PathBuf>, profiles: &[Profile]) -> anyhow::Result<()> {
     run_integration_test(IntegrationTestArgs {
         target: TestTarget::Vm,
         test_exe: extra,
         test_timeout: 300,
         only: Vec::new(),
+        profile: profiles.to_vec(),
     })
 }
 
+/// Runs the tests in each profile asked for (trixie by default), every profile even when one
+/// fails, and fails at the end naming the profiles that failed.
 pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
     let TestTarget::Vm = args.target;
-    let (image, detrace) = prepare()?;
+    let profiles = if args.profile.is_empty() {
+        vec![Profile::default()]
+    } else {
+        args.profile.clone()
+    };
+    let mut failed = Vec::new();
+    for &p in &profiles {
+        if let Err(e) = run_tests_in(p, &args) {
+            eprintln!("lab: profile {}: {e:#}", p.name());
+            failed.push(p.name());
+            if interrupted() {
+                break;
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("VM tests failed in profile(s): {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn run_tests_in(profile: Profile, args: &IntegrationTestArgs) -> anyhow::Result<()> {
+    let (image, detrace) = prepare(profile)?;
     let share = guest::Share::new(&detrace)?;
-    let mut names = Vec::new();
-    let vm_tests = guest_dir().join("vm-tests");
-    let mut found: Vec<PathBuf> = fs::read_dir(&vm_tests)
-        .with_context(|| format!("reading {}", vm_tests.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
-        })
-        .collect();
-    found.sort();
-    for t in found.iter().chain(&args.test_exe) {
-        names.push(share.add_test(t)?);
-    }
-    if names.is_empty() {
-        bail!("no VM tests found in {}", vm_tests.display());
-    }
+    let names = add_tests(&share, args)?;
     share.write_config(&[("TEST_TIMEOUT", args.test_timeout.to_string())])?;
-    let console_log = lab_target().join("vm-test-console.log");
+    let console_log = lab_target().join(profile.target_name("vm-test-console", ".log"));
     // Setup ~60 s, then every test may use its full limit.
     let timeout = Duration::from_secs(300 + args.test_timeout * names.len() as u64);
     progress(&format!(
-        "running {} VM test(s) (console log {})",
+        "running {} VM test(s) in {} (console log {})",
         names.len(),
+        profile.name(),
         console_log.display()
     ));
-    let end = boot_batch(&image, &share, "test", &console_log, timeout, 2)?;
-    let kept = keep_results(&share, "vm-test-results")?;
+    let end = boot_batch(&image, &share, "test", &console_log, timeout, 2, profile)?;
+    let kept = keep_results(&share, &profile.target_name("vm-test-results", ""))?;
     let report = guest::collect(&kept, &names);
     for (n, why) in &report.failed {
         eprintln!("\n===== FAILED {n}: {why}; its log ({}):", kept.display());
@@ -226,9 +247,15 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
     }
     // The plain closing line CI reads.
     println!(
-        "vm-tests: {} passed, {} failed",
+        "vm-tests ({}): {} passed, {} failed{}",
+        profile.name(),
         report.passed.len(),
-        report.failed.len()
+        report.failed.len(),
+        report
+            .failed
+            .iter()
+            .map(|(n, _)| format!(" {n}"))
+            .collect::<String>()
     );
     finish(end, &console_log)?;
     if !report.done {
@@ -248,6 +275,31 @@ pub fn run_integration_test(args: IntegrationTestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the selected vm-tests (xtask/guest/vm-tests/, filtered by `--only`) and the extra
+/// executables into the share; returns the names they run under.
+fn add_tests(share: &guest::Share, args: &IntegrationTestArgs) -> anyhow::Result<Vec<String>> {
+    let vm_tests = guest_dir().join("vm-tests");
+    let mut found: Vec<PathBuf> = fs::read_dir(&vm_tests)
+        .with_context(|| format!("reading {}", vm_tests.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
+        })
+        .collect();
+    found.sort();
+    let mut names = Vec::new();
+    for t in found.iter().chain(&args.test_exe) {
+        names.push(share.add_test(t)?);
+    }
+    if names.is_empty() {
+        bail!("no VM tests found in {}", vm_tests.display());
+    }
+    Ok(names)
+}
+
 /// `cargo xtask bench`'s datapath part: boots the guest in bench mode (xtask/guest/bench.sh) and
 /// returns the per-run lines (`mode rep tcp_bps udp_pps`), the attach/detach lines and the probe
 /// cost lines.
@@ -255,14 +307,15 @@ pub fn run_vm_bench(
     reps: u32,
     seconds: u32,
     cpus: u32,
+    profile: Profile,
 ) -> anyhow::Result<(String, String, String)> {
-    let (image, detrace) = prepare()?;
+    let (image, detrace) = prepare(profile)?;
     let share = guest::Share::new(&detrace)?;
     share.write_config(&[
         ("BENCH_REPS", reps.to_string()),
         ("BENCH_SECONDS", seconds.to_string()),
     ])?;
-    let console_log = lab_target().join("bench-console.log");
+    let console_log = lab_target().join(profile.target_name("bench-console", ".log"));
     // 7 modes x 2 tests per repetition, plus attach/detach and setup, then 5 cost runs.
     let timeout =
         Duration::from_secs(300 + (u64::from(reps) + 1) * 7 * (2 * u64::from(seconds) + 15));
@@ -270,12 +323,20 @@ pub fn run_vm_bench(
         "running the datapath benchmark (console log {})",
         console_log.display()
     ));
-    let end = boot_batch(&image, &share, "bench", &console_log, timeout, cpus)?;
+    let end = boot_batch(
+        &image,
+        &share,
+        "bench",
+        &console_log,
+        timeout,
+        cpus,
+        profile,
+    )?;
     let results = share.results();
     let runs = fs::read_to_string(results.join("bench.txt")).unwrap_or_default();
     let attach = fs::read_to_string(results.join("attach.txt")).unwrap_or_default();
     let cost = fs::read_to_string(results.join("cost.txt")).unwrap_or_default();
-    keep_results(&share, "bench-results")?;
+    keep_results(&share, &profile.target_name("bench-results", ""))?;
     finish(end, &console_log)?;
     if !results.join("done").exists() {
         bail!(
@@ -284,6 +345,33 @@ pub fn run_vm_bench(
         );
     }
     Ok((runs, attach, cost))
+}
+
+/// `cargo xtask bench --soak`: boots the guest in soak mode (xtask/guest/soak.sh) for `seconds`
+/// of top and watch under churn; returns where its results were kept (target/lab/soak-results).
+pub fn run_vm_soak(seconds: u64, cpus: u32, profile: Profile) -> anyhow::Result<PathBuf> {
+    let (image, detrace) = prepare(profile)?;
+    let share = guest::Share::new(&detrace)?;
+    share.write_config(&[("SOAK_SECONDS", seconds.to_string())])?;
+    let console_log = lab_target().join(profile.target_name("soak-console", ".log"));
+    // Boot and lab setup take 1-2 minutes under TCG; the ending (detach, closing lines) less.
+    let timeout = Duration::from_secs(seconds + 420);
+    progress(&format!(
+        "running the soak for {seconds} s (console log {})",
+        console_log.display()
+    ));
+    let end = boot_batch(&image, &share, "soak", &console_log, timeout, cpus, profile)?;
+    let done = share.results().join("done").exists();
+    let kept = keep_results(&share, &profile.target_name("soak-results", ""))?;
+    finish(end, &console_log)?;
+    if !done {
+        bail!(
+            "the guest did not finish the soak; see {} and {}",
+            console_log.display(),
+            kept.display()
+        );
+    }
+    Ok(kept)
 }
 
 /// Boots the guest in a non-interactive mode, guest progress lines shown as progress and the
@@ -295,6 +383,7 @@ fn boot_batch(
     console_log: &Path,
     timeout: Duration,
     cpus: u32,
+    profile: Profile,
 ) -> anyhow::Result<End> {
     // QEMU under TCG has been seen to abort at start (an assertion in its memory map code,
     // before the guest printed anything): that is QEMU's failure, not the tests', so such a
@@ -312,6 +401,7 @@ fn boot_batch(
                 boot_timeout: Duration::from_secs(120),
                 timeout,
                 cpus,
+                profile: profile.name(),
             },
             |_, line| match line.split(MARK).nth(1) {
                 Some(m) => {

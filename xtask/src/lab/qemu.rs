@@ -36,6 +36,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Virtual CPUs (each one a host thread under TCG).
     pub cpus: u32,
+    /// `detrace.profile=` on the kernel command line: the guest's scripts adapt to it.
+    pub profile: &'a str,
 }
 
 #[derive(Debug)]
@@ -124,8 +126,8 @@ fn command(spec: &Boot) -> Command {
         ))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4 detrace.mode={}",
-            spec.mode
+            "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4 detrace.mode={} detrace.profile={}",
+            spec.mode, spec.profile
         ));
     cmd
 }

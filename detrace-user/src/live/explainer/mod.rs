@@ -76,6 +76,9 @@ pub const QUEUE_MAX: usize = 65_536;
 /// Explanations kept by default (a summary is 1-2 KB: ~200 MB at the bound).
 pub const MAX_EXPLAINED: usize = 100_000;
 
+/// The cache's table is first compacted at this many UFIDs (see [`ExplainCache::compact`]).
+const COMPACT_MIN: usize = 4096;
+
 /// See [`ExplainCache::settle`].
 pub const SETTLE: Duration = Duration::from_millis(700);
 
@@ -123,6 +126,8 @@ pub struct ExplainCache<A: Appctl> {
     /// Matches of queued flows, captured before they could expire: (datapath, flow).
     captured: FastMap<Uuid, (String, DpFlow)>,
     last_capture: Option<Instant>,
+    /// The cache's table is compacted when it holds more UFIDs than this.
+    compact_over: usize,
 }
 
 impl<A: Appctl> ExplainCache<A> {
@@ -147,6 +152,7 @@ impl<A: Appctl> ExplainCache<A> {
             max_explained: MAX_EXPLAINED,
             captured: FastMap::default(),
             last_capture: None,
+            compact_over: COMPACT_MIN,
         }
     }
 
@@ -430,6 +436,28 @@ impl<A: Appctl> ExplainCache<A> {
         };
         self.cache.insert(ufid, Some(entry));
         self.evict_over_bound();
+        self.compact();
+    }
+
+    /// Evicted UFIDs leave an empty slot, failures their error: dropped (a failure after its
+    /// retry time, when a UFID is asked again anyway) once the table holds twice what it kept
+    /// last time, so memory follows what is kept, not every flow met since the start.
+    fn compact(&mut self) {
+        if self.cache.len() <= self.compact_over {
+            return;
+        }
+        let now = Instant::now();
+        self.cache.retain(|_, e| match e {
+            None => false,
+            Some(Entry::Failed(f)) => now < f.retry_at,
+            Some(Entry::Explained(_) | Entry::Queued) => true,
+        });
+        self.compact_over = (2 * self.cache.len()).max(COMPACT_MIN);
+    }
+
+    /// UFIDs in the table (evicted ones too until it is compacted).
+    pub fn table_len(&self) -> usize {
+        self.cache.len()
     }
 
     /// Drops the oldest explanations beyond [`Self::max_explained`] (counted). A UFID evicted

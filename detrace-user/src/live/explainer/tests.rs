@@ -342,6 +342,53 @@ fn explanations_are_bounded_and_evictions_counted() {
     assert_eq!(cache.explained().count(), 3);
 }
 
+/// Flows come and go for hours: the table holds what is kept (explanations up to the bound,
+/// queued UFIDs, failures until their retry time), not every UFID met since the start.
+#[test]
+fn the_table_forgets_evicted_and_expired_failures() {
+    let (mut cache, _calls) = busy_cache(1e9);
+    cache.max_explained = 100;
+    let u = |n: u128| Uuid(n << 64 | 7);
+    let mut most = 0;
+    for n in 1..=50_000 {
+        assert!(matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
+        most = most.max(cache.table_len());
+    }
+    assert_eq!(cache.stats.evicted, 50_000 - 100);
+    assert!(most <= 2 * COMPACT_MIN + 1, "table reached {most} UFIDs");
+    // The newest explanations are still there, the evicted ones are not.
+    assert!(matches!(cache.peek(&u(50_000)), LookupRef::Explained(_)));
+    assert!(matches!(cache.peek(&u(49_901)), LookupRef::Explained(_)));
+    assert!(matches!(cache.peek(&u(1)), LookupRef::Pending));
+    assert_eq!(cache.explained().count(), 100);
+
+    // Failures: kept until their retry time, then forgotten at the next compaction.
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ovs = Vswitchd::new(Gone { calls }).unwrap();
+    let ovn = OvnReplicas::from_replicas(
+        Replica::new(SB_DB, SB_TABLES),
+        Replica::new(NB_DB, NB_TABLES),
+    );
+    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1e9);
+    let recent = Uuid(0xfeed << 64);
+    assert!(matches!(cache.lookup(recent), LookupRef::Failed { .. }));
+    cache.retry_after = Duration::ZERO;
+    for n in 1..=20_000 {
+        // Failed, or already forgotten (its retry time is now): never explained.
+        assert!(!matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
+    }
+    assert_eq!(cache.stats.failed, 20_001);
+    assert!(
+        cache.table_len() <= 2 * COMPACT_MIN + 1,
+        "{}",
+        cache.table_len()
+    );
+    assert!(
+        matches!(cache.peek(&recent), LookupRef::Failed { .. }),
+        "a failure before its retry time is kept"
+    );
+}
+
 /// The full chain is kept for recordings only; the summary either way.
 #[test]
 fn full_chain_only_when_kept() {

@@ -1,5 +1,6 @@
 //! The initramfs: busybox, the baked `/init` (xtask/guest/initramfs-init) and just the modules
-//! between the kernel and its root (virtio_blk, ext4: the Debian kernel has them as modules).
+//! between the kernel and its root (virtio_blk, ext4: the Debian kernels have them as modules;
+//! virtio_pci too in bookworm's 6.1, built in in trixie's 6.12, where modprobe says "builtin").
 
 use std::{
     fs,
@@ -31,7 +32,8 @@ pub fn build(
         .context("busybox not found (package busybox-static)")?;
     fs::copy(&busybox, dir.join("bin/busybox"))?;
     let mut order = Vec::new();
-    for m in ["virtio_blk", "ext4"] {
+    // virtio_pci first: virtio_blk finds no device before the PCI transport is there.
+    for m in ["virtio_pci", "virtio_blk", "ext4"] {
         add_module(k, kv, m, dir, &mut order)?;
     }
     if order.is_empty() {

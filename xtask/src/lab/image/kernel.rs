@@ -1,6 +1,6 @@
-//! trixie's 6.12 kernel (openvswitch.ko, kprobes, module BTF): the package, fetched with apt
-//! through a private state directory and cached as `kernel/linux-image-*.deb`, then unpacked
-//! into `vmlinuz` and the root filesystem's modules.
+//! The profile's kernel (trixie's 6.12 or bookworm's 6.1: openvswitch.ko, kprobes, module BTF):
+//! the package, fetched with apt through a private state directory and cached as
+//! `kernel/linux-image-*.deb`, then unpacked into `vmlinuz` and the root filesystem's modules.
 
 use std::{
     fs,
@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use super::{
     cache::{build_dir, file_name, verify_sidecar, write_sidecar},
     mounts::MountGuard,
-    rootfs::{SUITE, mirror},
+    rootfs::mirror,
 };
 use crate::{lab::paths::progress, util::run};
 
@@ -41,9 +41,9 @@ const PRUNED_MODULE_DIRS: &[&str] = &[
     "net/bluetooth",
 ];
 
-/// The trixie kernel package, fetched with apt through a private state directory so the host's
-/// apt configuration (bookworm) is never touched.
-pub fn ensure_deb(cache: &Path) -> anyhow::Result<PathBuf> {
+/// The kernel package of `suite`, fetched with apt through a private state directory so the
+/// host's apt configuration is never touched.
+pub fn ensure_deb(cache: &Path, suite: &str) -> anyhow::Result<PathBuf> {
     let dir = cache.join("kernel");
     fs::create_dir_all(&dir)?;
     if let Some(deb) = find_deb(&dir)? {
@@ -59,11 +59,11 @@ pub fn ensure_deb(cache: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     let t = Instant::now();
-    let apt = build_dir().join("apt-trixie");
-    // The private apt state (trixie lists, ~70 MB) is needed only for this download.
+    let apt = build_dir().join(format!("apt-{suite}"));
+    // The private apt state (the suite's lists, ~70 MB) is needed only for this download.
     let _apt_state = MountGuard::new(&apt);
-    let apt = PrivateApt::new(&apt)?;
-    progress("downloading the trixie kernel package");
+    let apt = PrivateApt::new(&apt, suite)?;
+    progress(&format!("downloading the {suite} kernel package"));
     let pkg = apt.kernel_package()?;
     run(apt
         .command("apt-get")
@@ -83,16 +83,17 @@ pub fn ensure_deb(cache: &Path) -> anyhow::Result<PathBuf> {
 /// apt with its sources, lists and cache under one directory of ours.
 struct PrivateApt {
     opts: Vec<String>,
+    suite: String,
 }
 
 impl PrivateApt {
-    fn new(apt: &Path) -> anyhow::Result<Self> {
+    fn new(apt: &Path, suite: &str) -> anyhow::Result<Self> {
         fs::create_dir_all(apt.join("lists/partial"))?;
         fs::create_dir_all(apt.join("cache/archives/partial"))?;
         fs::write(
             apt.join("sources.list"),
             format!(
-                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {SUITE} main\n",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {suite} main\n",
                 mirror()?
             ),
         )?;
@@ -107,7 +108,10 @@ impl PrivateApt {
             // The download lands in the cache under $HOME, which apt's _apt user cannot write.
             "APT::Sandbox::User=root".to_string(),
         ];
-        Ok(Self { opts })
+        Ok(Self {
+            opts,
+            suite: suite.to_string(),
+        })
     }
 
     fn command(&self, prog: &str) -> Command {
@@ -124,10 +128,11 @@ impl PrivateApt {
             .command("apt-get")
             .args(["update", "-q"])
             .output()
-            .context("apt-get update (trixie lists)")?;
+            .with_context(|| format!("apt-get update ({} lists)", self.suite))?;
         if !out.status.success() {
             bail!(
-                "apt-get update for the trixie kernel failed:\n{}",
+                "apt-get update for the {} kernel failed:\n{}",
+                self.suite,
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -142,7 +147,10 @@ impl PrivateApt {
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
             .find(|p| p.starts_with("linux-image-6"))
             .with_context(|| {
-                format!("linux-image-amd64 ({SUITE}) names no kernel package:\n{deps}")
+                format!(
+                    "linux-image-amd64 ({}) names no kernel package:\n{deps}",
+                    self.suite
+                )
             })?
             .to_string())
     }
@@ -160,10 +168,17 @@ fn find_deb(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 /// Unpacks the package into `k` and returns the kernel version (its one modules directory).
+/// Packages before the /usr merge (bookworm's) keep their modules under /lib/modules: they are
+/// moved to usr/lib/modules, where everything after (depmod -b, modprobe -d) looks.
 pub fn unpack(deb: &Path, k: &Path) -> anyhow::Result<String> {
     run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(k))
         .context("unpacking the kernel package")?;
-    single_entry(&k.join("usr/lib/modules"))
+    let (old, merged) = (k.join("lib/modules"), k.join("usr/lib/modules"));
+    if old.is_dir() && !merged.exists() {
+        fs::create_dir_all(k.join("usr/lib"))?;
+        fs::rename(&old, &merged).context("moving lib/modules to usr/lib/modules")?;
+    }
+    single_entry(&merged)
 }
 
 /// `vmlinuz` into the image, and the modules.dep the .deb does not ship (its postinst makes

@@ -1,8 +1,9 @@
-//! The guest image: a Debian trixie root filesystem and trixie's 6.12 kernel, turned into what
-//! QEMU boots: `vmlinuz`, `initrd.img` (busybox + the virtio_blk/ext4 modules the kernel needs
-//! to reach its root) and `rootfs.ext4`.
+//! The guest image of a profile: a Debian root filesystem (trixie or bookworm) and that release's
+//! kernel, turned into what QEMU boots: `vmlinuz`, `initrd.img` (busybox + the virtio_pci/
+//! virtio_blk/ext4 modules the kernel needs to reach its root) and `rootfs.ext4`.
 //!
-//! Everything lands in the cache (`~/.cache/detrace/lab`, or `$DETRACE_CACHE/lab`):
+//! Everything lands in the profile's cache (`~/.cache/detrace/lab`, or `$DETRACE_CACHE/lab`,
+//! for trixie; its `bookworm/` subdirectory for bookworm):
 //! - `rootfs-<key>.tar.zst`: the debootstrapped tree, keyed by suite + package list (rootfs.rs);
 //! - `kernel/linux-image-*.deb`: the kernel package as downloaded (kernel.rs);
 //! - `image-<key>/`: the bootable image, keyed by the rootfs key, the kernel package, the files
@@ -30,10 +31,13 @@ use sha2::{Digest as _, Sha256};
 use self::{
     cache::{build_dir, cache_root, ensure_free_space, file_name, hex, key},
     mounts::{MountGuard, safe_remove},
-    rootfs::{ROOTFS_PACKAGES, SUITE},
+    rootfs::ROOTFS_PACKAGES,
 };
 use crate::{
-    lab::paths::{guest_dir, progress},
+    lab::{
+        paths::{guest_dir, progress},
+        profile::Profile,
+    },
     util::workspace_root,
 };
 
@@ -62,14 +66,15 @@ impl Image {
     }
 }
 
-/// Returns a verified cached image, building whatever is missing or does not verify.
-pub fn ensure() -> anyhow::Result<Image> {
-    let cache = cache_root();
+/// Returns the profile's verified cached image, building whatever is missing or does not verify.
+pub fn ensure(profile: Profile) -> anyhow::Result<Image> {
+    let cache = profile.cache(cache_root());
     fs::create_dir_all(&cache)
         .with_context(|| format!("creating the cache {}", cache.display()))?;
 
-    let rootfs_key = key(&[SUITE, &ROOTFS_PACKAGES.join(","), BUILDER_VERSION]);
-    let kernel_deb = kernel::ensure_deb(&cache)?;
+    let suite = profile.name();
+    let rootfs_key = key(&[suite, &ROOTFS_PACKAGES.join(","), BUILDER_VERSION]);
+    let kernel_deb = kernel::ensure_deb(&cache, suite)?;
     let baked = baked_files()?;
     let image_key = image_key(&rootfs_key, &kernel_deb, &baked)?;
     let dir = cache.join(format!("image-{image_key}"));
@@ -86,7 +91,7 @@ pub fn ensure() -> anyhow::Result<Image> {
     }
     ensure_free_space(&cache, MIN_FREE_BYTES)?;
     ensure_free_space(&workspace_root().join("target"), MIN_FREE_BYTES)?;
-    let tarball = rootfs::ensure_tarball(&cache, &rootfs_key)?;
+    let tarball = rootfs::ensure_tarball(&cache, &rootfs_key, suite)?;
     let t = Instant::now();
     build_image(&tarball, &kernel_deb, &baked, &dir)?;
     progress(&format!(

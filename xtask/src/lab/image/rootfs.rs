@@ -1,6 +1,7 @@
-//! The guest's root filesystem: a debootstrapped Debian trixie (OVS 3.5 / OVN 25.03, the first
-//! Debian release whose OVS has `ofproto/detrace`), cached as `rootfs-<key>.tar.zst`, then
-//! unpacked, given the kernel's modules and the baked files, and made into `rootfs.ext4`.
+//! The guest's root filesystem: a debootstrapped Debian release (trixie: OVS 3.5 / OVN 25.03, the
+//! first Debian release whose OVS has `ofproto/detrace`; bookworm: OVS 3.1 / OVN 23.03), cached
+//! as `rootfs-<key>.tar.zst`, then unpacked, given the kernel's modules and the baked files, and
+//! made into `rootfs.ext4`.
 
 use std::{
     fs,
@@ -23,10 +24,9 @@ use crate::{
     util::{run, workspace_root},
 };
 
-pub const SUITE: &str = "trixie";
-
 /// What the guest needs: OVS/OVN, the netns plumbing and traffic tools, bpftool for poking at
-/// the kernel, python3 for the lab's tiny TCP servers, iperf3 for the datapath benchmark.
+/// the kernel, python3 for the lab's tiny TCP servers, iperf3 for the datapath benchmark. Every
+/// one exists under the same name in trixie and bookworm.
 pub const ROOTFS_PACKAGES: &[&str] = &[
     "openvswitch-switch",
     "openvswitch-common",
@@ -58,7 +58,7 @@ const STRIPPED_DIRS: &[&str] = &[
 ];
 
 /// The cached tarball for `rootfs_key`, debootstrapped when missing or when it does not verify.
-pub fn ensure_tarball(cache: &Path, rootfs_key: &str) -> anyhow::Result<PathBuf> {
+pub fn ensure_tarball(cache: &Path, rootfs_key: &str, suite: &str) -> anyhow::Result<PathBuf> {
     let tarball = cache.join(format!("rootfs-{rootfs_key}.tar.zst"));
     if tarball.exists() {
         match verify_sidecar(&tarball) {
@@ -74,7 +74,7 @@ pub fn ensure_tarball(cache: &Path, rootfs_key: &str) -> anyhow::Result<PathBuf>
     let _mounts = MountGuard::new(&root);
     safe_remove(&root)?;
     fs::create_dir_all(&root)?;
-    debootstrap(&root)?;
+    debootstrap(&root, suite)?;
     // debootstrap unmounts on success; on any other path the guard does.
     unmount_under(&root)?;
     strip(&root)?;
@@ -88,18 +88,18 @@ pub fn ensure_tarball(cache: &Path, rootfs_key: &str) -> anyhow::Result<PathBuf>
     Ok(tarball)
 }
 
-fn debootstrap(root: &Path) -> anyhow::Result<()> {
+fn debootstrap(root: &Path, suite: &str) -> anyhow::Result<()> {
     let mirror = mirror()?;
     let log = workspace_root().join("target/lab/debootstrap.log");
     progress(&format!(
-        "debootstrap {SUITE} with OVS/OVN (~60-90s, log {})",
+        "debootstrap {suite} with OVS/OVN (~60-90s, log {})",
         log.display()
     ));
     run_logged(
         Command::new("debootstrap")
             .args(["--variant=minbase", "--include"])
             .arg(ROOTFS_PACKAGES.join(","))
-            .arg(SUITE)
+            .arg(suite)
             .arg(root)
             .arg(&mirror),
         &log,

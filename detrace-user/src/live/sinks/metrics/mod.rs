@@ -300,6 +300,7 @@ pub struct Health {
     pub evicted: u64,
     pub events_lost: u64,
     pub ovs_reconnects: u64,
+    pub datapath_upcalls_lost: u64,
 }
 
 /// The exposition text of a ledger and the agent's health.
@@ -385,7 +386,7 @@ pub fn render(l: &Ledger, h: &Health) -> String {
 
 /// detrace's own health: counters of the explain stage and the event path.
 fn register_health(reg: &mut Registry, l: &Ledger, h: &Health) {
-    let health: [(&str, &str, u64); 8] = [
+    let health: [(&str, &str, u64); 9] = [
         ("explanations", "Flows explained", h.explained),
         (
             "explanations_after_expiry",
@@ -416,6 +417,11 @@ fn register_health(reg: &mut Registry, l: &Ledger, h: &Health) {
             "ovs_reconnects",
             "Reconnections to ovs-vswitchd after a restart",
             h.ovs_reconnects,
+        ),
+        (
+            "datapath_upcalls_lost",
+            "Upcalls the kernel datapath lost (ovs-vswitchd did not take them) since start",
+            h.datapath_upcalls_lost,
         ),
         (
             "unexplained_packets",
@@ -457,6 +463,7 @@ impl<A: Appctl> Sink<A> for MetricsSink {
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
         self.ledger.update(view, at.flows);
         let ex = &view.cache.stats;
+        let kernel = |c| at.kernel.map_or(0, |k| k.get(c));
         let h = Health {
             explained: ex.explained,
             after_expiry: ex.after_expiry,
@@ -464,10 +471,9 @@ impl<A: Appctl> Sink<A> for MetricsSink {
             ovs_requests: ex.ovs_requests,
             queued: view.cache.queued() as u64,
             evicted: ex.evicted,
-            events_lost: at
-                .kernel
-                .map_or(0, |k| k.get(detrace_common::Counter::EventsLost)),
+            events_lost: kernel(detrace_common::Counter::EventsLost),
             ovs_reconnects: view.cache.ovs_generation(),
+            datapath_upcalls_lost: kernel(detrace_common::Counter::DatapathLost),
         };
         let text = render(&self.ledger, &h);
         let mut p = self
