@@ -118,11 +118,11 @@ mod tests {
             }
             s.slot()
         };
-        // output:2 sends; nothing at all, ct_clear (31) only, an explicit drop, drop with error.
+        // output:2 sends; nothing at all, ct_clear (16) only, an explicit drop, drop with error.
         assert_eq!(scan(&[(1, 2)]), 0);
         assert_eq!(scan(&[]), 1);
-        assert_eq!(scan(&[(31, 0)]), 1);
-        assert_eq!(scan(&[(31, 0), (OVS_ACTION_ATTR_DROP, 0)]), 3);
+        assert_eq!(scan(&[(16, 0)]), 1);
+        assert_eq!(scan(&[(16, 0), (OVS_ACTION_ATTR_DROP, 0)]), 3);
         assert_eq!(scan(&[(OVS_ACTION_ATTR_DROP, 7)]), 4);
         // A kernel without drop reasons (6.1) frees them all as consumed: "no actions".
         assert_eq!(kernel_drop_slot(1, true), 14);
