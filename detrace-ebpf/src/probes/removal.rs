@@ -118,6 +118,16 @@ pub(super) fn flow_drop_slot(flow: u64) -> Result<u32, u32> {
     ))
 }
 
+/// The length of the flow's action list in bytes (0: no actions at all).
+#[inline(always)]
+pub(super) fn actions_len(flow: u64) -> Result<u32, u32> {
+    let acts: u64 = read(flow, conf!(off_flow_sf_acts))?;
+    if acts == 0 {
+        return Ok(0);
+    }
+    read(acts, conf!(off_acts_len))
+}
+
 /// The drop-reason slot of the flow's drop (0: its actions do not drop), walking its top-level
 /// actions as user space does ([`DropScan`]). A list longer than [`MAX_ACTIONS`] does not drop.
 #[inline(always)]

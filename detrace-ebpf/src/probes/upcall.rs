@@ -35,7 +35,7 @@ use detrace_common::{Counter, DROP_NO_ACTIONS, EventKind, ExecStats, FlowKey, Pa
 
 use super::{
     packet::{End, count_end, emit_end, events_enabled, matches, now, read, read_l4, read_pass},
-    removal::flow_drop_slot,
+    removal::{actions_len, flow_drop_slot},
 };
 use crate::maps::{
     CURRENT, Current, EXEC_STATS, PUT_MAX_AGE_NS, PUTS, Put, bump, conf, inflight_claim,
@@ -72,6 +72,19 @@ fn flow_insert(flow: u64) -> Result<u32, u32> {
     } else {
         0
     };
+    if drop_slot != 0 && actions_len(flow)? == 0 {
+        // ovs-vswitchd executes no packet whose actions are empty (ofproto-dpif-upcall.c
+        // handle_upcalls: an execute only `if (upcall->odp_actions.size)`): the packet whose
+        // miss installed this flow ended with its upcall. On a kernel without drop reasons,
+        // where an OVN drop is an empty action list, that is its drop, counted here against
+        // the flow as an executed one would be (its length is not known here: 0 bytes).
+        let _ = PUTS.remove(&thread);
+        bump(Counter::Drops);
+        bump(Counter::DropsAfterUpcall);
+        count_executed(&ufid, 0);
+        count_end(&ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        return Ok(0);
+    }
     let put = Put {
         ufid,
         recirc_id,
