@@ -24,6 +24,12 @@
 //! modified, or its install failed) takes no UFID: counted (`ExecutesWithoutPut`), not
 //! followed, as before. Both hooks run once per upcall, never per datapath pass.
 //!
+//! On a kernel without OVS drop reasons (before 6.4; `Config::no_drop_reasons`) an OVN drop is
+//! an empty action list, which ends as a consumed skb, not a drop: an executed packet whose
+//! installed flow drops is counted as dropped at its execute, and a flow installed with no
+//! actions at all (which ovs-vswitchd never executes a packet with) counts the packet that
+//! missed into it as dropped at the install.
+//!
 //! The execute hook runs in the handler thread's process context, before ovs_packet_cmd_execute
 //! disables bottom halves for ovs_execute_actions: its INFLIGHT entry is on the CPU it ran on.
 //! ovs_nla_copy_actions (a GFP_KERNEL allocation) runs in between; should the thread be
