@@ -1,6 +1,7 @@
 //! Upcalls the datapath loses: a miss whose packet the kernel could not hand to ovs-vswitchd
 //! (its netlink socket full, or no handler socket for the CPU: OVS 3.1.0 in per-CPU dispatch
-//! mode on a small machine) is dropped before anything, detrace included, explains it. The
+//! mode started early in boot, docs/lab.md) is dropped before anything, detrace included,
+//! explains it. The
 //! kernel counts them per datapath (`lookups: lost` of `ovs-dpctl show`); detrace reads that
 //! counter over netlink and reports what was lost while it ran, so that a user does not take
 //! the datapath's loss of every new flow's first packet for detrace's.
@@ -126,8 +127,9 @@ impl LossWarning {
             "detrace: the kernel datapath lost {} upcalls ({} since detrace started; \
              `ovs-dpctl show`: lookups lost): those packets were dropped before ovs-vswitchd, \
              or detrace, saw them. ovs-vswitchd is not taking its upcalls (stopped, overloaded, \
-             or, with OVS 3.1.0 in per-CPU dispatch mode, too few handler threads: set \
-             other_config:n-handler-threads before it starts)",
+             or an OVS 3.1.0 in per-CPU dispatch mode started in the first seconds of boot, \
+             whose handlers never came up: `ovs-vswitchd` logs \"Overriding n-handler-threads \
+             to 0\"; restarting it helps)",
             lost - self.said,
             lost
         );
