@@ -1,10 +1,9 @@
 //! Upcalls the datapath loses: a miss whose packet the kernel could not hand to ovs-vswitchd
 //! (its netlink socket full, or no handler socket for the CPU: OVS 3.1.0 in per-CPU dispatch
 //! mode started early in boot, docs/lab.md) is dropped before anything, detrace included,
-//! explains it. The
-//! kernel counts them per datapath (`lookups: lost` of `ovs-dpctl show`); detrace reads that
-//! counter over netlink and reports what was lost while it ran, so that a user does not take
-//! the datapath's loss of every new flow's first packet for detrace's.
+//! explains it. The kernel counts them per datapath (`lookups: lost` of `ovs-dpctl show`);
+//! detrace reads that counter over netlink and reports what was lost while it ran, so that a
+//! user does not take the datapath's loss of every new flow's first packet for detrace's.
 
 use std::time::{Duration, Instant};
 
