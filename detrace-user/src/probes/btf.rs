@@ -402,6 +402,17 @@ mod tests {
         }
     }
 
+    /// 6.12 has OVS drop reasons (net/openvswitch/drop.h): the probes leave drops to
+    /// skb:kfree_skb there (6.1's module has no such enum: probes/config.rs).
+    #[test]
+    fn lab_kernel_has_ovs_drop_reasons() {
+        let btf = lab_btf();
+        assert_eq!(btf.split_enum("ovs_drop_reason").ok(), Some(true));
+        assert_eq!(btf.split_enum("no_such_enum").ok(), Some(false));
+        // vmlinux's own enums are not the module's.
+        assert_eq!(btf.split_enum("skb_drop_reason").ok(), Some(false));
+    }
+
     #[test]
     fn lab_kernel_offsets() {
         let btf = lab_btf();
