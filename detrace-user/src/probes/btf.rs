@@ -250,20 +250,27 @@ impl Btf {
         Err(malformed(format!("type chain too long at id {id}")))
     }
 
-    fn size_of(&self, id: u32) -> Result<u32, BtfError> {
-        let t = self.resolve(id)?;
-        Ok(match t.kind {
-            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
-                t.size_type
-            }
-            KIND_PTR => 8,
-            KIND_ARRAY => {
-                let elem = u32_at(t.d, t.off + 12)?;
-                let n = u32_at(t.d, t.off + 20)?;
-                self.size_of(elem)?.saturating_mul(n)
-            }
-            k => return Err(malformed(format!("no size for a type of kind {k}"))),
-        })
+    /// Size in bytes of type `id`. Arrays of arrays are walked in a loop with a bound, so a
+    /// malformed blob whose array is its own element type is an error, not a stack overflow.
+    fn size_of(&self, mut id: u32) -> Result<u32, BtfError> {
+        let mut count: u32 = 1;
+        for _ in 0..32 {
+            let t = self.resolve(id)?;
+            let size = match t.kind {
+                KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                    t.size_type
+                }
+                KIND_PTR => 8,
+                KIND_ARRAY => {
+                    id = u32_at(t.d, t.off + 12)?;
+                    count = count.saturating_mul(u32_at(t.d, t.off + 20)?);
+                    continue;
+                }
+                k => return Err(malformed(format!("no size for a type of kind {k}"))),
+            };
+            return Ok(size.saturating_mul(count));
+        }
+        Err(malformed(format!("array chain too long at id {id}")))
     }
 
     /// Finds `name` among the members of struct/union `id`, looking inside anonymous members.
@@ -297,7 +304,14 @@ impl Btf {
             if m_name.is_empty()
                 && let Some((inner, ty)) = self.find_in(m_type, name, depth + 1)?
             {
-                return Ok(Some((inner.saturating_add(bit_off), ty)));
+                // u32::MAX marks a bit field found inside: kept as the marker.
+                let off = if inner == u32::MAX {
+                    Some(inner)
+                } else {
+                    inner.checked_add(bit_off).filter(|&o| o != u32::MAX)
+                }
+                .ok_or_else(|| malformed(format!("member {name} offset overflows")))?;
+                return Ok(Some((off, ty)));
             }
         }
         Ok(None)
@@ -353,7 +367,9 @@ impl Btf {
                     path: path.to_string(),
                 });
             }
-            bits += off;
+            bits = bits
+                .checked_add(off)
+                .ok_or_else(|| malformed(format!("{ty}.{path} offset overflows")))?;
             id = m_type;
         }
         Ok(Member {
@@ -529,5 +545,85 @@ mod tests {
             Btf::parse(vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0]),
             Err(BtfError::Malformed { .. })
         ));
+    }
+
+    /// A member path whose bit offsets add past u32 is malformed BTF, not an overflow panic
+    /// (found by the btf fuzz target in CI): the lab module's anonymous union holding
+    /// sw_flow_key.ipv4 moved to bit 0xffff_fff0, so adding addr.dst's 32 bits overflows.
+    #[test]
+    fn member_offsets_that_overflow_are_malformed() {
+        let read = |name: &str| std::fs::read(format!("{FIXTURES}/{name}")).expect(name);
+        let mut vmlinux = Vec::new();
+        ruzstd::decoding::StreamingDecoder::new(&read("vmlinux-6.12.117.btf.zst")[..])
+            .expect("zstd frame")
+            .read_to_end(&mut vmlinux)
+            .expect("decompressing vmlinux BTF");
+        let mut module = read("openvswitch-6.12.117.btf");
+        let btf = Btf::parse_split(vmlinux.clone(), module.clone()).expect("lab BTF");
+        let key = btf.find_struct("sw_flow_key").expect("sw_flow_key");
+        let t = btf.ty(key).expect("type");
+        assert!(!t.kind_flag, "sw_flow_key has plain offsets");
+        let union = (0..t.vlen)
+            .map(|i| t.off + 12 + 12 * i)
+            .find(|&m| {
+                btf.name(u32_at(t.d, m).unwrap()).unwrap().is_empty()
+                    && btf
+                        .find_in(u32_at(t.d, m + 4).unwrap(), "ipv4", 0)
+                        .unwrap()
+                        .is_some()
+            })
+            .expect("the anonymous union holding ipv4");
+        module[union + 8..union + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let patched = Btf::parse_split(vmlinux, module).expect("patched BTF");
+        let e = patched.member("sw_flow_key", "ipv4.addr.dst").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed BTF (sw_flow_key.ipv4.addr.dst offset overflows)"
+        );
+        // The path up to the overflow still reads.
+        assert_eq!(
+            patched
+                .member("sw_flow_key", "ipv4.addr.src")
+                .map(|m| m.offset)
+                .ok(),
+            Some(0xffff_fff0 / 8)
+        );
+    }
+
+    /// Inputs the btf fuzz target crashed on (kept in tests/fixtures/fuzz/btf/): arrays that
+    /// are their own element type, through typedefs (unbounded recursion in `size_of`, a
+    /// stack overflow). Both are now malformed BTF.
+    #[test]
+    fn fuzz_crashes_are_malformed() {
+        for (file, path) in [
+            ("crash-629455b6385d5f3dd3727d1675719e2504ff5332", "first"),
+            ("crash-4cfcf1690a9d7b77cd876d3c4b0edfc3e3467f78", "second"),
+        ] {
+            let data = std::fs::read(format!("{FIXTURES}/../fuzz/btf/{file}")).expect(file);
+            let mut errors = Vec::new();
+            let mut probe = |btf: &Btf| {
+                for (ty, p) in [
+                    ("sw_flow", "id"),
+                    ("sw_flow_key", "phy.in_port"),
+                    ("sw_flow_key", "ipv4.addr.src"),
+                    ("sk_buff", "len"),
+                ] {
+                    if let Err(e @ BtfError::Malformed { .. }) = btf.member(ty, p) {
+                        errors.push(e.to_string());
+                    }
+                }
+            };
+            if let Ok(btf) = Btf::parse(data.clone()) {
+                probe(&btf);
+            }
+            let (head, rest) = data.split_first_chunk::<4>().expect("4 bytes");
+            let at = u32::from_le_bytes(*head) as usize % (rest.len() + 1);
+            let (base, split) = rest.split_at(at);
+            if let Ok(btf) = Btf::parse_split(base.to_vec(), split.to_vec()) {
+                probe(&btf);
+            }
+            eprintln!("{path}: {errors:?}");
+            assert!(!errors.is_empty(), "{path}: no malformed error");
+        }
     }
 }
