@@ -297,6 +297,13 @@ const _: () = assert!(size_of::<Event>() == 112);
 /// datapath pass of it was seen since.
 pub const EVENT_AFTER_UPCALL: u32 = 1 << 0;
 
+/// [`Event::flags`], with [`EVENT_AFTER_UPCALL`], on a drop decided at a flow's install: on a
+/// kernel without OVS drop reasons, a flow installed with no actions ends the packet whose
+/// miss installed it (ovs-vswitchd executes nothing). The event carries the flow's UFID,
+/// recirc_id and input port, and its masked key as `key` (wildcarded fields zero); `skb` is 0.
+/// User space joins it to the trip that ended in that miss.
+pub const EVENT_AT_INSTALL: u32 = 1 << 1;
+
 /// Packets ovs-vswitchd executed with a flow's actions after the upcall that installed it
 /// (hash map [`FlowKey`] -> [`ExecStats`]): the kernel's per-flow counters never see them.
 pub const MAP_EXEC_STATS: &str = "EXEC_STATS";

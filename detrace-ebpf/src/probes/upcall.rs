@@ -28,7 +28,8 @@
 //! an empty action list, which ends as a consumed skb, not a drop: an executed packet whose
 //! installed flow drops is counted as dropped at its execute, and a flow installed with no
 //! actions at all (which ovs-vswitchd never executes a packet with) counts the packet that
-//! missed into it as dropped at the install.
+//! missed into it as dropped at the install, and (when events are on) says so with an event
+//! marked [`EVENT_AT_INSTALL`] that user space joins to the trip that ended in that miss.
 //!
 //! The execute hook runs in the handler thread's process context, before ovs_packet_cmd_execute
 //! disables bottom halves for ovs_execute_actions: its INFLIGHT entry is on the CPU it ran on.
@@ -37,10 +38,16 @@
 //! counted (as before this hook existed).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid};
-use detrace_common::{Counter, DROP_NO_ACTIONS, EventKind, ExecStats, FlowKey, PacketKey};
+use detrace_common::{
+    Counter, DROP_NO_ACTIONS, EVENT_AFTER_UPCALL, EVENT_AT_INSTALL, EventKind, ExecStats, FlowKey,
+    PacketKey,
+};
 
 use super::{
-    packet::{End, count_end, emit_end, events_enabled, matches, now, read, read_l4, read_pass},
+    packet::{
+        End, count_end, cpu, emit, emit_end, events_enabled, matches, now, read, read_key, read_l4,
+        read_pass, scratch_event,
+    },
     removal::{actions_len, flow_drop_slot},
 };
 use crate::maps::{
@@ -89,6 +96,24 @@ fn flow_insert(flow: u64) -> Result<u32, u32> {
         bump(Counter::DropsAfterUpcall);
         count_executed(&ufid, 0);
         count_end(&ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        if events_enabled() {
+            // Not filtered here (the masked key may lack the fields a filter names): user
+            // space joins it to the held trip that went up, which was.
+            let ev = scratch_event()?;
+            read_key(flow + u64::from(conf!(off_flow_key)), &mut ev.key)?;
+            ev.kind = EventKind::Drop as u32;
+            ev.cpu = cpu();
+            ev.ts_ns = now();
+            ev.skb = 0;
+            ev.ufid = ufid;
+            ev.recirc_id = recirc_id;
+            ev.in_port = in_port;
+            ev.reason = DROP_NO_ACTIONS;
+            ev.len = 0;
+            ev.latency_ns = 0;
+            ev.flags = EVENT_AFTER_UPCALL | EVENT_AT_INSTALL;
+            emit(ev);
+        }
         return Ok(0);
     }
     let put = Put {

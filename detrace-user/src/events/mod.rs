@@ -9,7 +9,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use detrace_common::{EVENT_AFTER_UPCALL, Event, EventKind, OVS_DROP_REASON_BASE};
+use detrace_common::{
+    EVENT_AFTER_UPCALL, EVENT_AT_INSTALL, Event, EventKind, OVS_DROP_REASON_BASE,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::uuid::Uuid;
@@ -124,6 +126,11 @@ pub struct PacketEvent {
     /// drop, output, upcall). Absent in recordings made before it existed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub after_upcall: bool,
+    /// A drop decided at the install of a flow with no actions (kernels without OVS drop
+    /// reasons; [`detrace_common::EVENT_AT_INSTALL`]): no skb (0), `packet` is the flow's
+    /// masked key (wildcarded fields zero), `len` 0. It ends the trip that missed into it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub at_install: bool,
 }
 
 pub(crate) fn is_false(v: &bool) -> bool {
@@ -176,6 +183,7 @@ impl PacketEvent {
             latency_ns: e.latency_ns,
             packet: Packet::from_wire(&e.key),
             after_upcall: e.flags & EVENT_AFTER_UPCALL != 0,
+            at_install: e.flags & EVENT_AT_INSTALL != 0,
         })
     }
 

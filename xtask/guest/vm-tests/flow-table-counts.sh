@@ -76,10 +76,20 @@ snap() { ovs-appctl dpctl/dump-flows -m > "$T/snap.$1"; }
 # After a flush ovs-vswitchd keeps its own record of each flow (ukey) until a revalidator round
 # notices the flow has gone; until then a packet that misses is executed without installing
 # anything (not followed by any probe). Let that settle: two whole revalidator rounds (the
-# first may have begun before the flush), then a second (OVS 3.1's rounds come further apart
-# than 3.5's: a fixed wait was not enough there).
+# first may have begun before the flush), then a second.
+# OVS 3.1.0 (bookworm) never notices: after `ovs-dpctl del-flows` it went on executing every
+# packet of the flushed flows from userspace without reinstalling them (measured: the
+# recreated UFIDs counted 0 in the kernel after two revalidator rounds; detrace said so as
+# "executes without an install"). Its flush is therefore the one ovs-vswitchd knows of,
+# `revalidator/purge` (each flow deleted by UFID, its ukey with it): the same mid-interval
+# deletions in the kernel, which the removal probe must catch the same way.
 flush() {
-  snap "$1"; ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+  snap "$1"
+  if [ "${DETRACE_PROFILE:-trixie}" = bookworm ]; then
+    ovs-appctl revalidator/purge || fail "revalidator/purge"
+  else
+    ovs-dpctl del-flows || fail "ovs-dpctl del-flows"
+  fi
   ovs-appctl revalidator/wait && ovs-appctl revalidator/wait || fail "revalidator/wait"
   sleep 1
 }

@@ -70,19 +70,25 @@ for i in $(seq 40); do
     && [ "$(metric detrace_object_packets_total 'name="Service_serve/web_UDP_cluster"')" = 11 ] && break
   sleep 0.5
 done
+BEFORE=$(metric detrace_drops_total 'culprit="serve-drop-7790"')
 # ovs-vswitchd restarted under the agent: it reconnects, and what comes after still counts.
 pid=$(cat /var/run/openvswitch/ovs-vswitchd.pid)
 kill $pid; for i in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 ovs-vswitchd -vconsole:off --pidfile --log-file --detach || fail "restarting ovs-vswitchd"
 ovn-nbctl --wait=hv sync >/dev/null
+# The packets after the restart one by one, for the log when a count is off.
+"$D" watch --ready --format json --duration 15 --port 7790 >$T/w.out 2>$T/w.err &
+W=$!
+for i in $(seq 150); do grep -q '^ready' $T/w.out && break; sleep 0.1; done
 send $SERVER 7790 5
 sleep 7  # a few report intervals: every flow explained and attributed
 scrape /metrics >$T/metrics
+kill -INT $W 2>/dev/null; wait $W
 [ "$(scrape /healthz)" = ok ] || fail "/healthz: $(scrape /healthz)"
 scrape /nope | grep -q 'HTTP 404' || fail "/nope was not a 404"
 kill -0 $P 2>/dev/null || fail "serve exited: $(cat $T/s.err)"
 
-python3 - $T/metrics <<'PY' || fail "metrics: $(grep -vE '^#|object_(bytes|drops)' $T/metrics); $(cat $T/s.err); flows: $(ovs-appctl dpctl/dump-flows | grep -E '10.244.1.61|dst=5100')"
+python3 - $T/metrics <<'PY' || fail "drops before the restart: $BEFORE of 14; coverage: $(ovs-appctl coverage/show | grep -E 'upcall|ukey|revalidat|dumped|handler_duplicate|flow_put|flow_del' | tr -s ' ' | tr '\n' ';'); watch after the restart: $(grep -v '^ready' $T/w.out | cut -c1-600 | tr '\n' ';') $(tail -3 $T/w.err | tr '\n' ';'); serve errors: $(grep -i 'fail\|error\|unexpl' $T/s.err | tail -5); vswitchd warnings: $(grep -E 'WARN|ERR' /var/log/openvswitch/ovs-vswitchd.log | tail -8); metrics: $(grep -vE '^#|object_(bytes|drops)' $T/metrics); $(cat $T/s.err); flows: $(ovs-appctl dpctl/dump-flows | grep -E '10.244.1.61|dst=5100')"
 import os, re, sys
 text = open(sys.argv[1]).read()
 def value(metric, **labels):

@@ -92,8 +92,8 @@ pub struct PathAssembler {
     timeout_ns: u64,
     pub stats: AssemblyStats,
     /// Traces ended by a miss upcall, waiting for their continuation (FIFO per key: packets
-    /// of one flow come back in the order they went up).
-    held: FastMap<HoldKey, VecDeque<PacketTrace>>,
+    /// of one flow come back in the order they went up), each with the recirc_id it missed at.
+    held: FastMap<HoldKey, VecDeque<(PacketTrace, u32)>>,
     /// Held keys in the order they were held, with the time: for release.
     held_order: VecDeque<(HoldKey, u64)>,
     held_len: usize,
@@ -213,6 +213,10 @@ impl PathAssembler {
             .get(&e.skb)
             .and_then(|o| o.trace.passes.last())
             .is_some_and(|p| p.executed);
+        if e.at_install {
+            self.install_drop(e, verdict, out);
+            return;
+        }
         if e.after_upcall && !opened_by_execute {
             self.after_upcall(e, verdict, out);
             return;
@@ -224,6 +228,7 @@ impl PathAssembler {
                 self.hold(
                     o.trace,
                     (e.in_port, e.packet.clone()),
+                    e.recirc_id,
                     verdict,
                     latency,
                     out,
@@ -255,7 +260,14 @@ impl PathAssembler {
                     after_upcall: false,
                 };
                 if miss {
-                    self.hold(t, (e.in_port, e.packet.clone()), verdict, e.latency_ns, out);
+                    self.hold(
+                        t,
+                        (e.in_port, e.packet.clone()),
+                        e.recirc_id,
+                        verdict,
+                        e.latency_ns,
+                        out,
+                    );
                 } else {
                     self.finish(t, verdict, e.latency_ns, out);
                 }

@@ -221,6 +221,75 @@ fn an_execute_continues_the_trip_that_went_up() {
     assert_eq!((a.held_len(), a.open_len(), a.stats.traces), (0, 0, 2));
 }
 
+/// On a kernel without OVS drop reasons a flow installed with no actions ends the packet
+/// whose miss installed it (nothing is executed): the install's event (no skb, the flow's
+/// masked key) ends the oldest held trip that missed at its input port and recirc_id with
+/// fields the masked key agrees with.
+#[test]
+fn a_drop_at_install_ends_the_trip_that_missed_into_the_flow() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let ip = |d: u8| Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, d)));
+    let mut a = PathAssembler::new(16, 1_000_000_000);
+    let mut out = Vec::new();
+    // Three packets go up: A and B at recirc 5 of port 3 (A first, to .42; B to .43), C like
+    // A but from port 4.
+    a.push(&ev(EventKind::Pass, 1, 100, 0xa, 0, 0), &mut out);
+    a.push(&ev(EventKind::Upcall, 1, 110, 0xa, 0x5, 1), &mut out);
+    let mut pass_b = ev(EventKind::Pass, 2, 120, 0xa, 0, 0);
+    pass_b.packet.dst = ip(43);
+    a.push(&pass_b, &mut out);
+    let mut up_b = ev(EventKind::Upcall, 2, 130, 0xa, 0x5, 1);
+    up_b.packet.dst = ip(43);
+    a.push(&up_b, &mut out);
+    let mut up_c = ev(EventKind::Upcall, 3, 140, 0, 0x5, 1);
+    up_c.in_port = 4;
+    a.push(&up_c, &mut out);
+    assert_eq!((out.len(), a.held_len()), (0, 3));
+    let install = |ts: u64, ufid: u32, recirc: u32, dst: Option<IpAddr>| {
+        let mut e = ev(EventKind::Drop, 0, ts, ufid, recirc, 0x3000e);
+        e.after_upcall = true;
+        e.at_install = true;
+        e.len = 0;
+        e.latency_ns = 0;
+        // The masked key: source and ports wildcarded.
+        e.packet.src = Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        e.packet.sport = 0;
+        e.packet.dport = 0;
+        e.packet.dst = dst;
+        e
+    };
+    // A flow for .43 at recirc 5: B's, although A went up first.
+    a.push(&install(200, 0xd, 0x5, ip(43)), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let t = &out[0];
+    assert_eq!(t.packet.dst, ip(43));
+    assert_eq!(
+        t.verdict,
+        Verdict::Drop {
+            reason: 0x3000e,
+            reason_name: "no actions".into()
+        }
+    );
+    assert!(t.after_upcall);
+    let path: Vec<(u32, bool)> = t
+        .passes
+        .iter()
+        .map(|p| ((p.ufid.0 >> 96) as u32, p.executed))
+        .collect();
+    assert_eq!(path, vec![(0xa, false), (0xd, true)]);
+    assert_eq!(t.passes[1].packet.dst, ip(43), "the packet as it went up");
+    assert_eq!(t.latency_ns, 80);
+    // No trip missed at recirc 6 of port 3: nothing ends, nothing is held longer.
+    a.push(&install(210, 0xd, 0x6, None), &mut out);
+    assert_eq!((out.len(), a.held_len(), a.stats.orphan_ends), (1, 2, 0));
+    // A flow that wildcards every field: the oldest of port 3 at recirc 5 (A, not C).
+    a.push(&install(220, 0xd, 0x5, None), &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[1].packet.dst, out[1].in_port), (ip(42), 3));
+    assert_eq!(a.held_len(), 1, "C is still held");
+    assert_eq!(a.open_len(), 0);
+}
+
 #[test]
 fn misses_orphans_reuse_timeouts_and_bounds() {
     let mut a = PathAssembler::new(2, 1000);

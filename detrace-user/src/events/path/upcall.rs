@@ -19,6 +19,7 @@ impl PathAssembler {
         &mut self,
         mut t: PacketTrace,
         key: HoldKey,
+        miss_recirc: u32,
         verdict: Verdict,
         latency_ns: u64,
         out: &mut Vec<PacketTrace>,
@@ -29,14 +30,17 @@ impl PathAssembler {
             self.release_oldest(out);
         }
         self.held_order.push_back((key.clone(), t.ts_ns));
-        self.held.entry(key).or_default().push_back(t);
+        self.held
+            .entry(key)
+            .or_default()
+            .push_back((t, miss_recirc));
         self.held_len += 1;
     }
 
     /// The oldest held trace of `key`, if any.
     pub(super) fn take_held(&mut self, key: &HoldKey) -> Option<PacketTrace> {
         let q = self.held.get_mut(key)?;
-        let t = q.pop_front()?;
+        let (t, _) = q.pop_front()?;
         if q.is_empty() {
             self.held.remove(key);
         }
@@ -47,7 +51,11 @@ impl PathAssembler {
     fn release_oldest(&mut self, out: &mut Vec<PacketTrace>) -> Option<u64> {
         while let Some((key, ts)) = self.held_order.pop_front() {
             // Entries of traces taken by a continuation are stale: skip them.
-            let front = self.held.get(&key).and_then(|q| q.front()).map(|t| t.ts_ns);
+            let front = self
+                .held
+                .get(&key)
+                .and_then(|q| q.front())
+                .map(|t| t.0.ts_ns);
             if front == Some(ts)
                 && let Some(t) = self.take_held(&key)
             {
@@ -63,7 +71,12 @@ impl PathAssembler {
     /// come).
     pub(super) fn release_held_before(&mut self, now_ns: u64, out: &mut Vec<PacketTrace>) {
         while let Some((key, ts)) = self.held_order.front() {
-            let live = self.held.get(key).and_then(|q| q.front()).map(|t| t.ts_ns) == Some(*ts);
+            let live = self
+                .held
+                .get(key)
+                .and_then(|q| q.front())
+                .map(|t| t.0.ts_ns)
+                == Some(*ts);
             if live && now_ns.saturating_sub(*ts) < HOLD_NS {
                 break;
             }
@@ -125,11 +138,58 @@ impl PathAssembler {
         // Its actions may have recirculated it into another miss: then it goes up again, and
         // its trip goes on after that upcall too.
         if e.kind == Kind::Upcall && e.reason == CMD_MISS {
-            self.hold(t, (e.in_port, e.packet.clone()), verdict, latency, out);
+            self.hold(
+                t,
+                (e.in_port, e.packet.clone()),
+                e.recirc_id,
+                verdict,
+                latency,
+                out,
+            );
         } else {
             t.after_upcall = true;
             self.finish(t, verdict, latency, out);
         }
+    }
+
+    /// A drop decided at the install of a flow with no actions (a kernel without OVS drop
+    /// reasons; `e.at_install`): ovs-vswitchd executes nothing, so the packet whose miss
+    /// installed the flow ended with its upcall. Its trip is the oldest held one that missed
+    /// at the flow's input port and recirc_id with fields the flow's masked key agrees with;
+    /// it ends through the flow. Without one (the packet was filtered out, or went up before
+    /// the run) the event is dropped: the kernel counted the drop against the flow already.
+    pub(super) fn install_drop(
+        &mut self,
+        e: &PacketEvent,
+        verdict: Verdict,
+        out: &mut Vec<PacketTrace>,
+    ) {
+        let Some(ufid) = e.ufid else {
+            self.stats.orphan_ends += 1;
+            return;
+        };
+        let key = self
+            .held
+            .iter()
+            .filter_map(|(k, q)| q.front().map(|(t, recirc)| (k, t.ts_ns, *recirc)))
+            .filter(|&(k, _, recirc)| {
+                k.0 == e.in_port && recirc == e.recirc_id && agrees(&e.packet, &k.1)
+            })
+            .min_by_key(|&(_, ts, _)| ts)
+            .map(|(k, _, _)| k.clone());
+        let Some((packet, mut t)) = key.and_then(|k| self.take_held(&k).map(|t| (k.1, t))) else {
+            return;
+        };
+        t.passes.push(Pass {
+            ufid,
+            recirc_id: e.recirc_id,
+            ts_ns: e.ts_ns,
+            packet,
+            executed: true,
+        });
+        t.after_upcall = true;
+        let latency = e.ts_ns.saturating_sub(t.ts_ns);
+        self.finish(t, verdict, latency, out);
     }
 
     /// A packet executed by ovs-vswitchd (an execute or an end marked after-upcall): its trip
@@ -181,4 +241,20 @@ impl PathAssembler {
             },
         })
     }
+}
+
+/// Whether a flow's masked key (`masked`: wildcarded fields read as zero) agrees with the
+/// packet `p`: every field the mask kept is the packet's.
+fn agrees(masked: &Packet, p: &Packet) -> bool {
+    let ip = |m: Option<std::net::IpAddr>, v: Option<std::net::IpAddr>| match m {
+        None => true,
+        Some(a) if a.is_unspecified() => true,
+        Some(a) => Some(a) == v,
+    };
+    ip(masked.src, p.src)
+        && ip(masked.dst, p.dst)
+        && (masked.sport == 0 || masked.sport == p.sport)
+        && (masked.dport == 0 || masked.dport == p.dport)
+        && (masked.proto == 0 || masked.proto == p.proto)
+        && (masked.eth_type == 0 || masked.eth_type == p.eth_type)
 }
