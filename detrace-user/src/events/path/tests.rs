@@ -260,6 +260,7 @@ fn a_drop_at_install_ends_the_trip_that_missed_into_the_flow() {
     };
     // A flow for .43 at recirc 5: B's, although A went up first.
     a.push(&install(200, 0xd, 0x5, ip(43)), &mut out);
+
     assert_eq!(out.len(), 1, "{out:?}");
     let t = &out[0];
     assert_eq!(t.packet.dst, ip(43));
@@ -282,10 +283,25 @@ fn a_drop_at_install_ends_the_trip_that_missed_into_the_flow() {
     // No trip missed at recirc 6 of port 3: nothing ends, nothing is held longer.
     a.push(&install(210, 0xd, 0x6, None), &mut out);
     assert_eq!((out.len(), a.held_len(), a.stats.orphan_ends), (1, 2, 0));
+    // A flow matching 10.244.2.0/24 (a prefix mask): D's, to 10.244.2.5, not A's.
+    let mut up_d = ev(EventKind::Upcall, 4, 150, 0, 0x5, 1);
+    up_d.packet.dst = Some(IpAddr::V4(Ipv4Addr::new(10, 244, 2, 5)));
+    a.push(&up_d, &mut out);
+    a.push(
+        &install(
+            215,
+            0xd,
+            0x5,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 244, 2, 0))),
+        ),
+        &mut out,
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[1].packet.dst, up_d.packet.dst);
     // A flow that wildcards every field: the oldest of port 3 at recirc 5 (A, not C).
     a.push(&install(220, 0xd, 0x5, None), &mut out);
-    assert_eq!(out.len(), 2);
-    assert_eq!((out[1].packet.dst, out[1].in_port), (ip(42), 3));
+    assert_eq!(out.len(), 3);
+    assert_eq!((out[2].packet.dst, out[2].in_port), (ip(42), 3));
     assert_eq!(a.held_len(), 1, "C is still held");
     assert_eq!(a.open_len(), 0);
 }

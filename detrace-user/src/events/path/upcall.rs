@@ -1,6 +1,8 @@
 //! The packet ovs-vswitchd sends back after an upcall: a trace that ended in a miss is held
 //! for its continuation (see the module doc of [`super`]).
 
+use std::net::IpAddr;
+
 use super::{Open, PacketTrace, Pass, PathAssembler};
 use crate::events::{Kind, Packet, PacketEvent, Verdict};
 
@@ -243,18 +245,25 @@ impl PathAssembler {
     }
 }
 
-/// Whether a flow's masked key (`masked`: wildcarded fields read as zero) agrees with the
-/// packet `p`: every field the mask kept is the packet's.
+/// Whether a flow's masked key (`masked`: each field the packet's ANDed with the flow's mask,
+/// which the event does not carry) can be the packet `p`'s: every bit set in a masked field
+/// is set in the packet's. Masks are often prefixes (an address matched as a /24), so an
+/// equality test would reject the packet that installed the flow.
 fn agrees(masked: &Packet, p: &Packet) -> bool {
-    let ip = |m: Option<std::net::IpAddr>, v: Option<std::net::IpAddr>| match m {
-        None => true,
-        Some(a) if a.is_unspecified() => true,
-        Some(a) => Some(a) == v,
+    fn within(m: &[u8], v: &[u8]) -> bool {
+        m.len() == v.len() && m.iter().zip(v).all(|(m, v)| m & v == *m)
+    }
+    let ip = |m: Option<IpAddr>, v: Option<IpAddr>| match (m, v) {
+        (None, _) => true,
+        (Some(m), _) if m.is_unspecified() => true,
+        (Some(IpAddr::V4(m)), Some(IpAddr::V4(v))) => within(&m.octets(), &v.octets()),
+        (Some(IpAddr::V6(m)), Some(IpAddr::V6(v))) => within(&m.octets(), &v.octets()),
+        _ => false,
     };
     ip(masked.src, p.src)
         && ip(masked.dst, p.dst)
-        && (masked.sport == 0 || masked.sport == p.sport)
-        && (masked.dport == 0 || masked.dport == p.dport)
-        && (masked.proto == 0 || masked.proto == p.proto)
+        && masked.sport & p.sport == masked.sport
+        && masked.dport & p.dport == masked.dport
+        && masked.proto & p.proto == masked.proto
         && (masked.eth_type == 0 || masked.eth_type == p.eth_type)
 }
