@@ -78,9 +78,9 @@ ovs-vswitchd -vconsole:off --pidfile --log-file --detach || fail "restarting ovs
 ovn-nbctl --wait=hv sync >/dev/null
 # The new daemon numbers its recirculations afresh while the old one's flows are still in the
 # kernel until its revalidators delete them: a packet recirculated by a new flow into an old
-# flow of the same recirc_id goes where that old flow sends it (OVS's doing, not detrace's;
-# seen once on OVS 3.1: 18 of 19 drops, 2 packets on flows that vanished unexplained). Let
-# two revalidator rounds clear them first.
+# flow of the same recirc_id goes where that old flow sends it (OVS's doing, not detrace's:
+# the likely cause of a run on OVS 3.1 that counted 18 of 19 drops, with 2 drops on flows that
+# vanished unexplained). Let two revalidator rounds clear them first.
 ovs-appctl revalidator/wait && ovs-appctl revalidator/wait || fail "revalidator/wait"
 # The packets after the restart one by one, for the log when a count is off.
 "$D" watch --ready --format json --duration 15 --port 7790 >$T/w.out 2>$T/w.err &
