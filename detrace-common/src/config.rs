@@ -108,5 +108,10 @@ pub struct Config {
     /// for an executed packet, from the flow installed for it) with reason
     /// [`crate::DROP_NO_ACTIONS`].
     pub no_drop_reasons: u32,
+    /// 1: counts come from the kernel's flow table (user space adds EXEC_STATS and derives a
+    /// dropping flow's drops from its actions): the execute and install hooks, which run in
+    /// ovs-vswitchd's process context, then write no FLOW_STATS entry (an insert there can
+    /// fail on a non-preallocated map, seen on 6.1, and would count nothing anyone reads).
+    pub flow_table: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 9);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 10);

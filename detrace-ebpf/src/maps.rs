@@ -55,6 +55,7 @@ pub static CONFIG: Config = Config {
     latency_sample: 0,
     matching_only: 0,
     no_drop_reasons: 0,
+    flow_table: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.

@@ -95,7 +95,9 @@ fn flow_insert(flow: u64) -> Result<u32, u32> {
         bump(Counter::Drops);
         bump(Counter::DropsAfterUpcall);
         count_executed(&ufid, 0);
-        count_end(&ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        if conf!(flow_table) == 0 {
+            count_end(&ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        }
         if events_enabled() {
             // Not filtered here (the masked key may lack the fields a filter names): user
             // space joins it to the held trip that went up, which was.
@@ -192,7 +194,9 @@ fn execute(skb: u64) -> Result<u32, u32> {
         e.skb = 0;
         bump(Counter::Drops);
         bump(Counter::DropsAfterUpcall);
-        count_end(&put.ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        if conf!(flow_table) == 0 {
+            count_end(&put.ufid, End::Drop(DROP_NO_ACTIONS, true), 0);
+        }
         if events_enabled() && e.matched != 0 {
             emit_end(EventKind::Drop, e, ts, DROP_NO_ACTIONS, len, 0)?;
         }

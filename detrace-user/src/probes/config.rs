@@ -182,6 +182,7 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
     cfg.rate_limit = opts.rate_limit;
     if opts.flow_table() {
         cfg.latency_sample = opts.latency_sample;
+        cfg.flow_table = 1;
     }
     cfg.matching_only = u32::from(opts.matching_only && opts.events);
     cfg.no_drop_reasons = u32::from(!has_ovs_drop_reasons(&btf)?);

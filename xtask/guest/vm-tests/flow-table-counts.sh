@@ -203,6 +203,7 @@ sleep 2
 flush c1
 # No warm-up: the first packet is dropped by ovs-vswitchd's execute of the installed drop flow.
 send $SERVER $DPORT $N2 1
+sleep 2  # read and explained before it goes, as above
 flush c2
 wait $P || fail "detrace drops exited $?: $(tail -5 $T/drops.err)"
 python3 - "$T/drops.out" "$ACL_UUID" $((N1 + N2)) <<'PY' || fail "drops: $(cat $T/drops.out; tail -3 $T/drops.err)"

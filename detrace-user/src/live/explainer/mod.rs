@@ -218,12 +218,19 @@ impl<A: Appctl> ExplainCache<A> {
         }
         self.refill();
         self.capture_if_behind();
+        // Settling waits for the xlate cache `ofproto/detrace` reads; an ovs-vswitchd without
+        // that command (before 3.4) re-translates the flow's match instead, which is there at
+        // once: waiting would only let a short-lived flow go before it is explained.
+        let settle = match &self.backend {
+            Backend::Live { ovs, .. } if !ovs.has_detrace() => Duration::ZERO,
+            _ => self.settle,
+        };
         while self.budget >= 2.0 {
             // First seen, first explained: the rest is younger still.
             if self
                 .queue
                 .front()
-                .is_none_or(|(_, seen)| seen.elapsed() < self.settle)
+                .is_none_or(|(_, seen)| seen.elapsed() < settle)
             {
                 break;
             }
