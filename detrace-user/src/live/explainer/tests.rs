@@ -316,6 +316,52 @@ fn queued_flows_settle_before_they_are_asked_for() {
     assert_eq!(cache.queued(), 0);
 }
 
+/// An ovs-vswitchd without `ofproto/detrace` (OVS 3.1's command list, captured) re-translates
+/// a flow's match, there from its install: a queued UFID is explained at the next pump,
+/// however long the settling time (which only waits for what `ofproto/detrace` reads).
+#[test]
+fn without_detrace_queued_flows_do_not_settle() {
+    struct Ovs31;
+    impl Appctl for Ovs31 {
+        fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+            let f = crate::testutil::fixture;
+            Ok(match method {
+                "list-commands" => f("ovs-3.1/list-commands.txt"),
+                "dpctl/dump-dps" => f("ovs-3.1/dump-dps.txt"),
+                "dpctl/get-flow" => f("ovs-3.1/get-flow-m-drop9999.txt").replacen(
+                    &f("ovs-3.1/get-flow-m-drop9999.txt")[5..41],
+                    params[1].trim_start_matches("ufid:"),
+                    1,
+                ),
+                "ofproto/trace" => f("ovs-3.1/trace-drop9999-recirc-m.txt"),
+                other => panic!("unexpected {other}"),
+            })
+        }
+    }
+    let ovs = Vswitchd::new(Ovs31).unwrap();
+    assert!(
+        !ovs.has_detrace(),
+        "the 3.1 capture lists no ofproto/detrace"
+    );
+    let mut cache = ExplainCache::new(
+        Backend::Live {
+            ovs,
+            ovn: fixture_replicas(),
+        },
+        100.0,
+    );
+    cache.settle = Duration::from_secs(3600);
+    let u = Uuid(0xfeed << 96 | 3);
+    cache.seen(u);
+    cache.pump();
+    assert_eq!(cache.queued(), 0);
+    assert!(
+        matches!(cache.peek(&u), LookupRef::Explained(_)),
+        "{:?}",
+        cache.peek(&u)
+    );
+}
+
 /// Explanations are kept after their flows have gone, up to the bound; beyond it the
 /// oldest go first, counted, and are explained again when seen again.
 #[test]
