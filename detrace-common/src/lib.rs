@@ -27,6 +27,25 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 pub const FLOW_STATS_MAX_ENTRIES: u32 = 16384;
+
+/// Memory [`MAP_FLOW_STATS`] may preallocate, over every CPU.
+pub const FLOW_STATS_BUDGET_BYTES: u64 = 64 << 20;
+
+/// [`MAP_FLOW_STATS`]'s entries on a host with `nr_cpus` possible CPUs: as many as
+/// [`FLOW_STATS_BUDGET_BYTES`] holds (a value per CPU each), at most
+/// [`FLOW_STATS_MAX_ENTRIES`], at least 256 (a full map is counted, `FlowStatsFull`).
+pub const fn flow_stats_entries(nr_cpus: u32) -> u32 {
+    let per_entry =
+        (size_of::<FlowStats>() as u64) * (if nr_cpus == 0 { 1 } else { nr_cpus } as u64);
+    let n = FLOW_STATS_BUDGET_BYTES / per_entry;
+    if n > FLOW_STATS_MAX_ENTRIES as u64 {
+        FLOW_STATS_MAX_ENTRIES
+    } else if n < 256 {
+        256
+    } else {
+        n as u32
+    }
+}
 /// Per-CPU hash of [`FlowKey`] -> [`RemovedStats`]: the last stats of every datapath flow freed
 /// (or whose stats were cleared) since the probes were attached, by UFID.
 pub const MAP_REMOVED_STATS: &str = "REMOVED_STATS";
@@ -461,4 +480,26 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExecStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FLOW_STATS is preallocated per CPU: its size follows the host, within the budget.
+    #[test]
+    fn flow_stats_entries_follow_the_cpus() {
+        assert_eq!(flow_stats_entries(2), FLOW_STATS_MAX_ENTRIES);
+        assert_eq!(flow_stats_entries(0), FLOW_STATS_MAX_ENTRIES);
+        assert_eq!(flow_stats_entries(64), 2427);
+        assert_eq!(flow_stats_entries(256), 606);
+        assert_eq!(flow_stats_entries(4096), 256);
+        for cpus in [1, 2, 8, 16, 64, 256] {
+            let bytes = u64::from(flow_stats_entries(cpus)) * 432 * u64::from(cpus);
+            assert!(
+                bytes <= FLOW_STATS_BUDGET_BYTES,
+                "{cpus} CPUs: {bytes} bytes"
+            );
+        }
+    }
 }

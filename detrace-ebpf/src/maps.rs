@@ -81,12 +81,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Per-UFID aggregates. Not preallocated: a FlowStats is 424 bytes per CPU, and preallocating
-/// 16k of them per CPU would cost hundreds of MB on a large host (non-preallocated hash maps
-/// are allowed in kprobe/tracepoint programs since Linux 6.1, bpf_mem_alloc).
+/// Per-UFID aggregates, preallocated: on 6.1 inserts into the non-preallocated map failed
+/// (a dozen per lab run: its per-CPU values come from atomic per-CPU allocations, which fail
+/// until the allocator has populated pages), each a lost count. A FlowStats is 432 bytes per
+/// CPU, so user space sizes the map to the host ([`detrace_common::flow_stats_entries`]).
 #[map(name = "FLOW_STATS")]
 pub static FLOW_STATS: PerCpuHashMap<FlowKey, FlowStats> =
-    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(FLOW_STATS_MAX_ENTRIES, 0);
 
 /// The last stats of removed flows, by UFID (probes/removal.rs). Per CPU: RCU callbacks of
 /// two CPUs may free flows of one UFID at once. Not preallocated, as FLOW_STATS.

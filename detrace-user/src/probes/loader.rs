@@ -17,7 +17,8 @@ use std::{
 
 use aya::{Ebpf, EbpfLoader};
 use detrace_common::{
-    COUNTER_SLOTS, DROP_REASON_SLOTS, FlowStats, GLOBAL_CONFIG, MAP_EVENTS, RemovedStats,
+    COUNTER_SLOTS, DROP_REASON_SLOTS, FlowStats, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOW_STATS,
+    RemovedStats, flow_stats_entries,
 };
 
 use super::{
@@ -137,6 +138,7 @@ impl Probes {
         let mut ebpf = loader
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
+            .map_max_entries(MAP_FLOW_STATS, flow_stats_entries(cfg.nr_cpus))
             .load(EBPF_OBJECT)
             .map_err(ProbeError::object)?;
         phases.mark("object");
