@@ -53,6 +53,10 @@ pub fn run_tests(unit_only: bool) -> anyhow::Result<()> {
             "--",
             "--test-threads=1",
         ]))?;
-    // Kernel-level tests in the lab guest (OVS kernel datapath, kprobes, module BTF).
-    crate::lab::run_vm_tests(Vec::new(), &[crate::lab::Profile::Trixie])
+    // Kernel-level tests in the lab guest (OVS kernel datapath, kprobes, module BTF), on both
+    // stacks: trixie (6.12, OVS 3.5, OVN 25.03) and bookworm (6.1, OVS 3.1, OVN 23.03).
+    crate::lab::run_vm_tests(
+        Vec::new(),
+        &[crate::lab::Profile::Trixie, crate::lab::Profile::Bookworm],
+    )
 }

@@ -47,6 +47,9 @@ pub struct KernelTracer {
     latency_sample: u32,
     /// The datapath's lost upcalls, counted from the attach.
     upcall_loss: Option<RefCell<UpcallLoss>>,
+    /// The flow table's counts as last read (flow-table mode): what a run reports when the
+    /// module has gone and the table cannot be read any more.
+    last_flows: RefCell<Vec<([u32; 4], FlowStats)>>,
 }
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
@@ -96,10 +99,21 @@ impl Tracer for KernelTracer {
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
-        acc.read(&mut Reads {
+        match acc.read(&mut Reads {
             probes: &self.probes.borrow(),
             table,
-        })
+        }) {
+            Ok(stats) => {
+                *self.last_flows.borrow_mut() = stats.clone();
+                Ok(stats)
+            }
+            // The datapath went with the module: the counts stand as last read.
+            Err(_) if self.module_gone() => Ok(self.last_flows.borrow().clone()),
+            Err(e) => Err(e),
+        }
+    }
+    fn module_gone(&self) -> bool {
+        !std::path::Path::new(crate::paths::OVS_MODULE).exists()
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
         let mut c = self.probes.borrow().counters()?;
@@ -188,6 +202,7 @@ pub fn attach_live(
         flows,
         latency_sample,
         upcall_loss: UpcallLoss::open().map(RefCell::new),
+        last_flows: RefCell::default(),
     };
     Ok((tracer, KernelEvents(reader), t))
 }

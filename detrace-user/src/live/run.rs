@@ -150,7 +150,16 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
             }
             _ = ticker.tick() => {
                 ticks += 1;
-                tick(tracer, pipe, sink, ticks.is_multiple_of(2), &mut warn)?;
+                let scan = ticks.is_multiple_of(2);
+                if scan && tracer.module_gone() {
+                    eprintln!(
+                        "detrace: the openvswitch module was unloaded: the probes on it went \
+                         with it and no datapath is left to watch; stopping (the counts below \
+                         are up to the unload)"
+                    );
+                    break;
+                }
+                tick(tracer, pipe, sink, scan, &mut warn)?;
             }
             _ = next_report(&mut reports) => {
                 report(tracer, pipe, sink, false)?;

@@ -18,6 +18,11 @@ pub trait Tracer {
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]>;
     /// Replaces the addresses of the kernel's address-set filter (`--pod`, `--namespace`).
     fn set_filter_addrs(&self, addrs: &BTreeSet<IpAddr>) -> anyhow::Result<()>;
+    /// The kernel module the probes are on has gone (unloaded under them: possible with
+    /// kprobes; fentry holds a reference that keeps it loaded). Checked once a second.
+    fn module_gone(&self) -> bool {
+        false
+    }
 }
 
 /// Per-packet events.

@@ -171,7 +171,7 @@ impl FlowTable {
             let flags = OVS_UFID_F_OMIT_KEY | OVS_UFID_F_OMIT_MASK;
             put_attr(&mut attrs, OVS_FLOW_ATTR_UFID_FLAGS, &flags.to_ne_bytes());
             let fam = self.flow_family;
-            self.request(
+            let r = self.request(
                 fam,
                 OVS_FLOW_CMD_GET,
                 OVS_FLOW_VERSION,
@@ -183,7 +183,13 @@ impl FlowTable {
                         out.push(f);
                     }
                 },
-            )?;
+            );
+            match r {
+                // Deleted since it was listed: no flows left in it (their last stats are the
+                // removal probe's).
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                r => r?,
+            }
         }
         Ok(out)
     }
