@@ -128,7 +128,14 @@ pub struct ExplainCache<A: Appctl> {
     last_capture: Option<Instant>,
     /// The cache's table is compacted when it holds more UFIDs than this.
     compact_over: usize,
+    /// Failures in a row per UFID: each doubles its wait before the next try (see
+    /// [`MAX_RETRY_DOUBLINGS`]), so flows that cannot be explained (gone for good, a recirc_id
+    /// of a restarted ovs-vswitchd) do not spend the request budget every few seconds.
+    failures: FastMap<Uuid, u32>,
 }
+
+/// A UFID that keeps failing waits `retry_after` doubled up to this many times (5 s -> 320 s).
+const MAX_RETRY_DOUBLINGS: u32 = 6;
 
 impl<A: Appctl> ExplainCache<A> {
     /// `per_sec`: at most this many unixctl requests per second to ovs-vswitchd (its main loop
@@ -153,6 +160,7 @@ impl<A: Appctl> ExplainCache<A> {
             captured: FastMap::default(),
             last_capture: None,
             compact_over: COMPACT_MIN,
+            failures: FastMap::default(),
         }
     }
 
@@ -431,13 +439,17 @@ impl<A: Appctl> ExplainCache<A> {
                 self.stats.explained += 1;
                 self.stats.after_expiry += u64::from(after_expiry);
                 self.order.push_back(ufid);
+                self.failures.remove(&ufid);
                 Entry::Explained(Arc::new(e))
             }
             Err(err) => {
                 self.stats.failed += 1;
+                let n = self.failures.entry(ufid).or_default();
+                let wait = self.retry_after * (1 << (*n).min(MAX_RETRY_DOUBLINGS));
+                *n += 1;
                 Entry::Failed(Box::new(Failure {
                     error: err.to_string(),
-                    retry_at: Instant::now() + self.retry_after,
+                    retry_at: Instant::now() + wait,
                 }))
             }
         };
@@ -459,6 +471,8 @@ impl<A: Appctl> ExplainCache<A> {
             Some(Entry::Failed(f)) => now < f.retry_at,
             Some(Entry::Explained(_) | Entry::Queued) => true,
         });
+        let cache = &self.cache;
+        self.failures.retain(|u, _| cache.get(u).is_some());
         self.compact_over = (2 * self.cache.len()).max(COMPACT_MIN);
     }
 

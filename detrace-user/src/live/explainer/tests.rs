@@ -137,6 +137,46 @@ impl Appctl for Gone {
     }
 }
 
+/// A UFID that fails again and again waits twice as long each time (up to 2^6 times
+/// `retry_after`), so flows gone for good stop costing requests; an explanation resets it.
+#[test]
+fn repeated_failures_back_off() {
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let ovs = Vswitchd::new(Gone {
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let ovn = OvnReplicas::from_replicas(
+        Replica::new(SB_DB, SB_TABLES),
+        Replica::new(NB_DB, NB_TABLES),
+    );
+    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+    cache.retry_after = Duration::from_millis(10);
+    let u = Uuid(0xdead << 96 | 2);
+    for (i, ms) in [10u64, 20, 40, 80, 160, 320, 640, 640, 640]
+        .into_iter()
+        .enumerate()
+    {
+        let now = Instant::now();
+        let wait = match cache.lookup(u) {
+            LookupRef::Failed { retry_at, .. } => retry_at - now,
+            other => panic!("{other:?}"),
+        };
+        let want = Duration::from_millis(ms);
+        assert!(
+            wait >= want && wait < want + Duration::from_millis(200),
+            "failure {}: waits {wait:?}, want {want:?}",
+            i + 1
+        );
+        // Not asked again before it is due; asked once it is.
+        let asked = calls.get();
+        assert!(matches!(cache.lookup(u), LookupRef::Failed { .. }));
+        assert_eq!(calls.get(), asked);
+        std::thread::sleep(wait);
+    }
+    assert_eq!(cache.stats.failed, 9);
+}
+
 #[test]
 fn failures_are_kept_until_their_retry_time() {
     let calls = std::rc::Rc::new(std::cell::Cell::new(0));
