@@ -1,6 +1,7 @@
 #!/bin/bash
 # The fault matrix in the lab guest: a full disk while recording, stdout closed under a live
-# command, no root, no openvswitch module, no BTF. Named to run last; it changes nothing that
+# command, no root, no openvswitch module, no BTF. Named to run late (only
+# zzz-module-unload.sh, which takes the datapath down, comes after); it changes nothing that
 # outlives it (the tmpfs and the hiding mounts are its own, the last two in a private mount
 # namespace), so later tests would not notice either.
 set -u
