@@ -8,7 +8,9 @@ use detrace_common::{
     Counter, EventKind, OVS_DROP_REASON_BASE, drop_reason_slot, is_action_drop_slot,
 };
 
-use super::packet::{End, count_end, emit_end, events_enabled, has_ufid, now, read};
+use super::packet::{
+    End, count_end, emit_end, events_enabled, flow_stats_kept, has_ufid, now, read,
+};
 use crate::maps::{INFLIGHT_MAX_AGE_NS, OTHER_DROPS, bump, conf, inflight_get};
 
 /// SKB_CONSUMED (include/net/dropreason-core.h): not a drop (6.12 routes it to
@@ -53,7 +55,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         bump(Counter::DropsAfterUpcall);
     }
     let latency = ts.wrapping_sub(e.first_ts);
-    if has_ufid(&e.ufid) {
+    if has_ufid(&e.ufid) && flow_stats_kept() {
         count_end(&e.ufid, End::Drop(reason, after_upcall), latency);
     }
     if events_enabled() && e.matched != 0 {

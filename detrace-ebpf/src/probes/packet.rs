@@ -384,6 +384,14 @@ pub fn events_enabled() -> bool {
     conf!(events_enabled) != 0
 }
 
+/// Whether FLOW_STATS is kept: per-packet counting, or the flow table's with a latency
+/// sample. Counting from the flow table alone reads nothing of it (user space sizes it to one
+/// entry then, so that attaching allocates nothing for it).
+#[inline(always)]
+pub fn flow_stats_kept() -> bool {
+    conf!(flow_table) == 0 || conf!(latency_sample) != 0
+}
+
 #[inline(always)]
 pub fn cpu() -> u32 {
     // SAFETY: a helper without arguments.

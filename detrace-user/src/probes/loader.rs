@@ -138,7 +138,16 @@ impl Probes {
         let mut ebpf = loader
             .override_global(GLOBAL_CONFIG, &cfg, true)
             .map_max_entries(MAP_EVENTS, ring)
-            .map_max_entries(MAP_FLOW_STATS, flow_stats_entries(cfg.nr_cpus))
+            .map_max_entries(
+                MAP_FLOW_STATS,
+                // Preallocated: only as large as the counting reads (see flow_stats_kept in
+                // the probes).
+                if opts.flow_table() && opts.latency_sample == 0 {
+                    1
+                } else {
+                    flow_stats_entries(cfg.nr_cpus)
+                },
+            )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::object)?;
         phases.mark("object");
