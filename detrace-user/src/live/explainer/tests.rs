@@ -137,10 +137,8 @@ impl Appctl for Gone {
     }
 }
 
-/// A UFID that fails again and again waits twice as long each time (up to 2^6 times
-/// `retry_after`), so flows gone for good stop costing requests; an explanation resets it.
-#[test]
-fn repeated_failures_back_off() {
+/// A cache over [`Gone`] and empty replicas, with its call counter.
+fn gone_cache() -> (ExplainCache<Gone>, std::rc::Rc<std::cell::Cell<u64>>) {
     let calls = std::rc::Rc::new(std::cell::Cell::new(0));
     let ovs = Vswitchd::new(Gone {
         calls: calls.clone(),
@@ -150,7 +148,14 @@ fn repeated_failures_back_off() {
         Replica::new(SB_DB, SB_TABLES),
         Replica::new(NB_DB, NB_TABLES),
     );
-    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+    (ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0), calls)
+}
+
+/// A UFID that fails again and again waits twice as long each time (up to 2^6 times
+/// `retry_after`), so flows gone for good stop costing requests; an explanation resets it.
+#[test]
+fn repeated_failures_back_off() {
+    let (mut cache, calls) = gone_cache();
     cache.retry_after = Duration::from_millis(10);
     let u = Uuid(0xdead << 96 | 2);
     for (i, ms) in [10u64, 20, 40, 80, 160, 320, 640, 640, 640]
@@ -179,16 +184,7 @@ fn repeated_failures_back_off() {
 
 #[test]
 fn failures_are_kept_until_their_retry_time() {
-    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
-    let ovs = Vswitchd::new(Gone {
-        calls: calls.clone(),
-    })
-    .unwrap();
-    let ovn = OvnReplicas::from_replicas(
-        Replica::new(SB_DB, SB_TABLES),
-        Replica::new(NB_DB, NB_TABLES),
-    );
-    let mut cache = ExplainCache::new(Backend::Live { ovs, ovn }, 1000.0);
+    let (mut cache, calls) = gone_cache();
     let u = Uuid(0xdead << 96 | 1);
     let first = match cache.lookup(u) {
         LookupRef::Failed { error, retry_at } => {
