@@ -304,6 +304,21 @@ fn a_drop_at_install_ends_the_trip_that_missed_into_the_flow() {
     assert_eq!((out[2].packet.dst, out[2].in_port), (ip(42), 3));
     assert_eq!(a.held_len(), 1, "C is still held");
     assert_eq!(a.open_len(), 0);
+    // Two trips with the same fields held from port 4, missed at recirc 0 then at recirc 7:
+    // a flow installed at recirc 7 ends the second, which is not its queue's first.
+    let mut up_e = ev(EventKind::Upcall, 5, 300, 0, 0x7, 1);
+    up_e.in_port = 4;
+    a.push(&up_e, &mut out);
+    let mut drop = install(310, 0xd, 0x7, None);
+    drop.in_port = 4;
+    a.push(&drop, &mut out);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert_eq!(out[3].ts_ns, 300);
+    assert_eq!(a.held_len(), 1, "C (recirc 5) is still held");
+    // C is released as it was when its time comes, its stale neighbour skipped.
+    a.expire(300 + HOLD_NS, &mut out);
+    assert_eq!((out.len(), a.held_len()), (5, 0));
+    assert_eq!(out[4].ts_ns, 140);
 }
 
 #[test]

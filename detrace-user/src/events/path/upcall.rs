@@ -170,18 +170,36 @@ impl PathAssembler {
             self.stats.orphan_ends += 1;
             return;
         };
-        let key = self
+        // Any of a key's queue may be it (a packet of the same fields may be held from an
+        // earlier miss at another recirc_id), not only its front.
+        let found = self
             .held
             .iter()
-            .filter_map(|(k, q)| q.front().map(|(t, recirc)| (k, t.ts_ns, *recirc)))
-            .filter(|&(k, _, recirc)| {
+            .flat_map(|(k, q)| {
+                q.iter()
+                    .enumerate()
+                    .map(move |(i, (t, recirc))| (k, i, t.ts_ns, *recirc))
+            })
+            .filter(|&(k, _, _, recirc)| {
                 k.0 == e.in_port && recirc == e.recirc_id && agrees(&e.packet, &k.1)
             })
-            .min_by_key(|&(_, ts, _)| ts)
-            .map(|(k, _, _)| k.clone());
-        let Some((packet, mut t)) = key.and_then(|k| self.take_held(&k).map(|t| (k.1, t))) else {
+            .min_by_key(|&(_, _, ts, _)| ts)
+            .map(|(k, i, _, _)| (k.clone(), i));
+        let Some((key, i)) = found else {
             return;
         };
+        let Some(q) = self.held.get_mut(&key) else {
+            return;
+        };
+        let Some((mut t, _)) = q.remove(i) else {
+            return;
+        };
+        if q.is_empty() {
+            self.held.remove(&key);
+        }
+        // Its `held_order` entry goes stale: skipped when it comes up (see release_oldest).
+        self.held_len -= 1;
+        let packet = key.1;
         t.passes.push(Pass {
             ufid,
             recirc_id: e.recirc_id,
