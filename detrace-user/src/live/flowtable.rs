@@ -121,23 +121,41 @@ impl FlowAccounts {
             let slot = lv.map_or(rm.drop_slot, |f| f.drop_slot);
             let last = self.last.entry(u).or_insert((0, 0, 0));
             *last = (last.0.max(packets), last.1.max(bytes), slot);
-            let p = probes.get(&u);
-            // Without per-packet counting, the probes' packets are those ovs-vswitchd
-            // executed with this flow's actions after the upcall that installed it
-            // (EXEC_STATS): counted as the flow's, as per-packet counting does.
-            let exec = p.map_or((0, 0), |s| (s.packets, s.bytes));
-            let mut s = flow_stats(*last, exec);
-            if let (true, Some(p)) = (self.latency, p) {
-                s.latency = p.latency;
-                s.latency_sum_ns = p.latency_sum_ns;
-            }
-            if s.packets > 0 || s.drops > 0 {
+            let last = *last;
+            if let Some(s) = self.stats_of(last, probes.get(&u)) {
                 out.push((u.words(), s));
             }
         }
         self.totals = out
             .iter()
             .fold((0, 0), |(p, d), (_, s)| (p + s.packets, d + s.drops));
+        Ok(out)
+    }
+
+    /// A flow's stats from its counts as last read and the probes' (None: nothing counted).
+    fn stats_of(&self, last: (u64, u64, u32), p: Option<&FlowStats>) -> Option<FlowStats> {
+        // Without per-packet counting, the probes' packets are those ovs-vswitchd executed
+        // with this flow's actions after the upcall that installed it (EXEC_STATS): counted as
+        // the flow's, as per-packet counting does.
+        let exec = p.map_or((0, 0), |s| (s.packets, s.bytes));
+        let mut s = flow_stats(last, exec);
+        if let (true, Some(p)) = (self.latency, p) {
+            s.latency = p.latency;
+            s.latency_sum_ns = p.latency_sum_ns;
+        }
+        (s.packets > 0 || s.drops > 0).then_some(s)
+    }
+
+    /// The counts as of the last read, without reading the flow table (gone with its module):
+    /// the probes' maps are detrace's own and still read.
+    pub fn last_read(&self, r: &mut impl FlowReads) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+        let probes = r.probe_stats()?;
+        let mut out: Vec<_> = self
+            .last
+            .iter()
+            .filter_map(|(u, &last)| Some((u.words(), self.stats_of(last, probes.get(u))?)))
+            .collect();
+        out.sort_unstable_by_key(|(w, _)| *w);
         Ok(out)
     }
 }
@@ -298,5 +316,22 @@ mod tests {
             (7, 1, 7)
         );
         assert_eq!(get(&v, B).drops, 0);
+    }
+
+    /// The module gone (the table unreadable): the counts as last read, the probes' executed
+    /// packets (detrace's own map) still added.
+    #[test]
+    fn last_read_without_the_table() {
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 6, 3);
+        k.hit(B, 9, 0);
+        let read = acc.read(&mut k).unwrap();
+        k.hit(A, 100, 3); // never read: the table went
+        k.executed.insert(A, 1);
+        let last = acc.last_read(&mut k).unwrap();
+        assert_eq!(last.len(), read.len());
+        assert_eq!((get(&last, A).packets, get(&last, A).drops), (7, 7));
+        assert_eq!(get(&last, B).packets, 9);
     }
 }

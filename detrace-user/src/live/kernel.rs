@@ -47,9 +47,6 @@ pub struct KernelTracer {
     latency_sample: u32,
     /// The datapath's lost upcalls, counted from the attach.
     upcall_loss: Option<RefCell<UpcallLoss>>,
-    /// The flow table's counts as last read (flow-table mode): what a run reports when the
-    /// module has gone and the table cannot be read any more.
-    last_flows: RefCell<Vec<([u32; 4], FlowStats)>>,
 }
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
@@ -99,17 +96,15 @@ impl Tracer for KernelTracer {
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
-        match acc.read(&mut Reads {
-            probes: &self.probes.borrow(),
+        let probes = self.probes.borrow();
+        let mut reads = Reads {
+            probes: &probes,
             table,
-        }) {
-            Ok(stats) => {
-                *self.last_flows.borrow_mut() = stats.clone();
-                Ok(stats)
-            }
+        };
+        match acc.read(&mut reads) {
             // The datapath went with the module: the counts stand as last read.
-            Err(_) if self.module_gone() => Ok(self.last_flows.borrow().clone()),
-            Err(e) => Err(e),
+            Err(_) if self.module_gone() => acc.last_read(&mut reads),
+            r => r,
         }
     }
     fn module_gone(&self) -> bool {
@@ -202,7 +197,6 @@ pub fn attach_live(
         flows,
         latency_sample,
         upcall_loss: UpcallLoss::open().map(RefCell::new),
-        last_flows: RefCell::default(),
     };
     Ok((tracer, KernelEvents(reader), t))
 }

@@ -152,7 +152,8 @@ fn gone_cache() -> (ExplainCache<Gone>, std::rc::Rc<std::cell::Cell<u64>>) {
 }
 
 /// A UFID that fails again and again waits twice as long each time (up to 2^6 times
-/// `retry_after`), so flows gone for good stop costing requests; an explanation resets it.
+/// `retry_after`), so flows gone for good stop costing requests (an explanation resets the
+/// count).
 #[test]
 fn repeated_failures_back_off() {
     let (mut cache, calls) = gone_cache();
