@@ -140,12 +140,12 @@ impl Probes {
             .map_max_entries(MAP_EVENTS, ring)
             .map_max_entries(
                 MAP_FLOW_STATS,
-                // Preallocated: only as large as the counting reads (see flow_stats_kept in
-                // the probes).
-                if opts.flow_table() && opts.latency_sample == 0 {
-                    1
-                } else {
+                // Preallocated: only as large as the counting reads (the probes keep it only
+                // when per-packet probes run: flow_stats_kept).
+                if opts.per_packet_probes() {
                     flow_stats_entries(cfg.nr_cpus)
+                } else {
+                    1
                 },
             )
             .load(EBPF_OBJECT)
