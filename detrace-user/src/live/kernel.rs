@@ -108,7 +108,14 @@ impl Tracer for KernelTracer {
         }
     }
     fn module_gone(&self) -> bool {
-        !std::path::Path::new(crate::paths::OVS_MODULE).exists()
+        // Being unloaded already counts: the kernel marks the module "going" before its exit
+        // unregisters the netlink families, and removes /sys/module/openvswitch only after
+        // (a flow dump in between failed with ENOENT while the directory was still there). A
+        // built-in openvswitch has no initstate, and never goes.
+        match std::fs::read_to_string(format!("{}/initstate", crate::paths::OVS_MODULE)) {
+            Ok(state) => state.trim() != "live",
+            Err(_) => !std::path::Path::new(crate::paths::OVS_MODULE).exists(),
+        }
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {
         let mut c = self.probes.borrow().counters()?;
