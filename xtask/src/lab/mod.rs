@@ -386,8 +386,11 @@ fn boot_batch(
     profile: Profile,
 ) -> anyhow::Result<End> {
     // QEMU under TCG has been seen to abort at start (an assertion in its memory map code,
-    // before the guest printed anything): that is QEMU's failure, not the tests', so such a
-    // start is tried once more. A failure after the guest began is reported as it is.
+    // before the guest printed anything), and a guest kernel to hang in early boot (CI: RCU
+    // stalls on CPU 1, "timer wakeup didn't happen", never reaching userspace). Both are the
+    // emulator's failure, not the tests', and nothing of the run has happened yet, so such a
+    // start is tried once more (the hung console log kept next to the new one). A failure
+    // after the guest's userspace began is reported as it is.
     let mut attempt = 1;
     loop {
         let mut guest_spoke = false;
@@ -415,6 +418,16 @@ fn boot_batch(
             Err(e) if !guest_spoke && attempt < 2 => {
                 progress(&format!(
                     "QEMU failed before the guest started ({e}); starting it again"
+                ));
+                attempt += 1;
+            }
+            Ok(End::BootHung) if !guest_spoke && attempt < 2 => {
+                let kept = console_log.with_extension("hung.log");
+                let _ = fs::rename(console_log, &kept);
+                progress(&format!(
+                    "the guest kernel hung before userspace (console log kept in {}); \
+                     booting it again",
+                    kept.display()
                 ));
                 attempt += 1;
             }
