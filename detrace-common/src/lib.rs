@@ -110,12 +110,15 @@ pub enum Counter {
     /// detrace started (`lookups: lost` of `ovs-dpctl show`, read over netlink): packets the
     /// kernel dropped because ovs-vswitchd did not take them.
     DatapathLost = 19,
+    /// Not counted by the probes: flows user space retired from its accounts (gone from the
+    /// kernel's table for `--retire-after`; their counts stay in the objects' totals).
+    FlowsRetired = 20,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 20] = [
+pub const COUNTERS: [CounterInfo; 21] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -191,6 +194,11 @@ pub const COUNTERS: [CounterInfo; 20] = [
         Counter::DatapathLost,
         "datapath_upcalls_lost",
         "upcalls the datapath lost while detrace ran (ovs-dpctl show: lookups lost)",
+    ),
+    CounterInfo::new(
+        Counter::FlowsRetired,
+        "flows_retired",
+        "flows gone from the kernel's table long enough to be forgotten (counts kept in totals)",
     ),
 ];
 

@@ -218,6 +218,19 @@ pub struct CountArgs {
     /// Without it (and without --per-packet) there is no latency.
     #[arg(long, value_name = "N", conflicts_with = "per_packet", value_parser = clap::value_parser!(u32).range(1..))]
     pub latency_sample: Option<u32>,
+    /// Seconds a flow gone from the kernel's table stays a flow of its own (in top's table of
+    /// flows, drop groups' flow lists): then it is forgotten, its counts kept in the totals of
+    /// its OVN and platform objects and drop culprits, so that what a long run keeps follows
+    /// the flows that exist, not every flow met since the start.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, conflicts_with = "per_packet", value_parser = positive_secs)]
+    pub retire_after: f64,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1e7).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds (0 to 10000000)")),
+    }
 }
 
 impl CountArgs {
@@ -226,6 +239,7 @@ impl CountArgs {
             per_packet: self.per_packet,
             latency_sample: self.latency_sample.unwrap_or(0),
             matching_only: false,
+            retire_after: std::time::Duration::from_secs_f64(self.retire_after),
         }
     }
 }

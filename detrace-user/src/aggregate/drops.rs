@@ -26,6 +26,10 @@ pub struct DropGroup {
     pub after_upcall: u64,
     pub reasons: BTreeMap<String, u64>,
     pub flows: Vec<Uuid>,
+    /// Flows gone for good past the first [`GONE_FLOWS_LISTED`] of a group: counted, not
+    /// listed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flows_not_listed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<Packet>,
     /// How the culprit was found when it matters (e.g. explained after the flow expired).
@@ -53,6 +57,7 @@ pub fn group_drops(
                 after_upcall: 0,
                 reasons: BTreeMap::new(),
                 flows: Vec::new(),
+                flows_not_listed: 0,
                 sample: None,
                 notes: Vec::new(),
             });
@@ -75,10 +80,87 @@ pub fn group_drops(
     for g in &mut v {
         g.flows.sort();
     }
+    sort_groups(&mut v);
+    v
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Most drops first.
+fn sort_groups(v: &mut [DropGroup]) {
     v.sort_by(|a, b| {
         b.drops
             .cmp(&a.drops)
             .then_with(|| a.culprit.cmp(&b.culprit))
     });
-    v
+}
+
+/// A group's retired flows listed at most (a culprit that drops all day meets flows without
+/// end; their counts stay, their UFIDs do not).
+pub const GONE_FLOWS_LISTED: usize = 32;
+
+/// Drop groups of flows gone for good, by culprit: what they counted stays in every report.
+#[derive(Default)]
+pub struct GoneDrops(BTreeMap<(CulpritKind, String), DropGroup>);
+
+impl GoneDrops {
+    /// Folds the groups of retired flows in.
+    pub fn fold(&mut self, groups: Vec<DropGroup>) {
+        for g in groups {
+            let key = (g.culprit.kind, g.culprit.id.clone());
+            match self.0.get_mut(&key) {
+                Some(into) => add_group(into, &g, GONE_FLOWS_LISTED),
+                None => {
+                    let mut g = g;
+                    let extra = g.flows.len().saturating_sub(GONE_FLOWS_LISTED);
+                    g.flows.truncate(GONE_FLOWS_LISTED);
+                    g.flows_not_listed += extra as u64;
+                    self.0.insert(key, g);
+                }
+            }
+        }
+    }
+
+    /// `live` (the groups of the flows still counted) with what gone flows left added.
+    pub fn merged(&self, mut live: Vec<DropGroup>) -> Vec<DropGroup> {
+        for g in self.0.values() {
+            match live
+                .iter_mut()
+                .find(|l| l.culprit.kind == g.culprit.kind && l.culprit.id == g.culprit.id)
+            {
+                Some(l) => add_group(l, g, usize::MAX),
+                None => live.push(g.clone()),
+            }
+        }
+        sort_groups(&mut live);
+        live
+    }
+}
+
+/// Adds `g`'s counts to `into`, its flows listed while `into` lists fewer than `listed`.
+fn add_group(into: &mut DropGroup, g: &DropGroup, listed: usize) {
+    into.drops += g.drops;
+    into.in_kernel += g.in_kernel;
+    into.after_upcall += g.after_upcall;
+    for (r, n) in &g.reasons {
+        *into.reasons.entry(r.clone()).or_default() += n;
+    }
+    for u in &g.flows {
+        if into.flows.len() < listed && !into.flows.contains(u) {
+            into.flows.push(*u);
+        } else if !into.flows.contains(u) {
+            into.flows_not_listed += 1;
+        }
+    }
+    into.flows_not_listed += g.flows_not_listed;
+    if into.sample.is_none() {
+        into.sample.clone_from(&g.sample);
+    }
+    for n in &g.notes {
+        if !into.notes.contains(n) && into.notes.len() < GONE_FLOWS_LISTED {
+            into.notes.push(n.clone());
+        }
+    }
 }

@@ -201,6 +201,11 @@ pub(crate) fn row(
 pub struct FlowTable {
     pub flows: FastMap<Uuid, FlowCounters>,
     pub(crate) prev: FastMap<Uuid, FlowCounters>,
+    /// What retired flows left to the object and platform rows (see [`FlowTable::retire`]).
+    pub(crate) gone_objects: std::collections::HashMap<RowKey, (String, FlowStats)>,
+    pub(crate) gone_platform: std::collections::HashMap<RowKey, (String, FlowStats)>,
+    /// Where retired flows' packets went next (each packet counts once per object).
+    pub(crate) gone_cont: platform::Continuations<RowKey>,
 }
 
 impl FlowTable {

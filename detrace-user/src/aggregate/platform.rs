@@ -16,8 +16,9 @@ use std::{
 
 use detrace_common::FlowStats;
 
-use super::{FlowTable, Row, RowKey, row};
+use super::{FlowTable, Row, RowKey, counters::FlowCounters, row};
 use crate::{
+    FastMap,
     explain::{FlowSummary, ObjectName},
     ovn::platform::PlatformRef,
     uuid::Uuid,
@@ -56,6 +57,7 @@ impl FlowPlace {
 
 /// Counting each packet once per key across its passes: the (key, recirculation id) pairs out
 /// of flows that name the key.
+#[derive(Clone)]
 pub struct Continuations<K>(HashSet<(K, u32)>);
 
 impl<K: Hash + Eq + Clone> Default for Continuations<K> {
@@ -106,12 +108,8 @@ impl FlowTable {
     /// Rows per platform object, each packet once; `place` gives each flow's objects and
     /// recirculations (None: not explained yet).
     pub fn platform_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
-        let mut rows = self.once_rows(
-            secs,
-            &place,
-            |p| p.platforms.clone(),
-            |o| (RowKey::Platform(o.clone()), o.to_string()),
-        );
+        let sums = self.once_sums(&self.flows, &[], &place, platform_keys);
+        let mut rows = to_rows(sums, &self.gone_platform, secs);
         for r in &mut rows {
             if let RowKey::Platform(p) = &r.key {
                 r.platform = Some(p.clone());
@@ -122,69 +120,164 @@ impl FlowTable {
 
     /// Rows per OVN object, each packet once.
     pub fn object_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
-        self.once_rows(
-            secs,
-            &place,
-            |p| p.objects.clone(),
-            |o| {
-                (
-                    RowKey::Object {
-                        table: o.table.clone(),
-                        uuid: o.uuid,
-                    },
-                    format!("{} {}", o.table, o.name),
-                )
-            },
-        )
+        let sums = self.once_sums(&self.flows, &[], &place, object_keys);
+        to_rows(sums, &self.gone_objects, secs)
     }
 
-    /// Rows per key, a flow's packets counting for a key unless an earlier pass of theirs
-    /// named it already.
-    fn once_rows<K: Hash + Eq + Clone>(
-        &self,
-        secs: f64,
-        place: &impl Fn(&Uuid) -> Option<FlowPlace>,
-        keys: impl Fn(&FlowPlace) -> Vec<K>,
-        head: impl Fn(&K) -> (RowKey, String),
-    ) -> Vec<Row> {
-        let places: HashMap<Uuid, (FlowPlace, Vec<K>)> = self
-            .flows
-            .keys()
-            .filter_map(|u| {
-                let p = place(u)?;
-                let k = keys(&p);
-                Some((*u, (p, k)))
-            })
+    /// Folds flows gone for good (retired from the kernel's accounts) into the object and
+    /// platform rows, where they keep counting; they leave the table of flows. Their
+    /// continuations are learned from the flows still in the table too (a flow before a
+    /// recirculation may retire a read before or after the one it recirculates to).
+    pub fn retire(
+        &mut self,
+        gone: &FastMap<Uuid, FlowStats>,
+        place: impl Fn(&Uuid) -> Option<FlowPlace>,
+    ) {
+        let gone: FastMap<Uuid, FlowCounters> = gone
+            .iter()
+            .map(|(u, s)| (*u, FlowCounters::from_stats(s)))
             .collect();
-        let mut cont = Continuations::default();
-        for (p, k) in places.values() {
-            cont.learn(k, p);
-        }
-        let mut sums: HashMap<&K, (FlowStats, FlowStats)> = HashMap::new();
-        for (u, c) in &self.flows {
-            let Some((p, ks)) = places.get(u) else {
-                continue;
-            };
-            let s = c.to_stats();
-            let d = self
-                .prev
-                .get(u)
-                .map(|q| s.saturating_sub(&q.to_stats()))
-                .unwrap_or(s);
-            for k in ks {
-                let again = cont.again(k, p);
-                let e = sums.entry(k).or_default();
-                e.0.add(&ends_only(&s, again));
-                e.1.add(&ends_only(&d, again));
+        let live: Vec<Uuid> = self.flows.keys().copied().collect();
+        for (keys, into) in [
+            (object_keys as KeysOf, &mut self.gone_objects),
+            (platform_keys as KeysOf, &mut self.gone_platform),
+        ] {
+            let sums = once_sums_of(
+                &gone,
+                &FastMap::default(),
+                &live,
+                &place,
+                keys,
+                &self.gone_cont,
+            );
+            for (key, (label, s, _)) in sums {
+                into.entry(key)
+                    .or_insert_with(|| (label, FlowStats::default()))
+                    .1
+                    .add(&s);
             }
         }
-        sums.into_iter()
-            .map(|(k, (s, d))| {
-                let (key, label) = head(k);
-                row(key, label, &s, Some(&d), secs)
-            })
-            .collect()
+        // Where retired flows' packets went next, for the flows that continue them and are
+        // still in the table or retire later.
+        for u in gone.keys() {
+            if let Some(p) = place(u) {
+                for keys in [object_keys, platform_keys] {
+                    let k: Vec<RowKey> = keys(&p).into_iter().map(|(k, _)| k).collect();
+                    self.gone_cont.learn(&k, &p);
+                }
+            }
+        }
+        for u in gone.keys() {
+            self.flows.remove(u);
+            self.prev.remove(u);
+        }
     }
+
+    /// Sums per key of `flows`, a flow's packets counting for a key unless an earlier pass of
+    /// theirs named it already (learned from `flows` and the places of `learn`).
+    fn once_sums(
+        &self,
+        flows: &FastMap<Uuid, FlowCounters>,
+        learn: &[Uuid],
+        place: &impl Fn(&Uuid) -> Option<FlowPlace>,
+        keys: KeysOf,
+    ) -> Sums {
+        once_sums_of(flows, &self.prev, learn, place, keys, &self.gone_cont)
+    }
+}
+
+/// A row's key and label.
+type Keyed = (RowKey, String);
+
+/// The keys a flow at a place counts for.
+type KeysOf = fn(&FlowPlace) -> Vec<Keyed>;
+
+/// Per key: label, cumulative stats, and their change since the previous snapshot.
+type Sums = HashMap<RowKey, (String, FlowStats, FlowStats)>;
+
+fn object_keys(p: &FlowPlace) -> Vec<Keyed> {
+    p.objects
+        .iter()
+        .map(|o| {
+            (
+                RowKey::Object {
+                    table: o.table.clone(),
+                    uuid: o.uuid,
+                },
+                format!("{} {}", o.table, o.name),
+            )
+        })
+        .collect()
+}
+
+fn platform_keys(p: &FlowPlace) -> Vec<Keyed> {
+    p.platforms
+        .iter()
+        .map(|o| (RowKey::Platform(o.clone()), o.to_string()))
+        .collect()
+}
+
+fn once_sums_of(
+    flows: &FastMap<Uuid, FlowCounters>,
+    prev: &FastMap<Uuid, FlowCounters>,
+    learn: &[Uuid],
+    place: &impl Fn(&Uuid) -> Option<FlowPlace>,
+    keys: KeysOf,
+    prior: &Continuations<RowKey>,
+) -> Sums {
+    let places: HashMap<Uuid, (FlowPlace, Vec<Keyed>)> = flows
+        .keys()
+        .filter_map(|u| {
+            let p = place(u)?;
+            let k = keys(&p);
+            Some((*u, (p, k)))
+        })
+        .collect();
+    // By key alone: two flows may label one object differently (explained before and after
+    // a rename).
+    let row_keys = |k: &[Keyed]| k.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>();
+    let mut cont = prior.clone();
+    for (p, k) in places.values() {
+        cont.learn(&row_keys(k), p);
+    }
+    for u in learn.iter().filter(|u| !flows.contains_key(u)) {
+        if let Some(p) = place(u) {
+            cont.learn(&row_keys(&keys(&p)), &p);
+        }
+    }
+    let mut sums = Sums::new();
+    for (u, c) in flows {
+        let Some((p, ks)) = places.get(u) else {
+            continue;
+        };
+        let s = c.to_stats();
+        let d = prev
+            .get(u)
+            .map(|q| s.saturating_sub(&q.to_stats()))
+            .unwrap_or(s);
+        for k in ks {
+            let again = cont.again(&k.0, p);
+            let e = sums
+                .entry(k.0.clone())
+                .or_insert_with(|| (k.1.clone(), FlowStats::default(), FlowStats::default()));
+            e.1.add(&ends_only(&s, again));
+            e.2.add(&ends_only(&d, again));
+        }
+    }
+    sums
+}
+
+/// Rows from the sums of the flows in the table plus what retired flows left (no rate).
+fn to_rows(mut sums: Sums, gone: &HashMap<RowKey, (String, FlowStats)>, secs: f64) -> Vec<Row> {
+    for (key, (label, s)) in gone {
+        sums.entry(key.clone())
+            .or_insert_with(|| (label.clone(), FlowStats::default(), FlowStats::default()))
+            .1
+            .add(s);
+    }
+    sums.into_iter()
+        .map(|(key, (label, s, d))| row(key, label, &s, Some(&d), secs))
+        .collect()
 }
 
 /// `s` as it counts for an object its packets already counted for: their ends only.
@@ -283,6 +376,43 @@ mod tests {
         assert_eq!(get(&np), (10, 1000, 3));
         assert_eq!(get(&pod), (14, 1240, 0));
         assert_eq!(rows.len(), 3);
+
+        // The flows retire (gone from the kernel): the continuation first, its head still in
+        // the table, then the rest. The rows count the same; the flows leave the table.
+        let sums = |t: &FlowTable| {
+            let mut v: Vec<(String, u64, u64, u64)> = t
+                .platform_rows(1.0, places)
+                .into_iter()
+                .map(|r| (r.label, r.packets, r.bytes, r.drops))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = sums(&t);
+        let start = t.flows.clone();
+        for gone in [vec![b], vec![a, c]] {
+            let gone: FastMap<Uuid, FlowStats> =
+                gone.iter().map(|u| (*u, t.flows[u].to_stats())).collect();
+            t.retire(&gone, places);
+            assert_eq!(sums(&t), before);
+            assert!(gone.keys().all(|u| !t.flows.contains_key(u)));
+        }
+        assert!(t.flows.is_empty());
+        // Gone flows have no rate.
+        assert!(t.platform_rows(1.0, places).iter().all(|r| r.pps == 0.0));
+
+        // The other order: the head of the recirculation retires first; its continuation,
+        // still in the table and then retired, does not count its packets again.
+        let mut t = FlowTable {
+            flows: start,
+            ..FlowTable::default()
+        };
+        for gone in [vec![a], vec![b, c]] {
+            let gone: FastMap<Uuid, FlowStats> =
+                gone.iter().map(|u| (*u, t.flows[u].to_stats())).collect();
+            t.retire(&gone, places);
+            assert_eq!(sums(&t), before);
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ const PER_PACKET: Counting = Counting {
     per_packet: true,
     latency_sample: 0,
     matching_only: true,
+    retire_after: crate::live::flowtable::RETIRE_AFTER,
 };
 
 fn explainer(live: &LiveArgs) -> anyhow::Result<ExplainCache<DaemonCtl>> {

@@ -17,10 +17,21 @@
 //!
 //! A flow's packets also include those ovs-vswitchd executed with its actions after the upcall
 //! that installed it (the probes' EXEC_STATS, once per upcall): the kernel's stats miss them.
+//! A flow gone from the table for [`RETIRE_AFTER`] with its count unchanged is retired: its
+//! last stats are handed out once ([`FlowAccounts::take_retired`]), then forgotten here and in
+//! the probes' maps (REMOVED_STATS, EXEC_STATS), so that what a run keeps follows the flows
+//! that exist, not every flow met since the start (the maps would fill, and each read would
+//! walk them all). A UFID that comes back later counts from zero again. Deleting a map entry
+//! races with the removal of a new flow of the same UFID created and freed in the
+//! milliseconds between the read and the deletion (its count would be lost): a flow lives
+//! for at least one revalidation, so this is not expected to happen, and is not detected.
+//!
 //! Drops: a flow whose actions drop (an explicit `drop`, or none that sends the packet on)
 //! drops every packet it counts, with that reason (the executed ones as `drops_after_upcall`).
 //! Drops that are no flow's action come from the drop tracepoint and are counted by reason,
 //! against no flow (`Counter::DropsNoFlow`).
+
+use std::time::{Duration, Instant};
 
 use detrace_common::{DROP_REASON_SLOTS, FlowStats, RemovedStats};
 
@@ -34,15 +45,32 @@ pub trait FlowReads {
     fn dump(&mut self) -> anyhow::Result<Vec<KernelFlow>>;
     /// The probes' per-UFID stats (only `drops_after_upcall` is kept here).
     fn probe_stats(&mut self) -> anyhow::Result<FastMap<Uuid, FlowStats>>;
+    /// Deletes retired UFIDs from the probes' per-UFID maps.
+    fn forget(&mut self, ufids: &[Uuid]) -> anyhow::Result<()>;
 }
 
+/// How long a flow stays in the accounts after it left the kernel's table (its count
+/// unchanged meanwhile): longer than the explanation of a flow takes when the budget is short
+/// (sinks fold a retired flow with what is known of it then), and than a report interval.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(60);
+
 /// The baseline and what was last reported.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct FlowAccounts {
     base_removed: FastMap<Uuid, (u64, u64)>,
     base_live: FastMap<Uuid, (u64, u64)>,
     /// (packets, bytes, drop slot) last reported per UFID.
     last: FastMap<Uuid, (u64, u64, u32)>,
+    /// UFIDs not in the table at the last read: since when, and their removals then.
+    gone: FastMap<Uuid, (Instant, u64)>,
+    /// Retired and not taken yet: their last stats.
+    retired: Vec<([u32; 4], FlowStats)>,
+    /// Packets and drops of every flow retired so far.
+    retired_totals: (u64, u64),
+    /// Flows retired so far.
+    pub retired_count: u64,
+    /// See [`RETIRE_AFTER`].
+    pub retire_after: Duration,
     /// Reads where a flow went during the dump (its live value ignored once).
     pub raced: u64,
     /// Packets and drops over every flow, at the last read.
@@ -96,19 +124,46 @@ impl FlowAccounts {
                 .into_iter()
                 .map(|(u, f)| (u, (f.packets, f.bytes)))
                 .collect(),
-            ..Self::default()
+            last: FastMap::default(),
+            gone: FastMap::default(),
+            retired: Vec::new(),
+            retired_totals: (0, 0),
+            retired_count: 0,
+            retire_after: RETIRE_AFTER,
+            raced: 0,
+            totals: (0, 0),
+            latency: false,
         })
     }
 
-    /// Cumulative per-UFID stats since [`Self::start`]: flows that counted anything.
+    /// Cumulative per-UFID stats since [`Self::start`] (or since the UFID's last retirement):
+    /// flows that counted anything and are not retired.
     pub fn read(&mut self, r: &mut impl FlowReads) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+        self.read_at(r, Instant::now())
+    }
+
+    /// [`Self::read`] at `now` (when UFIDs left the table, for their retirement).
+    pub fn read_at(
+        &mut self,
+        r: &mut impl FlowReads,
+        now: Instant,
+    ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let (removed, live, raced) = read_once(r)?;
         self.raced += raced;
         let probes = r.probe_stats()?;
-        let mut ufids: Vec<Uuid> = removed.keys().chain(live.keys()).copied().collect();
+        // A UFID the probes counted executed packets for is accounted even if its flow was
+        // never seen in the table (gone before a read, and REMOVED_STATS full): its packets
+        // count, and its EXEC_STATS entry is retired in time.
+        let mut ufids: Vec<Uuid> = removed
+            .keys()
+            .chain(live.keys())
+            .chain(probes.keys())
+            .copied()
+            .collect();
         ufids.sort_unstable();
         ufids.dedup();
         let mut out = Vec::with_capacity(ufids.len());
+        let mut retire = Vec::new();
         for u in ufids {
             let rm = removed.get(&u).copied().unwrap_or_default();
             let lv = live.get(&u);
@@ -122,14 +177,48 @@ impl FlowAccounts {
             let last = self.last.entry(u).or_insert((0, 0, 0));
             *last = (last.0.max(packets), last.1.max(bytes), slot);
             let last = *last;
-            if let Some(s) = self.stats_of(last, probes.get(&u)) {
+            let stats = self.stats_of(last, probes.get(&u));
+            if lv.is_some() {
+                self.gone.remove(&u);
+            } else {
+                let since = self.gone.entry(u).or_insert((now, rm.removals));
+                if since.1 != rm.removals {
+                    // Another flow of this UFID came and went since.
+                    *since = (now, rm.removals);
+                } else if now.saturating_duration_since(since.0) >= self.retire_after {
+                    retire.push((u, stats));
+                    continue;
+                }
+            }
+            if let Some(s) = stats {
                 out.push((u.words(), s));
             }
         }
-        self.totals = out
-            .iter()
-            .fold((0, 0), |(p, d), (_, s)| (p + s.packets, d + s.drops));
+        if !retire.is_empty() {
+            let ufids: Vec<Uuid> = retire.iter().map(|(u, _)| *u).collect();
+            r.forget(&ufids)?;
+            for (u, s) in retire {
+                self.base_removed.remove(&u);
+                self.base_live.remove(&u);
+                self.last.remove(&u);
+                self.gone.remove(&u);
+                self.retired_count += 1;
+                if let Some(s) = s {
+                    self.retired_totals.0 += s.packets;
+                    self.retired_totals.1 += s.drops;
+                    self.retired.push((u.words(), s));
+                }
+            }
+        }
+        self.totals = out.iter().fold(self.retired_totals, |(p, d), (_, s)| {
+            (p + s.packets, d + s.drops)
+        });
         Ok(out)
+    }
+
+    /// The flows retired since the last call, with their last stats (each given once).
+    pub fn take_retired(&mut self) -> Vec<([u32; 4], FlowStats)> {
+        std::mem::take(&mut self.retired)
     }
 
     /// A flow's stats from its counts as last read and the probes' (None: nothing counted).
@@ -193,6 +282,8 @@ mod tests {
         executed: FastMap<[u32; 4], u64>,
         /// Run once, right after the next dump was taken (a flow going meanwhile).
         during_dump: Option<DuringDump>,
+        /// UFIDs deleted from the maps by retirement, in order.
+        forgotten: Vec<[u32; 4]>,
     }
 
     impl Fake {
@@ -245,6 +336,14 @@ mod tests {
                     (Uuid::from_words(*u), s)
                 })
                 .collect())
+        }
+        fn forget(&mut self, ufids: &[Uuid]) -> anyhow::Result<()> {
+            for u in ufids {
+                self.removed.remove(&u.words());
+                self.executed.remove(&u.words());
+            }
+            self.forgotten.extend(ufids.iter().map(|u| u.words()));
+            Ok(())
         }
     }
 
@@ -333,5 +432,79 @@ mod tests {
         assert_eq!(last.len(), read.len());
         assert_eq!((get(&last, A).packets, get(&last, A).drops), (7, 7));
         assert_eq!(get(&last, B).packets, 9);
+    }
+
+    /// A flow gone from the table for RETIRE_AFTER, its count unchanged, is handed out once
+    /// with its last stats and forgotten here and in the maps; back later, it counts from 0.
+    /// The totals keep what retired flows counted.
+    #[test]
+    fn gone_flows_retire_once_and_come_back_from_zero() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 6, 3);
+        k.hit(B, 9, 0);
+        k.executed.insert(A, 1);
+        acc.read_at(&mut k, at(0)).unwrap();
+        k.remove(A);
+        // Gone at 1 s; still accounted until 61 s.
+        let v = acc.read_at(&mut k, at(1)).unwrap();
+        assert_eq!(get(&v, A).drops, 7);
+        let v = acc.read_at(&mut k, at(60)).unwrap();
+        assert_eq!(get(&v, A).packets, 7);
+        assert!(acc.take_retired().is_empty());
+        let v = acc.read_at(&mut k, at(61)).unwrap();
+        assert_eq!(get(&v, A).packets, 0, "retired: not in the read any more");
+        assert_eq!(get(&v, B).packets, 9, "B is in the table: never retired");
+        let gone = acc.take_retired();
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].0, gone[0].1.packets, gone[0].1.drops), (A, 7, 7));
+        assert!(acc.take_retired().is_empty(), "given once");
+        assert_eq!(k.forgotten, vec![A]);
+        assert!(!k.removed.contains_key(&A) && !k.executed.contains_key(&A));
+        assert_eq!(
+            acc.totals,
+            (16, 7),
+            "the totals keep the retired flow's counts"
+        );
+        assert_eq!(acc.retired_count, 1);
+        // The UFID comes back: from zero.
+        k.hit(A, 2, 3);
+        let v = acc.read_at(&mut k, at(62)).unwrap();
+        assert_eq!(get(&v, A).packets, 2);
+        assert_eq!(acc.totals, (18, 9));
+    }
+
+    /// A UFID whose flow comes and goes again while it waits for retirement starts waiting
+    /// anew; one whose flow is back in the table is not retired.
+    #[test]
+    fn retirement_waits_for_the_last_departure() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 1, 0);
+        k.remove(A);
+        k.hit(C, 1, 0);
+        k.remove(C);
+        acc.read_at(&mut k, at(0)).unwrap();
+        // A comes and goes between two reads (another removal); C comes back and stays.
+        k.hit(A, 4, 0);
+        k.remove(A);
+        k.hit(C, 5, 0);
+        acc.read_at(&mut k, at(30)).unwrap();
+        let v = acc.read_at(&mut k, at(70)).unwrap();
+        assert_eq!(get(&v, A).packets, 5, "gone again at 30 s: retires at 90 s");
+        assert_eq!(get(&v, C).packets, 6);
+        assert!(acc.take_retired().is_empty());
+        acc.read_at(&mut k, at(90)).unwrap();
+        let gone = acc.take_retired();
+        assert_eq!(
+            gone.iter()
+                .map(|(u, s)| (*u, s.packets))
+                .collect::<Vec<_>>(),
+            vec![(A, 5)]
+        );
     }
 }

@@ -27,7 +27,7 @@ pub struct EventOptions {
 }
 
 /// How per-flow counts are made.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Counting {
     /// By per-packet probes; else from the kernel's flow table.
     pub per_packet: bool,
@@ -36,6 +36,8 @@ pub struct Counting {
     /// Per packet, with events: only the packets the filter matches are followed and counted
     /// (watch, record: the others cost the probes an early return).
     pub matching_only: bool,
+    /// From the flow table: how long a flow gone from it stays in the accounts.
+    pub retire_after: Duration,
 }
 
 /// Attached probes; dropping this detaches them. Per-flow counts come from the probes'
@@ -51,7 +53,7 @@ pub struct KernelTracer {
 
 /// The kernel's flow table and the removal probe's map, for [`FlowAccounts`].
 struct Reads<'a> {
-    probes: &'a Probes,
+    probes: &'a mut Probes,
     table: &'a mut FlowTable,
 }
 
@@ -84,6 +86,10 @@ impl FlowReads for Reads<'_> {
             .map(|(w, s)| (Uuid::from_words(w), s))
             .collect())
     }
+    fn forget(&mut self, ufids: &[Uuid]) -> anyhow::Result<()> {
+        let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
+        Ok(self.probes.forget_flows(&words)?)
+    }
 }
 
 /// Their ring buffer (idle when per-packet events were not asked for).
@@ -96,9 +102,9 @@ impl Tracer for KernelTracer {
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
-        let probes = self.probes.borrow();
+        let mut probes = self.probes.borrow_mut();
         let mut reads = Reads {
-            probes: &probes,
+            probes: &mut probes,
             table,
         };
         match acc.read(&mut reads) {
@@ -106,6 +112,12 @@ impl Tracer for KernelTracer {
             Err(_) if self.module_gone() => acc.last_read(&mut reads),
             r => r,
         }
+    }
+    fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
+        self.flows
+            .as_ref()
+            .map(|f| f.borrow_mut().1.take_retired())
+            .unwrap_or_default()
     }
     fn module_gone(&self) -> bool {
         // Being unloaded already counts: the kernel marks the module "going" before its exit
@@ -130,6 +142,7 @@ impl Tracer for KernelTracer {
                 c[k as usize] = 0;
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
+            c[Counter::FlowsRetired as usize] = flows.borrow().1.retired_count;
         }
         if let Some(u) = &self.upcall_loss {
             c[Counter::DatapathLost as usize] = u.borrow_mut().read();
@@ -180,10 +193,11 @@ pub fn attach_live(
         // The removal probe is attached first: a flow that goes from here on is caught.
         let mut table = FlowTable::open().context("opening generic netlink (ovs_flow)")?;
         let mut acc = FlowAccounts::start(&mut Reads {
-            probes: &probes,
+            probes: &mut probes,
             table: &mut table,
         })?;
         acc.latency = counting.latency_sample > 0;
+        acc.retire_after = counting.retire_after;
         Some(RefCell::new((table, acc)))
     };
     let reader = probes.take_events();

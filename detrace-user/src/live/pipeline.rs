@@ -104,6 +104,16 @@ pub trait Sink<A: Appctl> {
     fn flows(&mut self, _view: &View<'_, A>, _at: &FlowsAt<'_>) -> std::io::Result<()> {
         Ok(())
     }
+    /// Flows retired from the kernel's accounts (gone from its table for a while): their last
+    /// counts, given once, before the [`Self::flows`] they are no longer in. A sink folds
+    /// what it keeps of them now: their explanations are forgotten right after.
+    fn retired(
+        &mut self,
+        _view: &View<'_, A>,
+        _gone: &FastMap<Uuid, FlowStats>,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
     /// The run is over (after the last [`Self::flows`]).
     fn finish(&mut self, _end: &RunEnd) -> std::io::Result<()> {
         Ok(())
@@ -128,6 +138,14 @@ impl<A: Appctl, S1: Sink<A>, S2: Sink<A>> Sink<A> for Tee<S1, S2> {
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
         self.0.flows(view, at)?;
         self.1.flows(view, at)
+    }
+    fn retired(
+        &mut self,
+        view: &View<'_, A>,
+        gone: &FastMap<Uuid, FlowStats>,
+    ) -> std::io::Result<()> {
+        self.0.retired(view, gone)?;
+        self.1.retired(view, gone)
     }
     fn finish(&mut self, end: &RunEnd) -> std::io::Result<()> {
         self.0.finish(end)?;
@@ -294,6 +312,20 @@ impl<A: Appctl> Pipeline<A> {
                 self.ports = ports;
             }
         }
+    }
+
+    /// Retired flows to the sink, then out of the explanation cache.
+    pub fn retire(
+        &mut self,
+        gone: &FastMap<Uuid, FlowStats>,
+        sink: &mut impl Sink<A>,
+    ) -> std::io::Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        sink.retired(&self.view(), gone)?;
+        self.cache.forget(gone.keys().copied());
+        Ok(())
     }
 
     /// The counts a run ends with.

@@ -58,6 +58,7 @@ fn report<T: Tracer, A: Appctl>(
     last: bool,
 ) -> anyhow::Result<LossReport> {
     let flows = flow_map(tracer)?;
+    retire(tracer, pipe, sink)?;
     pipe.explain_flows(sink.needs(), &flows);
     let loss = LossReport::from_counters(&tracer.counters()?);
     let at = FlowsAt {
@@ -67,6 +68,20 @@ fn report<T: Tracer, A: Appctl>(
     };
     sink.flows(&pipe.view(), &at)?;
     Ok(loss)
+}
+
+/// Flows the tracer retired at its last read, to the sink (once each).
+fn retire<T: Tracer, A: Appctl>(
+    tracer: &T,
+    pipe: &mut Pipeline<A>,
+    sink: &mut impl Sink<A>,
+) -> anyhow::Result<()> {
+    let gone: FastMap<Uuid, FlowStats> = tracer
+        .take_retired()
+        .into_iter()
+        .map(|(w, s)| (Uuid::from_words(w), s))
+        .collect();
+    Ok(pipe.retire(&gone, sink)?)
 }
 
 /// Every 500 ms: packets whose end never came are closed, the explanation queue pumped (the
@@ -81,7 +96,9 @@ fn tick<T: Tracer, A: Appctl>(
     pipe.expire(sink)?;
     let needs = sink.needs();
     let flows = if scan && (needs.drops || needs.flows) {
-        Some(flow_map(tracer)?)
+        let flows = flow_map(tracer)?;
+        retire(tracer, pipe, sink)?;
+        Some(flows)
     } else {
         None
     };
@@ -170,6 +187,7 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
     pipe.expire(sink)?;
     pipe.release_held(sink)?;
     pipe.tick(sink.needs(), Some(&flow_map(tracer)?));
+    retire(tracer, pipe, sink)?;
     let loss = report(tracer, pipe, sink, true)?;
     sink.finish(&pipe.end(loss, source.malformed()))?;
     sink.flush()?;

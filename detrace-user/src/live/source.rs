@@ -14,6 +14,12 @@ use serde::{
 pub trait Tracer {
     /// Cumulative per-UFID stats, summed over CPUs.
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>>;
+    /// Flows retired since the last call (gone from the kernel's table for a while; see
+    /// live::flowtable): their last stats, given once. They are absent from later
+    /// [`Self::flow_stats`]; a UFID that comes back counts from zero.
+    fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
+        Vec::new()
+    }
     /// Cumulative counters (indexed by [`Counter`]), summed over CPUs.
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]>;
     /// Replaces the addresses of the kernel's address-set filter (`--pod`, `--namespace`).
@@ -92,6 +98,12 @@ impl LossReport {
             s.push_str(&format!(
                 "; latency sampled: 1 packet in {}",
                 self.get(Counter::LatencySample)
+            ));
+        }
+        if self.get(Counter::FlowsRetired) > 0 {
+            s.push_str(&format!(
+                "; {} flows retired (gone from the table: counted in their objects' totals)",
+                self.get(Counter::FlowsRetired)
             ));
         }
         if self.get(Counter::RemovedStatsFull) > 0 {
@@ -200,7 +212,9 @@ mod tests {
             "{json}"
         );
         assert!(
-            json.ends_with(r#""latency_sample":180,"datapath_upcalls_lost":190}"#),
+            json.ends_with(
+                r#""latency_sample":180,"datapath_upcalls_lost":190,"flows_retired":200}"#
+            ),
             "{json}"
         );
         let back: LossReport = serde_json::from_str(&json).unwrap_or_default();

@@ -37,8 +37,13 @@ struct Fake {
     lost: u64,
     /// The openvswitch module unloaded under the probes.
     gone: bool,
+    /// Flows the accounts retire at the next read.
+    retired: RefCell<Vec<([u32; 4], FlowStats)>>,
 }
 impl Tracer for Fake {
+    fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
+        std::mem::take(&mut *self.retired.borrow_mut())
+    }
     fn module_gone(&self) -> bool {
         self.gone
     }
@@ -161,6 +166,7 @@ fn fake_kernel() -> Fake {
         stats: vec![([0xb, 0, 0, 1], dropstats)],
         lost: 7,
         gone: false,
+        retired: RefCell::default(),
     }
 }
 
@@ -255,6 +261,61 @@ fn drops_group_the_kernel_counts_with_a_sample() {
     assert_eq!(g["culprit"]["kind"], "unexplained");
     assert_eq!(g["reasons"]["OVS_DROP_EXPLICIT"], 1);
     assert!(g["sample"].is_object());
+}
+
+/// A flow retired from the kernel's accounts (gone from its table for a minute) keeps its
+/// drops in the report, under the culprit its explanation named, after it left the flows
+/// read; its explanation leaves the cache.
+#[test]
+fn retired_flows_keep_their_drops_and_leave_the_cache() {
+    let rt = rt();
+    let fake = fake_kernel();
+    let gone_ufid = Uuid(0xc << 96 | 1);
+    let mut gone_stats = FlowStats {
+        drops: 5,
+        packets: 5,
+        ..Default::default()
+    };
+    gone_stats.drop_reasons[3] = 5;
+    fake.retired
+        .borrow_mut()
+        .push((gone_ufid.words(), gone_stats));
+    let mut cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
+    for u in [gone_ufid, Uuid(0xb << 96 | 1)] {
+        cache.insert(
+            serde_json::from_value(serde_json::json!({
+                "summary": {
+                    "ufid": u, "datapath": "system@ovs-system",
+                    "match": "recirc_id(0)", "actions": "drop", "label": "ACL drop-9999",
+                    "objects": [], "stages": ["ls_out_acl"],
+                    "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
+                    "details": []
+                }
+            }))
+            .unwrap(),
+        );
+    }
+    let mut pipe = Pipeline::new(cache);
+    let buf = Buf::default();
+    let mut sink = DropsSink::new(Format::Json, Box::new(buf.clone()));
+    rt.block_on(run(
+        &fake,
+        &mut FakeSource(Vec::new()),
+        &mut pipe,
+        &mut sink,
+        opts(),
+    ))
+    .unwrap();
+    let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
+    let g: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        g["drops"], 6,
+        "the live flow's 1 and the retired one's 5: {out}"
+    );
+    assert_eq!(g["culprit"]["name"], "drop-9999");
+    assert_eq!(g["flows"].as_array().unwrap().len(), 2, "{out}");
+    assert!(pipe.cache.cached(&gone_ufid).is_none(), "forgotten");
+    assert!(pipe.cache.cached(&Uuid(0xb << 96 | 1)).is_some());
 }
 
 /// The openvswitch module unloaded under a run (kprobes let it go): the run stops at the

@@ -276,6 +276,11 @@ impl Probes {
         maps::removed_stats(&self.ebpf)
     }
 
+    /// Forgets flows whose last counts user space has taken (see [`maps::forget_flows`]).
+    pub fn forget_flows(&mut self, ufids: &[[u32; 4]]) -> Result<(), ProbeError> {
+        maps::forget_flows(&mut self.ebpf, ufids)
+    }
+
     /// OVS drops counted against no flow, by drop-reason slot, summed over CPUs.
     pub fn other_drops(&self) -> Result<[u64; DROP_REASON_SLOTS], ProbeError> {
         maps::other_drops(&self.ebpf)

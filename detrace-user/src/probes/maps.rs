@@ -57,6 +57,43 @@ pub(super) fn removed_stats(ebpf: &Ebpf) -> Result<Vec<([u32; 4], RemovedStats)>
     })
 }
 
+/// Deletes the entries of `ufids` from the per-UFID maps that keep a flow after it went
+/// (REMOVED_STATS, EXEC_STATS, and FLOW_STATS when per-packet probes fill it): what user space
+/// has taken their last counts from. A UFID a map does not hold is no error.
+pub(super) fn forget_flows(ebpf: &mut Ebpf, ufids: &[[u32; 4]]) -> Result<(), ProbeError> {
+    forget_in::<RemovedStats>(ebpf, MAP_REMOVED_STATS, ufids)?;
+    forget_in::<ExecStats>(ebpf, MAP_EXEC_STATS, ufids)?;
+    forget_in::<FlowStats>(ebpf, MAP_FLOW_STATS, ufids)
+}
+
+fn forget_in<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ufids: &[[u32; 4]],
+) -> Result<(), ProbeError> {
+    let err = map_err(name);
+    let Some(map) = ebpf.map_mut(name) else {
+        return Ok(());
+    };
+    let mut map: PerCpuHashMap<&mut MapData, FlowKey, V> =
+        PerCpuHashMap::try_from(map).map_err(&err)?;
+    for u in ufids {
+        remove_quiet(&mut map, &FlowKey { ufid: *u }).map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// Removes `key`; absent is fine.
+fn remove_quiet<V: aya::Pod>(
+    map: &mut PerCpuHashMap<&mut MapData, FlowKey, V>,
+    key: &FlowKey,
+) -> Result<(), MapError> {
+    match map.remove(key) {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
 /// OVS drops counted against no flow, by drop-reason slot, summed over CPUs.
 pub(super) fn other_drops(ebpf: &Ebpf) -> Result<[u64; DROP_REASON_SLOTS], ProbeError> {
     let err = map_err(MAP_OTHER_DROPS);

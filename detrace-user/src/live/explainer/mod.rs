@@ -132,6 +132,8 @@ pub struct ExplainCache<A: Appctl> {
     /// [`MAX_RETRY_DOUBLINGS`]), so flows that cannot be explained (gone for good, a recirc_id
     /// of a restarted ovs-vswitchd) do not spend the request budget every few seconds.
     failures: FastMap<Uuid, u32>,
+    /// Explained UFIDs forgotten (see [`Self::forget`]) still in `order`.
+    forgotten_in_order: usize,
 }
 
 /// A UFID that keeps failing waits `retry_after` doubled up to this many times (5 s -> 320 s).
@@ -161,6 +163,7 @@ impl<A: Appctl> ExplainCache<A> {
             last_capture: None,
             compact_over: COMPACT_MIN,
             failures: FastMap::default(),
+            forgotten_in_order: 0,
         }
     }
 
@@ -474,6 +477,33 @@ impl<A: Appctl> ExplainCache<A> {
         let cache = &self.cache;
         self.failures.retain(|u, _| cache.get(u).is_some());
         self.compact_over = (2 * self.cache.len()).max(COMPACT_MIN);
+    }
+
+    /// Forgets UFIDs whose flows are gone for good (retired from the kernel's accounts, their
+    /// counts folded by the sinks): not counted as evictions. Seen again, a UFID is explained
+    /// again.
+    pub fn forget(&mut self, ufids: impl IntoIterator<Item = Uuid>) {
+        for u in ufids {
+            if let Some(Some(e)) = self.cache.get(&u) {
+                if matches!(e, Entry::Explained(_)) {
+                    self.forgotten_in_order += 1;
+                }
+                self.cache.insert(u, None);
+            }
+            self.failures.remove(&u);
+            self.captured.remove(&u);
+        }
+        // The eviction order keeps a forgotten UFID until the next eviction reaches it: dropped
+        // from it once they are half of it, so that it follows what is kept.
+        if self.forgotten_in_order > COMPACT_MIN && 2 * self.forgotten_in_order > self.order.len() {
+            let mut kept = rustc_hash::FxHashSet::default();
+            let cache = &self.cache;
+            self.order.retain(|u| {
+                matches!(cache.get(u), Some(Some(Entry::Explained(_)))) && kept.insert(*u)
+            });
+            self.forgotten_in_order = 0;
+        }
+        self.compact();
     }
 
     /// UFIDs in the table (evicted ones too until it is compacted).

@@ -35,6 +35,9 @@ pub fn text(w: &mut impl Write, groups: &[DropGroup]) -> fmt::Result {
         for (i, u) in g.flows.iter().enumerate() {
             write!(w, "{}ufid:{u}", if i > 0 { " " } else { "" })?;
         }
+        if g.flows_not_listed > 0 {
+            write!(w, " (and {} more, gone)", g.flows_not_listed)?;
+        }
         writeln!(w)?;
         if let Some(p) = &g.sample {
             writeln!(w, "          sample: {p}")?;

@@ -7,7 +7,7 @@ use detrace_common::FlowStats;
 use super::{emit, fmt_err};
 use crate::{
     FastMap,
-    aggregate::{DropGroup, group_drops, record_end},
+    aggregate::{DropGroup, drops::GoneDrops, group_drops, record_end},
     events::{Packet, Verdict, path::PacketTrace},
     explain::culprit::Culprit,
     live::{
@@ -29,6 +29,8 @@ pub struct DropsSink {
     /// hold every packet, not only those the filter picks), in `counted`.
     pub from_events: bool,
     counted: FastMap<Uuid, FlowStats>,
+    /// What the flows retired from the kernel's accounts dropped, by culprit.
+    gone: GoneDrops,
 }
 
 impl DropsSink {
@@ -40,6 +42,7 @@ impl DropsSink {
             samples: FastMap::default(),
             from_events: false,
             counted: FastMap::default(),
+            gone: GoneDrops::default(),
         }
     }
 }
@@ -98,13 +101,28 @@ impl<A: Appctl> Sink<A> for DropsSink {
         Ok(())
     }
 
+    fn retired(
+        &mut self,
+        view: &View<'_, A>,
+        gone: &FastMap<Uuid, FlowStats>,
+    ) -> std::io::Result<()> {
+        // With a filter, drops are counted from the packets seen, not from the flows.
+        if !self.from_events {
+            self.gone.fold(drop_groups(view, gone, &self.samples));
+        }
+        for u in gone.keys() {
+            self.samples.remove(u);
+        }
+        Ok(())
+    }
+
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
         let flows = if self.from_events {
             &self.counted
         } else {
             at.flows
         };
-        let groups = drop_groups(view, flows, &self.samples);
+        let groups = self.gone.merged(drop_groups(view, flows, &self.samples));
         match self.format {
             Format::Json => {
                 for g in &groups {

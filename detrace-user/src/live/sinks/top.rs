@@ -3,8 +3,11 @@
 
 use std::{io::Write, time::Instant};
 
+use detrace_common::FlowStats;
+
 use super::{emit, fmt_err};
 use crate::{
+    FastMap,
     aggregate::{FlowTable, Row, RowKey, SortKey, platform::FlowPlace, sort_rows},
     live::{
         explainer::LookupRef,
@@ -12,6 +15,7 @@ use crate::{
         render::{Format, table::table},
     },
     ovs::unixctl::Appctl,
+    uuid::Uuid,
 };
 
 /// Live tables refresh (in place on a terminal) and carry the interval and the kernel's
@@ -166,6 +170,16 @@ impl<A: Appctl> Sink<A> for TopSink {
             flows: true,
             ..Needs::default()
         }
+    }
+
+    fn retired(
+        &mut self,
+        view: &View<'_, A>,
+        gone: &FastMap<Uuid, FlowStats>,
+    ) -> std::io::Result<()> {
+        let place = |u: &_| view.cache.cached(u).map(|e| FlowPlace::of(&e.summary));
+        self.table.retire(gone, place);
+        Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {

@@ -172,8 +172,36 @@ impl Default for Ledger {
 impl Ledger {
     /// Attributes what each explained flow did since the last report.
     pub fn update<A: Appctl>(&mut self, view: &View<'_, A>, flows: &FastMap<Uuid, FlowStats>) {
-        // Where every explained flow's packets go next, before anything is attributed: a
-        // flow after a recirculation may be explained before the one that recirculates.
+        self.learn(view, flows);
+        for (u, s) in flows {
+            if !self.ready(view, u) {
+                // Attributed once settled: the kernel's counter keeps the delta meanwhile.
+                continue;
+            }
+            self.attribute(view, *u, s);
+        }
+        // Flows no longer counted gave what they had (or were retired): forget them.
+        self.attributed.retain(|u, _| flows.contains_key(u));
+        self.failing_since.retain(|u, _| flows.contains_key(u));
+        self.known.retain(|u, _| flows.contains_key(u));
+    }
+
+    /// Flows retired from the kernel's accounts: what they did since their last attribution
+    /// is attributed now, with what is known of them (the wait for their siblings is over:
+    /// they are gone), and they are forgotten.
+    pub fn retire<A: Appctl>(&mut self, view: &View<'_, A>, gone: &FastMap<Uuid, FlowStats>) {
+        self.learn(view, gone);
+        for (u, s) in gone {
+            self.attribute(view, *u, s);
+            self.attributed.remove(u);
+            self.failing_since.remove(u);
+            self.known.remove(u);
+        }
+    }
+
+    /// Where every explained flow's packets go next, before anything is attributed: a flow
+    /// after a recirculation may be explained before the one that recirculates.
+    fn learn<A: Appctl>(&mut self, view: &View<'_, A>, flows: &FastMap<Uuid, FlowStats>) {
         for u in flows.keys() {
             if let LookupRef::Explained(e) = view.peek(u)
                 && !self.known.contains_key(u)
@@ -195,37 +223,31 @@ impl Ledger {
                 );
             }
         }
-        for (u, s) in flows {
-            if !self.ready(view, u) {
-                // Attributed once settled: the kernel's counter keeps the delta meanwhile.
-                continue;
-            }
-            let before = self.attributed.insert(*u, *s).unwrap_or_default();
-            let d = s.saturating_sub(&before);
-            if d.packets == 0 && d.drops == 0 {
-                continue;
-            }
-            if let Some(k) = self.known.get(u) {
-                for (keys, totals) in [
-                    (&k.objects, &mut self.objects),
-                    (&k.platforms, &mut self.platform),
-                ] {
-                    for key in keys {
-                        let again = self.continued.again(key, &k.place);
-                        totals.entry(key.clone()).or_default().add(&d, !again);
-                    }
-                }
-            } else {
-                self.unexplained_packets += d.packets;
-            }
-            if d.drops > 0 {
-                self.add_drops(view, *u, &d);
-            }
+    }
+
+    /// Attributes the change of a flow's cumulative counters `s` since the last time.
+    fn attribute<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, s: &FlowStats) {
+        let before = self.attributed.insert(u, *s).unwrap_or_default();
+        let d = s.saturating_sub(&before);
+        if d.packets == 0 && d.drops == 0 {
+            return;
         }
-        // Expired flows gave what they had: forget them (their UFIDs do not come back).
-        self.attributed.retain(|u, _| flows.contains_key(u));
-        self.failing_since.retain(|u, _| flows.contains_key(u));
-        self.known.retain(|u, _| flows.contains_key(u));
+        if let Some(k) = self.known.get(&u) {
+            for (keys, totals) in [
+                (&k.objects, &mut self.objects),
+                (&k.platforms, &mut self.platform),
+            ] {
+                for key in keys {
+                    let again = self.continued.again(key, &k.place);
+                    totals.entry(key.clone()).or_default().add(&d, !again);
+                }
+            }
+        } else {
+            self.unexplained_packets += d.packets;
+        }
+        if d.drops > 0 {
+            self.add_drops(view, u, &d);
+        }
     }
 
     /// Whether a flow's counters can be attributed now: explained a little while ago (its
@@ -458,6 +480,15 @@ impl<A: Appctl> Sink<A> for MetricsSink {
             flows: true,
             ..Needs::default()
         }
+    }
+
+    fn retired(
+        &mut self,
+        view: &View<'_, A>,
+        gone: &FastMap<Uuid, FlowStats>,
+    ) -> std::io::Result<()> {
+        self.ledger.retire(view, gone);
+        Ok(())
     }
 
     fn flows(&mut self, view: &View<'_, A>, at: &FlowsAt<'_>) -> std::io::Result<()> {
