@@ -222,7 +222,7 @@ pub struct CountArgs {
     /// flows, drop groups' flow lists): then it is forgotten, its counts kept in the totals of
     /// its OVN and platform objects and drop culprits, so that what a long run keeps follows
     /// the flows that exist, not every flow met since the start.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, conflicts_with = "per_packet", value_parser = positive_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs)]
     pub retire_after: f64,
 }
 

@@ -249,6 +249,75 @@ impl FlowAccounts {
     }
 }
 
+/// Retirement for per-packet counting (FLOW_STATS, filled by the probes at every pass): a
+/// UFID whose counters have not moved for `retire_after` is retired as in [`FlowAccounts`]
+/// (its flow has expired: ovs-vswitchd removes a flow idle for 10 s by default). If it was
+/// only idle, its next packet starts a new entry from zero: counted either way. A packet
+/// counted between the read and the deletion of an idle UFID's entry is lost (not detected).
+#[derive(Debug)]
+pub struct IdleFlows {
+    /// Per UFID: its packets + drops at the last change, and when that was.
+    seen: FastMap<Uuid, (u64, Instant)>,
+    retired: Vec<([u32; 4], FlowStats)>,
+    pub retired_count: u64,
+    pub retire_after: Duration,
+}
+
+impl IdleFlows {
+    pub fn new(retire_after: Duration) -> Self {
+        Self {
+            seen: FastMap::default(),
+            retired: Vec::new(),
+            retired_count: 0,
+            retire_after,
+        }
+    }
+
+    /// The flows of `stats` not retired now; `forget` deletes the retired ones' entries.
+    pub fn read_at(
+        &mut self,
+        stats: Vec<([u32; 4], FlowStats)>,
+        now: Instant,
+        forget: impl FnOnce(&[Uuid]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+        let mut out = Vec::with_capacity(stats.len());
+        let mut retire = Vec::new();
+        for (w, s) in stats {
+            let u = Uuid::from_words(w);
+            let count = s.packets + s.drops;
+            let e = self.seen.entry(u).or_insert((count, now));
+            if e.0 != count {
+                *e = (count, now);
+            } else if now.saturating_duration_since(e.1) >= self.retire_after {
+                retire.push((w, s));
+                continue;
+            }
+            out.push((w, s));
+        }
+        if !retire.is_empty() {
+            let ufids: Vec<Uuid> = retire.iter().map(|(w, _)| Uuid::from_words(*w)).collect();
+            forget(&ufids)?;
+            for u in &ufids {
+                self.seen.remove(u);
+            }
+            self.retired_count += retire.len() as u64;
+            self.retired.extend(retire);
+        }
+        // UFIDs no longer in the map (deleted elsewhere) are not kept.
+        if self.seen.len() > 2 * out.len() + 1024 {
+            let present: rustc_hash::FxHashSet<Uuid> =
+                out.iter().map(|(w, _)| Uuid::from_words(*w)).collect();
+            self.seen.retain(|u, _| present.contains(u));
+        }
+        Ok(out)
+    }
+
+    /// The flows retired since the last call (each given once).
+    pub fn take_retired(&mut self) -> Vec<([u32; 4], FlowStats)> {
+        std::mem::take(&mut self.retired)
+    }
+}
+
 /// A flow's [`FlowStats`] from its kernel counts, the drop its actions make (slot 0: none) and
 /// the packets executed with its actions after their upcall (packets, bytes).
 fn flow_stats((packets, bytes, slot): (u64, u64, u32), exec: (u64, u64)) -> FlowStats {
@@ -506,5 +575,43 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(A, 5)]
         );
+    }
+
+    /// Per-packet counting: a UFID idle for RETIRE_AFTER is retired (given once, its entry
+    /// deleted); one still counting is not; back later, it is a new entry.
+    #[test]
+    fn idle_per_packet_flows_retire() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let st = |n: u64| FlowStats {
+            packets: n,
+            ..FlowStats::default()
+        };
+        let mut idle = IdleFlows::new(Duration::from_secs(60));
+        let mut deleted = Vec::new();
+        fn forget(d: &mut Vec<Uuid>) -> impl FnOnce(&[Uuid]) -> anyhow::Result<()> + '_ {
+            move |u| {
+                d.extend_from_slice(u);
+                Ok(())
+            }
+        }
+        idle.read_at(vec![(A, st(3)), (B, st(1))], at(0), forget(&mut deleted))
+            .unwrap();
+        idle.read_at(vec![(A, st(3)), (B, st(2))], at(30), forget(&mut deleted))
+            .unwrap();
+        let v = idle
+            .read_at(vec![(A, st(3)), (B, st(2))], at(60), forget(&mut deleted))
+            .unwrap();
+        assert_eq!(v.iter().map(|(w, _)| *w).collect::<Vec<_>>(), vec![B]);
+        assert_eq!(deleted, vec![Uuid::from_words(A)]);
+        let gone = idle.take_retired();
+        assert_eq!((gone.len(), gone[0].0, gone[0].1.packets), (1, A, 3));
+        assert!(idle.take_retired().is_empty());
+        // B still moved 30 s ago; A back from zero is a new entry.
+        let v = idle
+            .read_at(vec![(A, st(1)), (B, st(2))], at(89), forget(&mut deleted))
+            .unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(idle.retired_count, 1);
     }
 }

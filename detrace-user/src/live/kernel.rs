@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats, kernel_drop_slot};
 
 use super::{
-    flowtable::{FlowAccounts, FlowReads},
+    flowtable::{FlowAccounts, FlowReads, IdleFlows},
     source::{EventSource, Tracer},
     upcall_loss::UpcallLoss,
 };
@@ -46,6 +46,8 @@ pub struct Counting {
 pub struct KernelTracer {
     probes: RefCell<Probes>,
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
+    /// Per-packet counting's retirement (when `flows` is None).
+    idle: RefCell<IdleFlows>,
     latency_sample: u32,
     /// The datapath's lost upcalls, counted from the attach.
     upcall_loss: Option<RefCell<UpcallLoss>>,
@@ -98,7 +100,14 @@ pub struct KernelEvents(Option<EventReader>);
 impl Tracer for KernelTracer {
     fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let Some(flows) = &self.flows else {
-            return Ok(self.probes.borrow().flow_stats()?);
+            let stats = self.probes.borrow().flow_stats()?;
+            return self
+                .idle
+                .borrow_mut()
+                .read_at(stats, std::time::Instant::now(), |ufids| {
+                    let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
+                    Ok(self.probes.borrow_mut().forget_flows(&words)?)
+                });
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
@@ -114,10 +123,10 @@ impl Tracer for KernelTracer {
         }
     }
     fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
-        self.flows
-            .as_ref()
-            .map(|f| f.borrow_mut().1.take_retired())
-            .unwrap_or_default()
+        match &self.flows {
+            Some(f) => f.borrow_mut().1.take_retired(),
+            None => self.idle.borrow_mut().take_retired(),
+        }
     }
     fn module_gone(&self) -> bool {
         // Being unloaded already counts: the kernel marks the module "going" before its exit
@@ -143,6 +152,8 @@ impl Tracer for KernelTracer {
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
             c[Counter::FlowsRetired as usize] = flows.borrow().1.retired_count;
+        } else {
+            c[Counter::FlowsRetired as usize] = self.idle.borrow().retired_count;
         }
         if let Some(u) = &self.upcall_loss {
             c[Counter::DatapathLost as usize] = u.borrow_mut().read();
@@ -216,6 +227,7 @@ pub fn attach_live(
     let tracer = KernelTracer {
         probes: RefCell::new(probes),
         flows,
+        idle: RefCell::new(IdleFlows::new(counting.retire_after)),
         latency_sample,
         upcall_loss: UpcallLoss::open().map(RefCell::new),
     };

@@ -85,12 +85,14 @@ fn retire<T: Tracer, A: Appctl>(
 }
 
 /// Every 500 ms: packets whose end never came are closed, the explanation queue pumped (the
-/// kernel's flows read for it once a second), lost events said.
+/// kernel's flows read for it once a second, every 10 s for retirement alone when the sink
+/// reads no counters), lost events said.
 fn tick<T: Tracer, A: Appctl>(
     tracer: &T,
     pipe: &mut Pipeline<A>,
     sink: &mut impl Sink<A>,
     scan: bool,
+    sweep: bool,
     warn: &mut Warnings,
 ) -> anyhow::Result<()> {
     pipe.expire(sink)?;
@@ -100,6 +102,12 @@ fn tick<T: Tracer, A: Appctl>(
         retire(tracer, pipe, sink)?;
         Some(flows)
     } else {
+        if sweep {
+            // A sink that reads no counters (watch, record): they are read now and then all
+            // the same, so that flows gone for good retire and their explanations go.
+            flow_map(tracer)?;
+            retire(tracer, pipe, sink)?;
+        }
         None
     };
     pipe.tick(needs, flows.as_ref());
@@ -176,7 +184,9 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
                     );
                     break;
                 }
-                tick(tracer, pipe, sink, scan, &mut warn)?;
+                // Every 10 s.
+                let sweep = ticks.is_multiple_of(20);
+                tick(tracer, pipe, sink, scan, sweep, &mut warn)?;
             }
             _ = next_report(&mut reports) => {
                 report(tracer, pipe, sink, false)?;

@@ -192,7 +192,7 @@ ok "top --latency-sample 2 counts $N1 packets and measures latency on a sample"
 
 # --- drops: the ACL's drops exactly, in the kernel and after upcalls, across two flushes
 warm $SERVER $DPORT
-"$D" drops --ready --format json --duration 16 >$T/drops.out 2>$T/drops.err &
+"$D" drops --ready --format json --duration 16 --retire-after 3 >$T/drops.out 2>$T/drops.err &
 P=$!
 wait_ready $T/drops.out drops
 check_programs drops
@@ -220,7 +220,40 @@ assert g["reasons"].get(__import__("os").environ["OVN_DROP_REASON"]) == n, g["re
 print(f"drops: {g['drops']} -> ACL {g['culprit']['name']}: {g['in_kernel']} in the kernel, {g['after_upcall']} after upcall, reasons {g['reasons']}")
 PY
 grep 'kernel:' $T/drops.err
-ok "drops attributes exactly $((N1 + N2)) drops to ACL vmtest-ft-7781 across two flushes"
+# Both flushes' flows retired before the end (--retire-after 3): the group kept their drops.
+grep 'kernel:' $T/drops.err | grep -q ' flows retired' || fail "drops: no flow retired: $(grep kernel: $T/drops.err)"
+ok "drops attributes exactly $((N1 + N2)) drops to ACL vmtest-ft-7781 across two flushes and the flows' retirement"
+
+# --- top --retire-after 2: the flows flushed in the middle retire (forgotten, in the kernel's
+# maps too) before the run ends; the load balancer's row still counts every packet sent, and
+# the flows' UFIDs come back counting from zero.
+warm $VIP 5001
+"$D" top --ready --format json --interval 2 --duration 18 --sort packets --limit 1000 --retire-after 2 >$T/top4.out 2>$T/top4.err &
+P=$!
+wait_ready $T/top4.out "top --retire-after"
+send $VIP 5001 $N1
+sleep 1  # explained while the flows exist
+flush e1
+sleep 4  # gone for longer than --retire-after, read twice a second meanwhile
+send $VIP 5001 1 1
+send $VIP 5001 $N2
+wait $P || fail "detrace top --retire-after exited $?: $(tail -5 $T/top4.err)"
+python3 - "$T/top4.out" $((N1 + 1 + N2)) <<'PY' || fail "top --retire-after: $(tail -c 3000 $T/top4.out; tail -3 $T/top4.err)"
+import json, sys
+t = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and l[0] == '{'][-1]
+n = int(sys.argv[2])
+k = t["kernel"]
+assert k["flows_retired"] > 0, f"no flow retired: {k}"
+lb = [r for r in t["objects"] if r["key"].startswith("Load_Balancer ") and "lb-ft" in r["label"]]
+assert len(lb) == 1, f"one row for lb-ft: {[r['label'] for r in t['objects']]}"
+# Each packet once; the first after the flush went up and was executed with the flow's
+# actions (counted, as the per-packet probes count it); so may the first of the burst.
+got = lb[0]["packets"]
+assert n <= got <= n + 1, f"lb-ft counts {got}, sent {n}: {lb[0]}"
+print(f"top --retire-after: lb-ft {got} packets (sent {n}), {k['flows_retired']} flows retired, {len(t['flows'])} flows listed")
+PY
+grep 'kernel:' $T/top4.err
+ok "top --retire-after 2 keeps all $((N1 + 1 + N2)) packets in lb-ft's row across retired flows"
 grep -h 'probes attached in' $T/*.err
 
 # --- watch matching nothing: packets the filter rejects are decided at their first pass and
