@@ -176,7 +176,9 @@ impl Recording {
                 Ok(RecordLine::Explanation(e)) => rec.explanations.push(*e),
                 Ok(RecordLine::Packet(p)) => rec.packets.push(p),
                 Ok(RecordLine::Flow { ufid, stats }) => {
-                    rec.flows.insert(ufid, (&stats).into());
+                    // A UFID retired during the recording and met again has a line for each
+                    // of its lives.
+                    rec.flows.entry(ufid).or_default().add(&(&stats).into());
                 }
                 Ok(RecordLine::Summary { loss, .. }) => rec.loss = Some(loss),
                 Err(e) if e.is_eof() => cut = Some((n + 1, e.to_string())),

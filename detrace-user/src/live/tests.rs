@@ -194,6 +194,15 @@ fn record_writes_packets_flows_and_loss() {
     ]];
     let fake = fake_kernel();
     let _ = &fake.batches;
+    // Flow 0xb also lived before (retired with 4 packets, 2 drops, then back): its two lives
+    // are two lines, summed by the replay.
+    let mut before = FlowStats {
+        packets: 4,
+        drops: 2,
+        ..Default::default()
+    };
+    before.drop_reasons[3] = 2;
+    fake.retired.borrow_mut().push(([0xb, 0, 0, 1], before));
     let mut src = FakeSource(batches);
     let loss = rt
         .block_on(run(&fake, &mut src, &mut pipe, &mut sink, opts()))
@@ -239,6 +248,9 @@ fn record_writes_packets_flows_and_loss() {
     assert!(
         matches!(lines.last().unwrap(), RecordLine::Summary { loss, .. } if loss.get(detrace_common::Counter::EventsLost) == 7)
     );
+    let rec = super::record::Recording::read(text.as_bytes()).unwrap();
+    let s = rec.flows[&Uuid(0xb << 96 | 1)];
+    assert_eq!((s.packets, s.drops, s.drop_reasons[3]), (5, 3, 3));
 }
 
 /// The same events through `drops`: one group, the unexplained flow, with its sample.

@@ -3,7 +3,10 @@
 
 use std::io::Write;
 
+use detrace_common::FlowStats;
+
 use crate::{
+    FastMap,
     events::path::PacketTrace,
     live::{
         clock::{Clock, Ports},
@@ -44,6 +47,19 @@ impl RecordSink {
         };
         line(&mut self.out, &h)
     }
+
+    fn flow_lines(&mut self, flows: &FastMap<Uuid, FlowStats>) -> std::io::Result<()> {
+        for (u, s) in flows {
+            line(
+                &mut self.out,
+                &RecordLine::Flow {
+                    ufid: *u,
+                    stats: s.into(),
+                },
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl<A: Appctl> Sink<A> for RecordSink {
@@ -73,16 +89,16 @@ impl<A: Appctl> Sink<A> for RecordSink {
         if !at.last {
             return Ok(());
         }
-        for (u, s) in at.flows {
-            line(
-                &mut self.out,
-                &RecordLine::Flow {
-                    ufid: *u,
-                    stats: s.into(),
-                },
-            )?;
+        self.flow_lines(at.flows)
+    }
+
+    /// Retired flows' counts are final: written now (the replay sums a UFID's lines).
+    fn retired(&mut self, _: &View<'_, A>, gone: &FastMap<Uuid, FlowStats>) -> std::io::Result<()> {
+        // Their explanations leave the cache: one met again is explained, and recorded, anew.
+        for u in gone.keys() {
+            self.recorded.remove(u);
         }
-        Ok(())
+        self.flow_lines(gone)
     }
 
     fn finish(&mut self, end: &RunEnd) -> std::io::Result<()> {
