@@ -472,6 +472,43 @@ fn the_table_forgets_evicted_and_expired_failures() {
     );
 }
 
+/// Retired flows are forgotten as they go (not evictions): over hours of churn the table and
+/// the eviction order follow the flows that exist, and the bound still evicts the oldest of
+/// those kept, not a forgotten one.
+#[test]
+fn forgotten_flows_leave_the_table_and_the_eviction_order() {
+    let (mut cache, _calls) = busy_cache(1e9);
+    cache.max_explained = 1000;
+    let u = |n: u128| Uuid(n << 64 | 9);
+    let mut most = (0, 0);
+    for n in 1..=50_000u128 {
+        assert!(matches!(cache.lookup(u(n)), LookupRef::Explained(_)));
+        // Each flow retires 50 flows after it came.
+        if n > 50 {
+            cache.forget([u(n - 50)]);
+        }
+        most = (most.0.max(cache.table_len()), most.1.max(cache.order.len()));
+    }
+    assert_eq!(cache.stats.evicted, 0, "nothing evicted: 50 kept at a time");
+    assert_eq!(cache.explained().count(), 50);
+    assert!(most.0 <= 2 * COMPACT_MIN + 1, "table reached {}", most.0);
+    assert!(
+        most.1 <= 2 * COMPACT_MIN + 100,
+        "eviction order reached {}",
+        most.1
+    );
+    assert!(matches!(cache.peek(&u(1)), LookupRef::Pending));
+    // Met again: explained again.
+    assert!(matches!(cache.lookup(u(1)), LookupRef::Explained(_)));
+    // The bound counts what is kept: 1000 more, and the oldest kept goes first.
+    for n in 50_001..=51_000u128 {
+        cache.lookup(u(n));
+    }
+    assert_eq!(cache.explained().count(), 1000);
+    assert!(cache.stats.evicted > 0);
+    assert!(matches!(cache.peek(&u(51_000)), LookupRef::Explained(_)));
+}
+
 /// The full chain is kept for recordings only; the summary either way.
 #[test]
 fn full_chain_only_when_kept() {
