@@ -6,7 +6,7 @@ use crate::{
         clock::{Clock, Ports},
         explainer::{Backend, ExplainCache, Explained},
     },
-    ovn::platform::{Platform, PlatformKind},
+    ovn::platform::{Platform, PlatformKind, PlatformRef},
 };
 
 struct NoOvs;
@@ -90,10 +90,8 @@ fn the_ledger_attributes_each_delta_once() {
     let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
     cache.insert(explained(out, false));
     let (clock, ports) = (Clock::new(), Ports::new());
-    let mut l = Ledger {
-        hold: std::time::Duration::ZERO,
-        ..Ledger::default()
-    };
+    let mut l = Ledger::default();
+    l.hold = std::time::Duration::ZERO;
     let flows = |a: FlowStats, b: FlowStats| -> FastMap<Uuid, FlowStats> {
         [(out, a), (drop, b)].into_iter().collect()
     };
@@ -175,10 +173,8 @@ fn a_recirculation_explained_out_of_order_counts_once() {
     let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
     cache.insert(flow(child, "recirc_id(0x5),in_port(2)", "3"));
     let (clock, ports) = (Clock::new(), Ports::new());
-    let mut l = Ledger {
-        hold: std::time::Duration::from_millis(100),
-        ..Ledger::default()
-    };
+    let mut l = Ledger::default();
+    l.hold = std::time::Duration::from_millis(100);
     let flows: FastMap<Uuid, FlowStats> = [(parent, stats(10, 0)), (child, stats(10, 0))]
         .into_iter()
         .collect();
@@ -209,4 +205,37 @@ fn a_recirculation_explained_out_of_order_counts_once() {
         "detrace_object_packets_total{table=\"Load_Balancer\"",
     );
     assert!(row.ends_with(" 10"), "{row}");
+}
+
+/// A flow retired from the kernel's accounts gives what it did since its last attribution,
+/// even before its hold was over, and is forgotten; its UFID back later counts from zero, on
+/// top of what it gave.
+#[test]
+fn retired_flows_give_their_last_counts() {
+    let u = Uuid(3);
+    let mut cache: ExplainCache<NoOvs> = ExplainCache::new(Backend::Recorded, 1.0);
+    cache.insert(explained(u, false));
+    let (clock, ports) = (Clock::new(), Ports::new());
+    let view = View {
+        cache: &cache,
+        clock: &clock,
+        ports: &ports,
+    };
+    let mut l = Ledger::default();
+    let one = |s| -> FastMap<Uuid, FlowStats> { [(u, s)].into_iter().collect() };
+    // Explained, its hold (3 s) not over: nothing attributed yet.
+    l.update(&view, &one(stats(10, 0)));
+    l.retire(&view, &one(stats(15, 0)));
+    let packets = |l: &Ledger| {
+        let text = render(l, &Health::default());
+        let pod = "{platform=\"ovn-kubernetes\",kind=\"pod\",namespace=\"prod\",name=\"client\"}";
+        line(&text, &format!("detrace_platform_packets_total{pod}"))
+            .rsplit(' ')
+            .next()
+            .map(str::to_string)
+    };
+    assert_eq!(packets(&l).as_deref(), Some("15"));
+    l.hold = std::time::Duration::ZERO;
+    l.update(&view, &one(stats(2, 0)));
+    assert_eq!(packets(&l).as_deref(), Some("17"));
 }
