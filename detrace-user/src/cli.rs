@@ -221,15 +221,20 @@ pub struct CountArgs {
     /// Seconds a flow gone from the kernel's table stays a flow of its own (in top's table of
     /// flows, drop groups' flow lists): then it is forgotten, its counts kept in the totals of
     /// its OVN and platform objects and drop culprits, so that what a long run keeps follows
-    /// the flows that exist, not every flow met since the start.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs)]
+    /// the flows that exist, not every flow met since the start. At least 2.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = retire_secs)]
     pub retire_after: f64,
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+/// At least 2 s: a flow is retired once its last stats are in, which the kernel's RCU
+/// callback delivers moments after the flow left the table; retired before that, its count
+/// would come back as a new life of the UFID and be counted twice.
+fn retire_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if (0.0..=1e7).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}` is not a number of seconds (0 to 10000000)")),
+        Ok(v) if (2.0..=1e7).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from 2 to 10000000"
+        )),
     }
 }
 

@@ -106,14 +106,18 @@ pub const GONE_FLOWS_LISTED: usize = 32;
 pub struct GoneDrops(BTreeMap<(CulpritKind, String), DropGroup>);
 
 impl GoneDrops {
-    /// Folds the groups of retired flows in.
+    /// Folds the groups of retired flows in. Unexplained flows (each its own culprit, named
+    /// by its UFID) fold into one group: gone, they would otherwise keep a group each.
     pub fn fold(&mut self, groups: Vec<DropGroup>) {
-        for g in groups {
+        for mut g in groups {
+            if g.culprit.kind == CulpritKind::Unexplained {
+                g.culprit.id = String::new();
+                g.culprit.name = "(unexplained flows, gone)".into();
+            }
             let key = (g.culprit.kind, g.culprit.id.clone());
             match self.0.get_mut(&key) {
                 Some(into) => add_group(into, &g, GONE_FLOWS_LISTED),
                 None => {
-                    let mut g = g;
                     let extra = g.flows.len().saturating_sub(GONE_FLOWS_LISTED);
                     g.flows.truncate(GONE_FLOWS_LISTED);
                     g.flows_not_listed += extra as u64;
@@ -162,5 +166,58 @@ fn add_group(into: &mut DropGroup, g: &DropGroup, listed: usize) {
         if !into.notes.contains(n) && into.notes.len() < GONE_FLOWS_LISTED {
             into.notes.push(n.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(c: Culprit, u: u128, drops: u64) -> DropGroup {
+        let mut g = group_drops(
+            &[(
+                Uuid(u),
+                FlowStats {
+                    drops,
+                    ..FlowStats::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            |_| c.clone(),
+            |_| None,
+        );
+        g.remove(0)
+    }
+
+    /// Gone flows keep their drops under their culprit, listed up to a bound; unexplained ones
+    /// (a culprit each, by UFID) fold into one group; live groups get the gone counts added.
+    #[test]
+    fn gone_drops_fold_bounded() {
+        let acl = Culprit {
+            kind: CulpritKind::Acl,
+            id: "acl-1".into(),
+            ..Culprit::unexplained(Uuid(0), "")
+        };
+        let mut gone = GoneDrops::default();
+        for u in 1..=40u128 {
+            gone.fold(vec![
+                group(acl.clone(), u, 2),
+                group(Culprit::unexplained(Uuid(1000 + u), "x"), 1000 + u, 1),
+            ]);
+        }
+        let live = vec![group(acl.clone(), 99, 5)];
+        let all = gone.merged(live);
+        assert_eq!(all.len(), 2, "{all:#?}");
+        let a = &all[0];
+        assert_eq!((a.culprit.id.as_str(), a.drops), ("acl-1", 85));
+        assert_eq!(a.flows.len() as u64 + a.flows_not_listed, 41);
+        assert!(a.flows.contains(&Uuid(99)));
+        let un = &all[1];
+        assert_eq!((un.culprit.kind, un.drops), (CulpritKind::Unexplained, 40));
+        assert_eq!(
+            (un.flows.len(), un.flows_not_listed),
+            (GONE_FLOWS_LISTED, 40 - GONE_FLOWS_LISTED as u64)
+        );
     }
 }

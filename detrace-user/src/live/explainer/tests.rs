@@ -543,7 +543,12 @@ fn request_rate_stays_bounded_under_churn() {
         sent <= per_sec * secs + per_sec + 3.0,
         "{sent} requests in {secs:.2}s at {per_sec}/s"
     );
-    assert!(sent >= per_sec * secs * 0.5, "the budget is used: {sent}");
+    // Used: at least half of it, or of one second's worth when the machine is so loaded that
+    // the loop itself outlasts its second (seen: 2.9 s under a parallel build).
+    assert!(
+        sent >= (per_sec * secs * 0.5).min(per_sec),
+        "the budget is used: {sent} requests in {secs:.2}s"
+    );
     assert_eq!(
         cache.stats.ovs_requests + 1,
         calls.get(),
