@@ -139,14 +139,16 @@ impl FlowAccounts {
     /// Cumulative per-UFID stats since [`Self::start`] (or since the UFID's last retirement):
     /// flows that counted anything and are not retired.
     pub fn read(&mut self, r: &mut impl FlowReads) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
-        self.read_at(r, Instant::now())
+        self.read_at(r, Instant::now(), &|_| true)
     }
 
-    /// [`Self::read`] at `now` (when UFIDs left the table, for their retirement).
+    /// [`Self::read`] at `now` (when UFIDs left the table, for their retirement); a flow due
+    /// to retire waits while `may_retire` says no (its explanation still queued).
     pub fn read_at(
         &mut self,
         r: &mut impl FlowReads,
         now: Instant,
+        may_retire: &dyn Fn(&Uuid) -> bool,
     ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let (removed, live, raced) = read_once(r)?;
         self.raced += raced;
@@ -185,7 +187,9 @@ impl FlowAccounts {
                 if since.1 != rm.removals {
                     // Another flow of this UFID came and went since.
                     *since = (now, rm.removals);
-                } else if now.saturating_duration_since(since.0) >= self.retire_after {
+                } else if now.saturating_duration_since(since.0) >= self.retire_after
+                    && may_retire(&u)
+                {
                     retire.push((u, stats));
                     continue;
                 }
@@ -278,6 +282,7 @@ impl IdleFlows {
         &mut self,
         stats: Vec<([u32; 4], FlowStats)>,
         now: Instant,
+        may_retire: &dyn Fn(&Uuid) -> bool,
         forget: impl FnOnce(&[Uuid]) -> anyhow::Result<()>,
     ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let mut out = Vec::with_capacity(stats.len());
@@ -288,7 +293,7 @@ impl IdleFlows {
             let e = self.seen.entry(u).or_insert((count, now));
             if e.0 != count {
                 *e = (count, now);
-            } else if now.saturating_duration_since(e.1) >= self.retire_after {
+            } else if now.saturating_duration_since(e.1) >= self.retire_after && may_retire(&u) {
                 retire.push((w, s));
                 continue;
             }
@@ -423,6 +428,17 @@ mod tests {
             .unwrap_or_default()
     }
 
+    impl FlowAccounts {
+        /// A read where every flow due to retire may.
+        fn read_at_all(
+            &mut self,
+            r: &mut Fake,
+            now: Instant,
+        ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+            self.read_at(r, now, &|_| true)
+        }
+    }
+
     const A: [u32; 4] = [1, 0, 0, 0];
     const B: [u32; 4] = [2, 0, 0, 0];
     const C: [u32; 4] = [3, 0, 0, 0];
@@ -515,15 +531,15 @@ mod tests {
         k.hit(A, 6, 3);
         k.hit(B, 9, 0);
         k.executed.insert(A, 1);
-        acc.read_at(&mut k, at(0)).unwrap();
+        acc.read_at_all(&mut k, at(0)).unwrap();
         k.remove(A);
         // Gone at 1 s; still accounted until 61 s.
-        let v = acc.read_at(&mut k, at(1)).unwrap();
+        let v = acc.read_at_all(&mut k, at(1)).unwrap();
         assert_eq!(get(&v, A).drops, 7);
-        let v = acc.read_at(&mut k, at(60)).unwrap();
+        let v = acc.read_at_all(&mut k, at(60)).unwrap();
         assert_eq!(get(&v, A).packets, 7);
         assert!(acc.take_retired().is_empty());
-        let v = acc.read_at(&mut k, at(61)).unwrap();
+        let v = acc.read_at_all(&mut k, at(61)).unwrap();
         assert_eq!(get(&v, A).packets, 0, "retired: not in the read any more");
         assert_eq!(get(&v, B).packets, 9, "B is in the table: never retired");
         let gone = acc.take_retired();
@@ -540,7 +556,7 @@ mod tests {
         assert_eq!(acc.retired_count, 1);
         // The UFID comes back: from zero.
         k.hit(A, 2, 3);
-        let v = acc.read_at(&mut k, at(62)).unwrap();
+        let v = acc.read_at_all(&mut k, at(62)).unwrap();
         assert_eq!(get(&v, A).packets, 2);
         assert_eq!(acc.totals, (18, 9));
     }
@@ -557,17 +573,17 @@ mod tests {
         k.remove(A);
         k.hit(C, 1, 0);
         k.remove(C);
-        acc.read_at(&mut k, at(0)).unwrap();
+        acc.read_at_all(&mut k, at(0)).unwrap();
         // A comes and goes between two reads (another removal); C comes back and stays.
         k.hit(A, 4, 0);
         k.remove(A);
         k.hit(C, 5, 0);
-        acc.read_at(&mut k, at(30)).unwrap();
-        let v = acc.read_at(&mut k, at(70)).unwrap();
+        acc.read_at_all(&mut k, at(30)).unwrap();
+        let v = acc.read_at_all(&mut k, at(70)).unwrap();
         assert_eq!(get(&v, A).packets, 5, "gone again at 30 s: retires at 90 s");
         assert_eq!(get(&v, C).packets, 6);
         assert!(acc.take_retired().is_empty());
-        acc.read_at(&mut k, at(90)).unwrap();
+        acc.read_at_all(&mut k, at(90)).unwrap();
         let gone = acc.take_retired();
         assert_eq!(
             gone.iter()
@@ -575,6 +591,38 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(A, 5)]
         );
+    }
+
+    /// A flow whose explanation still waits in the queue does not retire (folded now, it
+    /// would stay unexplained for good): it stays in the reads until it may.
+    #[test]
+    fn a_flow_waiting_for_its_explanation_does_not_retire() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 4, 3);
+        k.remove(A);
+        acc.read_at_all(&mut k, at(0)).unwrap();
+        let queued = |u: &Uuid| *u == Uuid::from_words(A);
+        let v = acc.read_at(&mut k, at(600), &|u| !queued(u)).unwrap();
+        assert_eq!(get(&v, A).drops, 4, "still counted while it waits");
+        assert!(acc.take_retired().is_empty() && k.forgotten.is_empty());
+        acc.read_at_all(&mut k, at(601)).unwrap();
+        assert_eq!(acc.take_retired().len(), 1);
+        // Per-packet counting alike.
+        let mut idle = IdleFlows::new(Duration::from_secs(60));
+        let s = FlowStats {
+            packets: 2,
+            ..FlowStats::default()
+        };
+        idle.read_at(vec![(A, s)], at(0), &|_| true, |_| Ok(()))
+            .unwrap();
+        let v = idle
+            .read_at(vec![(A, s)], at(600), &|u| !queued(u), |_| Ok(()))
+            .unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(idle.take_retired().is_empty());
     }
 
     /// Per-packet counting: a UFID idle for RETIRE_AFTER is retired (given once, its entry
@@ -595,12 +643,27 @@ mod tests {
                 Ok(())
             }
         }
-        idle.read_at(vec![(A, st(3)), (B, st(1))], at(0), forget(&mut deleted))
-            .unwrap();
-        idle.read_at(vec![(A, st(3)), (B, st(2))], at(30), forget(&mut deleted))
-            .unwrap();
+        idle.read_at(
+            vec![(A, st(3)), (B, st(1))],
+            at(0),
+            &|_| true,
+            forget(&mut deleted),
+        )
+        .unwrap();
+        idle.read_at(
+            vec![(A, st(3)), (B, st(2))],
+            at(30),
+            &|_| true,
+            forget(&mut deleted),
+        )
+        .unwrap();
         let v = idle
-            .read_at(vec![(A, st(3)), (B, st(2))], at(60), forget(&mut deleted))
+            .read_at(
+                vec![(A, st(3)), (B, st(2))],
+                at(60),
+                &|_| true,
+                forget(&mut deleted),
+            )
             .unwrap();
         assert_eq!(v.iter().map(|(w, _)| *w).collect::<Vec<_>>(), vec![B]);
         assert_eq!(deleted, vec![Uuid::from_words(A)]);
@@ -609,7 +672,12 @@ mod tests {
         assert!(idle.take_retired().is_empty());
         // B still moved 30 s ago; A back from zero is a new entry.
         let v = idle
-            .read_at(vec![(A, st(1)), (B, st(2))], at(89), forget(&mut deleted))
+            .read_at(
+                vec![(A, st(1)), (B, st(2))],
+                at(89),
+                &|_| true,
+                forget(&mut deleted),
+            )
             .unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(idle.retired_count, 1);

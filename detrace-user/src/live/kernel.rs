@@ -98,16 +98,21 @@ impl FlowReads for Reads<'_> {
 pub struct KernelEvents(Option<EventReader>);
 
 impl Tracer for KernelTracer {
-    fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+    fn flow_stats(
+        &self,
+        may_retire: &dyn Fn(&Uuid) -> bool,
+    ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let Some(flows) = &self.flows else {
             let stats = self.probes.borrow().flow_stats()?;
-            return self
-                .idle
-                .borrow_mut()
-                .read_at(stats, std::time::Instant::now(), |ufids| {
+            return self.idle.borrow_mut().read_at(
+                stats,
+                std::time::Instant::now(),
+                may_retire,
+                |ufids| {
                     let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
                     Ok(self.probes.borrow_mut().forget_flows(&words)?)
-                });
+                },
+            );
         };
         let mut flows = flows.borrow_mut();
         let (table, acc) = &mut *flows;
@@ -116,7 +121,7 @@ impl Tracer for KernelTracer {
             probes: &mut probes,
             table,
         };
-        match acc.read(&mut reads) {
+        match acc.read_at(&mut reads, std::time::Instant::now(), may_retire) {
             // The datapath went with the module: the counts stand as last read.
             Err(_) if self.module_gone() => acc.last_read(&mut reads),
             r => r,

@@ -12,9 +12,13 @@ use super::{
 };
 use crate::{FastMap, ovs::unixctl::Appctl, uuid::Uuid};
 
-/// Per-UFID stats from the tracer, keyed by UFID.
-pub fn flow_map<T: Tracer>(t: &T) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
-    Ok(t.flow_stats()?
+/// Per-UFID stats from the tracer, keyed by UFID. A flow whose explanation waits in the
+/// queue does not retire yet: retired, it would be folded as unexplained for good.
+pub fn flow_map<T: Tracer, A: Appctl>(
+    t: &T,
+    pipe: &Pipeline<A>,
+) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
+    Ok(t.flow_stats(&|u| !pipe.cache.is_queued(u))?
         .into_iter()
         .map(|(w, s)| (Uuid::from_words(w), s))
         .collect())
@@ -57,7 +61,7 @@ fn report<T: Tracer, A: Appctl>(
     sink: &mut impl Sink<A>,
     last: bool,
 ) -> anyhow::Result<LossReport> {
-    let flows = flow_map(tracer)?;
+    let flows = flow_map(tracer, pipe)?;
     retire(tracer, pipe, sink)?;
     pipe.explain_flows(sink.needs(), &flows);
     let loss = LossReport::from_counters(&tracer.counters()?);
@@ -98,14 +102,14 @@ fn tick<T: Tracer, A: Appctl>(
     pipe.expire(sink)?;
     let needs = sink.needs();
     let flows = if scan && (needs.drops || needs.flows) {
-        let flows = flow_map(tracer)?;
+        let flows = flow_map(tracer, pipe)?;
         retire(tracer, pipe, sink)?;
         Some(flows)
     } else {
         if sweep {
             // A sink that reads no counters (watch, record): they are read now and then all
             // the same, so that flows gone for good retire and their explanations go.
-            flow_map(tracer)?;
+            flow_map(tracer, pipe)?;
             retire(tracer, pipe, sink)?;
         }
         None
@@ -196,7 +200,7 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
     // Close what is open, then the last report.
     pipe.expire(sink)?;
     pipe.release_held(sink)?;
-    pipe.tick(sink.needs(), Some(&flow_map(tracer)?));
+    pipe.tick(sink.needs(), Some(&flow_map(tracer, pipe)?));
     retire(tracer, pipe, sink)?;
     let loss = report(tracer, pipe, sink, true)?;
     sink.finish(&pipe.end(loss, source.malformed()))?;

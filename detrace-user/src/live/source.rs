@@ -4,6 +4,8 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use detrace_common::{COUNTER_SLOTS, COUNTERS, Counter, Event, FlowStats};
+
+use crate::uuid::Uuid;
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
     de::{IgnoredAny, MapAccess, Visitor},
@@ -12,8 +14,12 @@ use serde::{
 
 /// Kernel-side aggregates.
 pub trait Tracer {
-    /// Cumulative per-UFID stats, summed over CPUs.
-    fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>>;
+    /// Cumulative per-UFID stats, summed over CPUs. A flow due to retire does so only if
+    /// `may_retire` says so (not while its explanation waits in the queue).
+    fn flow_stats(
+        &self,
+        may_retire: &dyn Fn(&Uuid) -> bool,
+    ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>>;
     /// Flows retired since the last call (gone from the kernel's table for a while; see
     /// live::flowtable): their last stats, given once. They are absent from later
     /// [`Self::flow_stats`]; a UFID that comes back counts from zero.

@@ -47,7 +47,7 @@ impl Tracer for Fake {
     fn module_gone(&self) -> bool {
         self.gone
     }
-    fn flow_stats(&self) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+    fn flow_stats(&self, _: &dyn Fn(&Uuid) -> bool) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         Ok(self.stats.clone())
     }
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]> {

@@ -52,6 +52,11 @@ impl<A: Appctl> ExplainCache<A> {
         self.compact();
     }
 
+    /// Whether `ufid` waits in the queue for its explanation.
+    pub fn is_queued(&self, ufid: &Uuid) -> bool {
+        matches!(self.cache.get(ufid), Some(Some(Entry::Queued)))
+    }
+
     /// UFIDs in the table (evicted ones too until it is compacted).
     pub fn table_len(&self) -> usize {
         self.cache.len()
