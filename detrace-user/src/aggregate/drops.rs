@@ -152,9 +152,12 @@ fn add_group(into: &mut DropGroup, g: &DropGroup, listed: usize) {
         *into.reasons.entry(r.clone()).or_default() += n;
     }
     for u in &g.flows {
-        if into.flows.len() < listed && !into.flows.contains(u) {
+        if into.flows.contains(u) {
+            continue;
+        }
+        if into.flows.len() < listed {
             into.flows.push(*u);
-        } else if !into.flows.contains(u) {
+        } else {
             into.flows_not_listed += 1;
         }
     }

@@ -108,7 +108,7 @@ impl FlowTable {
     /// Rows per platform object, each packet once; `place` gives each flow's objects and
     /// recirculations (None: not explained yet).
     pub fn platform_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
-        let sums = self.once_sums(&self.flows, &[], &place, platform_keys);
+        let sums = self.once_sums(&place, platform_keys);
         let mut rows = to_rows(sums, &self.gone_platform, secs);
         for r in &mut rows {
             if let RowKey::Platform(p) = &r.key {
@@ -120,7 +120,7 @@ impl FlowTable {
 
     /// Rows per OVN object, each packet once.
     pub fn object_rows(&self, secs: f64, place: impl Fn(&Uuid) -> Option<FlowPlace>) -> Vec<Row> {
-        let sums = self.once_sums(&self.flows, &[], &place, object_keys);
+        let sums = self.once_sums(&place, object_keys);
         to_rows(sums, &self.gone_objects, secs)
     }
 
@@ -173,16 +173,9 @@ impl FlowTable {
         }
     }
 
-    /// Sums per key of `flows`, a flow's packets counting for a key unless an earlier pass of
-    /// theirs named it already (learned from `flows` and the places of `learn`).
-    fn once_sums(
-        &self,
-        flows: &FastMap<Uuid, FlowCounters>,
-        learn: &[Uuid],
-        place: &impl Fn(&Uuid) -> Option<FlowPlace>,
-        keys: KeysOf,
-    ) -> Sums {
-        once_sums_of(flows, &self.prev, learn, place, keys, &self.gone_cont)
+    /// Sums per key of the table's flows, each packet once (see [`once_sums_of`]).
+    fn once_sums(&self, place: &impl Fn(&Uuid) -> Option<FlowPlace>, keys: KeysOf) -> Sums {
+        once_sums_of(&self.flows, &self.prev, &[], place, keys, &self.gone_cont)
     }
 }
 
@@ -217,6 +210,8 @@ fn platform_keys(p: &FlowPlace) -> Vec<Keyed> {
         .collect()
 }
 
+/// Sums per key of `flows`, a flow's packets counting for a key unless an earlier pass of
+/// theirs named it already: learned from `flows`, the places of `learn`, and `prior`.
 fn once_sums_of(
     flows: &FastMap<Uuid, FlowCounters>,
     prev: &FastMap<Uuid, FlowCounters>,

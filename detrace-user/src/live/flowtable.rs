@@ -18,7 +18,7 @@
 //! A flow's packets also include those ovs-vswitchd executed with its actions after the upcall
 //! that installed it (the probes' EXEC_STATS, once per upcall): the kernel's stats miss them.
 //! A flow gone from the table for [`RETIRE_AFTER`] with its count unchanged is retired: its
-//! last stats are handed out once ([`FlowAccounts::take_retired`]), then forgotten here and in
+//! last stats are handed out once ([`Retirement::take`]), then forgotten here and in
 //! the probes' maps (REMOVED_STATS, EXEC_STATS), so that what a run keeps follows the flows
 //! that exist, not every flow met since the start (the maps would fill, and each read would
 //! walk them all). A UFID that comes back later counts from zero again. Deleting a map entry
@@ -63,14 +63,9 @@ pub struct FlowAccounts {
     last: FastMap<Uuid, (u64, u64, u32)>,
     /// UFIDs not in the table at the last read: since when, and their removals then.
     gone: FastMap<Uuid, (Instant, u64)>,
-    /// Retired and not taken yet: their last stats.
-    retired: Vec<([u32; 4], FlowStats)>,
+    pub retirement: Retirement,
     /// Packets and drops of every flow retired so far.
     retired_totals: (u64, u64),
-    /// Flows retired so far.
-    pub retired_count: u64,
-    /// See [`RETIRE_AFTER`].
-    pub retire_after: Duration,
     /// Reads where a flow went during the dump (its live value ignored once).
     pub raced: u64,
     /// Packets and drops over every flow, at the last read.
@@ -126,10 +121,8 @@ impl FlowAccounts {
                 .collect(),
             last: FastMap::default(),
             gone: FastMap::default(),
-            retired: Vec::new(),
+            retirement: Retirement::new(RETIRE_AFTER),
             retired_totals: (0, 0),
-            retired_count: 0,
-            retire_after: RETIRE_AFTER,
             raced: 0,
             totals: (0, 0),
             latency: false,
@@ -187,9 +180,7 @@ impl FlowAccounts {
                 if since.1 != rm.removals {
                     // Another flow of this UFID came and went since.
                     *since = (now, rm.removals);
-                } else if now.saturating_duration_since(since.0) >= self.retire_after
-                    && may_retire(&u)
-                {
+                } else if self.retirement.due(since.0, now) && may_retire(&u) {
                     retire.push((u, stats));
                     continue;
                 }
@@ -206,23 +197,17 @@ impl FlowAccounts {
                 self.base_live.remove(&u);
                 self.last.remove(&u);
                 self.gone.remove(&u);
-                self.retired_count += 1;
-                if let Some(s) = s {
+                if let Some(s) = &s {
                     self.retired_totals.0 += s.packets;
                     self.retired_totals.1 += s.drops;
-                    self.retired.push((u.words(), s));
                 }
+                self.retirement.add(u.words(), s);
             }
         }
         self.totals = out.iter().fold(self.retired_totals, |(p, d), (_, s)| {
             (p + s.packets, d + s.drops)
         });
         Ok(out)
-    }
-
-    /// The flows retired since the last call, with their last stats (each given once).
-    pub fn take_retired(&mut self) -> Vec<([u32; 4], FlowStats)> {
-        std::mem::take(&mut self.retired)
     }
 
     /// A flow's stats from its counts as last read and the probes' (None: nothing counted).
@@ -262,18 +247,14 @@ impl FlowAccounts {
 pub struct IdleFlows {
     /// Per UFID: its packets + drops at the last change, and when that was.
     seen: FastMap<Uuid, (u64, Instant)>,
-    retired: Vec<([u32; 4], FlowStats)>,
-    pub retired_count: u64,
-    pub retire_after: Duration,
+    pub retirement: Retirement,
 }
 
 impl IdleFlows {
     pub fn new(retire_after: Duration) -> Self {
         Self {
             seen: FastMap::default(),
-            retired: Vec::new(),
-            retired_count: 0,
-            retire_after,
+            retirement: Retirement::new(retire_after),
         }
     }
 
@@ -293,7 +274,7 @@ impl IdleFlows {
             let e = self.seen.entry(u).or_insert((count, now));
             if e.0 != count {
                 *e = (count, now);
-            } else if now.saturating_duration_since(e.1) >= self.retire_after && may_retire(&u) {
+            } else if self.retirement.due(e.1, now) && may_retire(&u) {
                 retire.push((w, s));
                 continue;
             }
@@ -305,8 +286,9 @@ impl IdleFlows {
             for u in &ufids {
                 self.seen.remove(u);
             }
-            self.retired_count += retire.len() as u64;
-            self.retired.extend(retire);
+            for (w, s) in retire {
+                self.retirement.add(w, Some(s));
+            }
         }
         // UFIDs no longer in the map (deleted elsewhere) are not kept.
         if self.seen.len() > 2 * out.len() + 1024 {
@@ -316,10 +298,44 @@ impl IdleFlows {
         }
         Ok(out)
     }
+}
 
-    /// The flows retired since the last call (each given once).
-    pub fn take_retired(&mut self) -> Vec<([u32; 4], FlowStats)> {
-        std::mem::take(&mut self.retired)
+/// Retirement as both countings do it ([`FlowAccounts`], [`IdleFlows`]): after how long, how
+/// many so far, and the retired flows' last stats not taken yet.
+#[derive(Debug)]
+pub struct Retirement {
+    /// See [`RETIRE_AFTER`].
+    pub after: Duration,
+    /// Flows retired so far.
+    pub count: u64,
+    pending: Vec<([u32; 4], FlowStats)>,
+}
+
+impl Retirement {
+    pub fn new(after: Duration) -> Self {
+        Self {
+            after,
+            count: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Whether a flow gone (or still) since `since` is due at `now`.
+    fn due(&self, since: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(since) >= self.after
+    }
+
+    /// A flow retired, with its last stats (None: it counted nothing).
+    fn add(&mut self, ufid: [u32; 4], stats: Option<FlowStats>) {
+        self.count += 1;
+        if let Some(s) = stats {
+            self.pending.push((ufid, s));
+        }
+    }
+
+    /// The flows retired since the last call, with their last stats (each given once).
+    pub fn take(&mut self) -> Vec<([u32; 4], FlowStats)> {
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -538,14 +554,14 @@ mod tests {
         assert_eq!(get(&v, A).drops, 7);
         let v = acc.read_at_all(&mut k, at(60)).unwrap();
         assert_eq!(get(&v, A).packets, 7);
-        assert!(acc.take_retired().is_empty());
+        assert!(acc.retirement.take().is_empty());
         let v = acc.read_at_all(&mut k, at(61)).unwrap();
         assert_eq!(get(&v, A).packets, 0, "retired: not in the read any more");
         assert_eq!(get(&v, B).packets, 9, "B is in the table: never retired");
-        let gone = acc.take_retired();
+        let gone = acc.retirement.take();
         assert_eq!(gone.len(), 1);
         assert_eq!((gone[0].0, gone[0].1.packets, gone[0].1.drops), (A, 7, 7));
-        assert!(acc.take_retired().is_empty(), "given once");
+        assert!(acc.retirement.take().is_empty(), "given once");
         assert_eq!(k.forgotten, vec![A]);
         assert!(!k.removed.contains_key(&A) && !k.executed.contains_key(&A));
         assert_eq!(
@@ -553,7 +569,7 @@ mod tests {
             (16, 7),
             "the totals keep the retired flow's counts"
         );
-        assert_eq!(acc.retired_count, 1);
+        assert_eq!(acc.retirement.count, 1);
         // The UFID comes back: from zero.
         k.hit(A, 2, 3);
         let v = acc.read_at_all(&mut k, at(62)).unwrap();
@@ -582,9 +598,9 @@ mod tests {
         let v = acc.read_at_all(&mut k, at(70)).unwrap();
         assert_eq!(get(&v, A).packets, 5, "gone again at 30 s: retires at 90 s");
         assert_eq!(get(&v, C).packets, 6);
-        assert!(acc.take_retired().is_empty());
+        assert!(acc.retirement.take().is_empty());
         acc.read_at_all(&mut k, at(90)).unwrap();
-        let gone = acc.take_retired();
+        let gone = acc.retirement.take();
         assert_eq!(
             gone.iter()
                 .map(|(u, s)| (*u, s.packets))
@@ -607,9 +623,9 @@ mod tests {
         let queued = |u: &Uuid| *u == Uuid::from_words(A);
         let v = acc.read_at(&mut k, at(600), &|u| !queued(u)).unwrap();
         assert_eq!(get(&v, A).drops, 4, "still counted while it waits");
-        assert!(acc.take_retired().is_empty() && k.forgotten.is_empty());
+        assert!(acc.retirement.take().is_empty() && k.forgotten.is_empty());
         acc.read_at_all(&mut k, at(601)).unwrap();
-        assert_eq!(acc.take_retired().len(), 1);
+        assert_eq!(acc.retirement.take().len(), 1);
         // Per-packet counting alike.
         let mut idle = IdleFlows::new(Duration::from_secs(60));
         let s = FlowStats {
@@ -622,7 +638,7 @@ mod tests {
             .read_at(vec![(A, s)], at(600), &|u| !queued(u), |_| Ok(()))
             .unwrap();
         assert_eq!(v.len(), 1);
-        assert!(idle.take_retired().is_empty());
+        assert!(idle.retirement.take().is_empty());
     }
 
     /// Per-packet counting: a UFID idle for RETIRE_AFTER is retired (given once, its entry
@@ -667,9 +683,9 @@ mod tests {
             .unwrap();
         assert_eq!(v.iter().map(|(w, _)| *w).collect::<Vec<_>>(), vec![B]);
         assert_eq!(deleted, vec![Uuid::from_words(A)]);
-        let gone = idle.take_retired();
+        let gone = idle.retirement.take();
         assert_eq!((gone.len(), gone[0].0, gone[0].1.packets), (1, A, 3));
-        assert!(idle.take_retired().is_empty());
+        assert!(idle.retirement.take().is_empty());
         // B still moved 30 s ago; A back from zero is a new entry.
         let v = idle
             .read_at(
@@ -680,6 +696,6 @@ mod tests {
             )
             .unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!(idle.retired_count, 1);
+        assert_eq!(idle.retirement.count, 1);
     }
 }

@@ -89,9 +89,14 @@ impl FlowReads for Reads<'_> {
             .collect())
     }
     fn forget(&mut self, ufids: &[Uuid]) -> anyhow::Result<()> {
-        let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
-        Ok(self.probes.forget_flows(&words)?)
+        forget(self.probes, ufids)
     }
+}
+
+/// Deletes retired UFIDs from the probes' per-UFID maps.
+fn forget(probes: &mut Probes, ufids: &[Uuid]) -> anyhow::Result<()> {
+    let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
+    Ok(probes.forget_flows(&words)?)
 }
 
 /// Their ring buffer (idle when per-packet events were not asked for).
@@ -108,10 +113,7 @@ impl Tracer for KernelTracer {
                 stats,
                 std::time::Instant::now(),
                 may_retire,
-                |ufids| {
-                    let words: Vec<[u32; 4]> = ufids.iter().map(|u| u.words()).collect();
-                    Ok(self.probes.borrow_mut().forget_flows(&words)?)
-                },
+                |ufids| forget(&mut self.probes.borrow_mut(), ufids),
             );
         };
         let mut flows = flows.borrow_mut();
@@ -129,8 +131,8 @@ impl Tracer for KernelTracer {
     }
     fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
         match &self.flows {
-            Some(f) => f.borrow_mut().1.take_retired(),
-            None => self.idle.borrow_mut().take_retired(),
+            Some(f) => f.borrow_mut().1.retirement.take(),
+            None => self.idle.borrow_mut().retirement.take(),
         }
     }
     fn module_gone(&self) -> bool {
@@ -156,9 +158,9 @@ impl Tracer for KernelTracer {
                 c[k as usize] = 0;
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
-            c[Counter::FlowsRetired as usize] = flows.borrow().1.retired_count;
+            c[Counter::FlowsRetired as usize] = flows.borrow().1.retirement.count;
         } else {
-            c[Counter::FlowsRetired as usize] = self.idle.borrow().retired_count;
+            c[Counter::FlowsRetired as usize] = self.idle.borrow().retirement.count;
         }
         if let Some(u) = &self.upcall_loss {
             c[Counter::DatapathLost as usize] = u.borrow_mut().read();
@@ -213,7 +215,7 @@ pub fn attach_live(
             table: &mut table,
         })?;
         acc.latency = counting.latency_sample > 0;
-        acc.retire_after = counting.retire_after;
+        acc.retirement.after = counting.retire_after;
         Some(RefCell::new((table, acc)))
     };
     let reader = probes.take_events();

@@ -12,16 +12,22 @@ use super::{
 };
 use crate::{FastMap, ovs::unixctl::Appctl, uuid::Uuid};
 
-/// Per-UFID stats from the tracer, keyed by UFID. A flow whose explanation waits in the
-/// queue does not retire yet: retired, it would be folded as unexplained for good.
-pub fn flow_map<T: Tracer, A: Appctl>(
-    t: &T,
-    pipe: &Pipeline<A>,
+/// Per-UFID stats from the tracer, keyed by UFID; the flows that read retired go to the sink
+/// (once each) before the caller uses the rest. A flow whose explanation waits in the queue
+/// does not retire yet: retired, it would be folded as unexplained for good.
+fn read_flows<T: Tracer, A: Appctl>(
+    tracer: &T,
+    pipe: &mut Pipeline<A>,
+    sink: &mut impl Sink<A>,
 ) -> anyhow::Result<FastMap<Uuid, FlowStats>> {
-    Ok(t.flow_stats(&|u| !pipe.cache.is_queued(u))?
-        .into_iter()
-        .map(|(w, s)| (Uuid::from_words(w), s))
-        .collect())
+    let by_ufid = |v: Vec<([u32; 4], FlowStats)>| -> FastMap<Uuid, FlowStats> {
+        v.into_iter()
+            .map(|(w, s)| (Uuid::from_words(w), s))
+            .collect()
+    };
+    let flows = by_ufid(tracer.flow_stats(&|u| !pipe.cache.is_queued(u))?);
+    pipe.retire(&by_ufid(tracer.take_retired()), sink)?;
+    Ok(flows)
 }
 
 /// Resolves when the run should stop: the duration is over, Ctrl-C, or SIGTERM.
@@ -61,8 +67,7 @@ fn report<T: Tracer, A: Appctl>(
     sink: &mut impl Sink<A>,
     last: bool,
 ) -> anyhow::Result<LossReport> {
-    let flows = flow_map(tracer, pipe)?;
-    retire(tracer, pipe, sink)?;
+    let flows = read_flows(tracer, pipe, sink)?;
     pipe.explain_flows(sink.needs(), &flows);
     let loss = LossReport::from_counters(&tracer.counters()?);
     let at = FlowsAt {
@@ -72,20 +77,6 @@ fn report<T: Tracer, A: Appctl>(
     };
     sink.flows(&pipe.view(), &at)?;
     Ok(loss)
-}
-
-/// Flows the tracer retired at its last read, to the sink (once each).
-fn retire<T: Tracer, A: Appctl>(
-    tracer: &T,
-    pipe: &mut Pipeline<A>,
-    sink: &mut impl Sink<A>,
-) -> anyhow::Result<()> {
-    let gone: FastMap<Uuid, FlowStats> = tracer
-        .take_retired()
-        .into_iter()
-        .map(|(w, s)| (Uuid::from_words(w), s))
-        .collect();
-    Ok(pipe.retire(&gone, sink)?)
 }
 
 /// Every 500 ms: packets whose end never came are closed, the explanation queue pumped (the
@@ -102,15 +93,12 @@ fn tick<T: Tracer, A: Appctl>(
     pipe.expire(sink)?;
     let needs = sink.needs();
     let flows = if scan && (needs.drops || needs.flows) {
-        let flows = flow_map(tracer, pipe)?;
-        retire(tracer, pipe, sink)?;
-        Some(flows)
+        Some(read_flows(tracer, pipe, sink)?)
     } else {
         if sweep {
             // A sink that reads no counters (watch, record): they are read now and then all
             // the same, so that flows gone for good retire and their explanations go.
-            flow_map(tracer, pipe)?;
-            retire(tracer, pipe, sink)?;
+            read_flows(tracer, pipe, sink)?;
         }
         None
     };
@@ -200,8 +188,8 @@ pub async fn run<T: Tracer, S: EventSource, A: Appctl>(
     // Close what is open, then the last report.
     pipe.expire(sink)?;
     pipe.release_held(sink)?;
-    pipe.tick(sink.needs(), Some(&flow_map(tracer, pipe)?));
-    retire(tracer, pipe, sink)?;
+    let flows = read_flows(tracer, pipe, sink)?;
+    pipe.tick(sink.needs(), Some(&flows));
     let loss = report(tracer, pipe, sink, true)?;
     sink.finish(&pipe.end(loss, source.malformed()))?;
     sink.flush()?;
