@@ -93,7 +93,8 @@ pub struct ExplainStats {
     /// UFIDs not queued because the queue was full (queued again when seen again).
     #[serde(default)]
     pub queue_full: u64,
-    /// Flows whose match was captured (one dump-flows) while they waited.
+    /// Flows whose match was captured while they waited (at first sight with one get-flow, or
+    /// with one dump-flows for all when the queue was behind).
     #[serde(default)]
     pub captured: u64,
     /// Flows gone before their turn, explained by re-translating the captured match.

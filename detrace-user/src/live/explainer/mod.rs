@@ -5,9 +5,10 @@
 //! A UFID is explained at first sight, not when a report is printed: datapath flows expire
 //! ~10 s after their last packet, and a report printed minutes after a burst of drops must
 //! still name the culprit. [`ExplainCache::seen`] queues every new UFID; [`ExplainCache::pump`]
-//! resolves the queue within the request budget. When the queue outgrows the budget, the
-//! matches of the queued flows are captured with one `dpctl/dump-flows`, so that a flow gone
-//! before its turn is still re-translated (`ofproto/trace` of the captured match) and says so.
+//! resolves the queue within the request budget. A queued flow's match is captured at first
+//! sight (one `dpctl/get-flow` while the queue keeps up; one `dpctl/dump-flows` for all of them
+//! when it outgrows the budget), so that a flow gone before its turn (flushed, evicted over the
+//! flow limit) is still re-translated (`ofproto/trace` of the captured match) and says so.
 //! Explanations are kept after their flow has gone, up to [`ExplainCache::max_explained`]
 //! (oldest evicted first, counted).
 
@@ -126,6 +127,8 @@ pub struct ExplainCache<A: Appctl> {
     pub max_explained: usize,
     /// Matches of queued flows, captured before they could expire: (datapath, flow).
     captured: FastMap<Uuid, (String, DpFlow)>,
+    /// Queued UFIDs whose match is not captured yet, oldest first (see [`Self::capture_fresh`]).
+    fresh: VecDeque<Uuid>,
     last_capture: Option<Instant>,
     /// The cache's table is compacted when it holds more UFIDs than this.
     compact_over: usize,
@@ -161,6 +164,7 @@ impl<A: Appctl> ExplainCache<A> {
             order: VecDeque::new(),
             max_explained: MAX_EXPLAINED,
             captured: FastMap::default(),
+            fresh: VecDeque::new(),
             last_capture: None,
             compact_over: COMPACT_MIN,
             failures: FastMap::default(),
@@ -188,6 +192,10 @@ impl<A: Appctl> ExplainCache<A> {
             return;
         }
         self.queue.push_back((ufid, Instant::now()));
+        if self.fresh.len() >= QUEUE_MAX {
+            self.fresh.pop_front();
+        }
+        self.fresh.push_back(ufid);
         self.cache.insert(ufid, Some(Entry::Queued));
         self.stats.queued += 1;
     }
@@ -229,7 +237,6 @@ impl<A: Appctl> ExplainCache<A> {
             return;
         }
         self.refill();
-        self.capture_if_behind();
         // Settling waits for the xlate cache `ofproto/detrace` reads; an ovs-vswitchd without
         // that command (before 3.4) re-translates the flow's match instead, which is there at
         // once: waiting would only let a short-lived flow go before it is explained.
@@ -237,6 +244,13 @@ impl<A: Appctl> ExplainCache<A> {
             Backend::Live { ovs, .. } if !ovs.has_detrace() => Duration::ZERO,
             _ => self.settle,
         };
+        if self.behind() {
+            self.capture_if_behind();
+        } else if !settle.is_zero() {
+            // Without settling, a UFID is explained as soon as the budget allows: capturing
+            // first would only spend a request.
+            self.capture_fresh();
+        }
         while self.budget >= 2.0 {
             // First seen, first explained: the rest is younger still.
             if self
@@ -257,20 +271,26 @@ impl<A: Appctl> ExplainCache<A> {
         }
     }
 
-    /// When more UFIDs wait than the budget explains within a second, their flows may expire
-    /// before their turn: one `dpctl/dump-flows` per datapath keeps their matches.
+    /// More UFIDs wait than the budget explains within a second.
+    fn behind(&self) -> bool {
+        self.queue.len() as f64 > self.per_sec.max(2.0) / 2.0
+    }
+
+    /// When the queue is behind, its flows may expire before their turn: one
+    /// `dpctl/dump-flows` per datapath keeps their matches (at most every [`CAPTURE_EVERY`]).
     fn capture_if_behind(&mut self) {
-        let behind = self.queue.len() as f64 > self.per_sec.max(2.0) / 2.0;
         let due = self
             .last_capture
             .is_none_or(|t| t.elapsed() >= CAPTURE_EVERY);
-        if !behind || !due || self.budget < 1.0 {
+        if !due || self.budget < 1.0 {
             return;
         }
         let Backend::Live { ovs, .. } = &mut self.backend else {
             return;
         };
         self.last_capture = Some(Instant::now());
+        // What waits now is in the dump, or gone already.
+        self.fresh.clear();
         let before = ovs.requests();
         let dps = ovs.datapaths().unwrap_or_default();
         for dp in dps {
@@ -284,6 +304,50 @@ impl<A: Appctl> ExplainCache<A> {
                 {
                     self.stats.captured += 1;
                     self.captured.insert(f.ufid, (dp.clone(), f));
+                }
+            }
+        }
+        let spent = ovs.requests() - before;
+        self.budget -= spent as f64;
+        self.stats.ovs_requests += spent;
+    }
+
+    /// While the queue keeps up, each new UFID's match is captured at once with one
+    /// `dpctl/get-flow` (the explanation after its settling time asks for it again, the flow's
+    /// counters having moved): a flow flushed or evicted within the settling time, or while
+    /// older UFIDs are explained, is still re-translated from its match. A recirculated flow
+    /// re-translates only while ovs-vswitchd keeps its recirculation state (its first pass's
+    /// flow always). One datapath only: with several, `get-flow` dumps them all.
+    fn capture_fresh(&mut self) {
+        let Backend::Live { ovs, .. } = &mut self.backend else {
+            return;
+        };
+        let before = ovs.requests();
+        let one_dp = matches!(ovs.datapaths().as_deref(), Ok([_]));
+        if !one_dp {
+            self.fresh.clear();
+        }
+        while one_dp && self.budget - (ovs.requests() - before) as f64 >= 1.0 {
+            let Some(u) = self.fresh.pop_front() else {
+                break;
+            };
+            if !matches!(self.cache.get(&u), Some(Some(Entry::Queued)))
+                || self.captured.contains_key(&u)
+                || self.captured.len() >= QUEUE_MAX
+            {
+                continue;
+            }
+            match ovs.get_flow(u) {
+                Ok(found) => {
+                    self.stats.captured += 1;
+                    self.captured.insert(u, found);
+                }
+                // Gone already: its turn says so.
+                Err(VswitchdError::UfidNotFound { .. }) => {}
+                // ovs-vswitchd away: its turn says so too.
+                Err(e) => {
+                    tracing::debug!("capturing ufid:{u}: {e}");
+                    break;
                 }
             }
         }

@@ -345,12 +345,107 @@ fn queued_flows_settle_before_they_are_asked_for() {
     cache.seen(u);
     let asked = calls.get();
     cache.pump();
-    assert_eq!(calls.get(), asked, "too young to ask");
+    // Its match is captured at once (the datapaths, then the flow), nothing more asked.
+    assert_eq!(calls.get(), asked + 2, "too young to explain");
+    assert_eq!(cache.stats.captured, 1);
     assert!(matches!(cache.peek(&u), LookupRef::Pending));
     std::thread::sleep(Duration::from_millis(250));
     cache.pump();
     assert!(matches!(cache.peek(&u), LookupRef::Explained(_)));
     assert_eq!(cache.queued(), 0);
+}
+
+/// An ovs-vswitchd (OVS 3.5 / OVN 25.03 captures) whose flows are there until `flushed`.
+struct Flushed {
+    flushed: std::rc::Rc<std::cell::Cell<bool>>,
+    calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+impl Appctl for Flushed {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
+        self.calls.borrow_mut().push(method.to_string());
+        let f = crate::testutil::fixture;
+        match method {
+            "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
+            "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
+            "dpctl/get-flow" if !self.flushed.get() => Ok(f("ovs-3.5/dump-flows-m.txt")
+                .lines()
+                .filter(|l| l.starts_with(params[1]))
+                .map(|l| format!("{l}\n"))
+                .collect()),
+            "dpctl/get-flow" => Err(UnixctlError::Remote {
+                method: method.into(),
+                message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .into(),
+            }),
+            "ofproto/trace" => Ok(f("ovs-3.5/trace-drop9999-recirc-m.txt")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+/// A flow flushed while it settles (or waits behind older UFIDs) with the queue keeping up:
+/// its match was captured at first sight (one get-flow), so its explanation re-translates
+/// it, names the ACL and says it came after the flow went. Without the capture it would
+/// only have failed ("not a current datapath flow").
+#[test]
+fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
+    let flushed = std::rc::Rc::new(std::cell::Cell::new(false));
+    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let ovs = Vswitchd::new(Flushed {
+        flushed: flushed.clone(),
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let mut cache = ExplainCache::new(
+        Backend::Live {
+            ovs,
+            ovn: fixture_replicas(),
+        },
+        20.0,
+    );
+    cache.settle = Duration::from_millis(200);
+    let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
+    let unknown = Uuid(0x1234 << 96 | 1);
+    cache.seen(drop9999);
+    cache.seen(unknown);
+    cache.pump();
+    assert_eq!(
+        cache.stats.captured, 1,
+        "the flow there, not the unknown UFID"
+    );
+    assert!(matches!(cache.peek(&drop9999), LookupRef::Pending));
+    flushed.set(true);
+    std::thread::sleep(Duration::from_millis(250));
+    cache.pump();
+    assert_eq!(cache.queued(), 0);
+    let LookupRef::Explained(e) = cache.peek(&drop9999) else {
+        panic!("{:?}", cache.peek(&drop9999))
+    };
+    let c = &e.summary.drop_culprit;
+    assert_eq!(
+        (c.kind, c.name.as_str()),
+        (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
+        "{c:?}"
+    );
+    assert!(
+        e.summary
+            .rules_error
+            .as_deref()
+            .is_some_and(|r| r.starts_with(AFTER_EXPIRY)),
+        "{:?}",
+        e.summary.rules_error
+    );
+    assert!(matches!(cache.peek(&unknown), LookupRef::Failed { .. }));
+    assert_eq!(cache.stats.after_expiry, 1);
+    assert!(
+        !calls.borrow().iter().any(|m| m == "dpctl/dump-flows"),
+        "one get-flow per new UFID, no dump while the queue keeps up: {:?}",
+        calls.borrow()
+    );
+    assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
 }
 
 /// An ovs-vswitchd without `ofproto/detrace` (OVS 3.1's command list, captured) re-translates
