@@ -330,6 +330,54 @@ fn retired_flows_keep_their_drops_and_leave_the_cache() {
     assert!(pipe.cache.cached(&Uuid(0xb << 96 | 1)).is_some());
 }
 
+/// `drops` with a filter counts the drops of the packets it sees, per last UFID: a retired
+/// flow's count leaves that table for its culprit's group (the run's memory follows the flows
+/// that exist) and the report still has every drop.
+#[test]
+fn filtered_drops_of_retired_flows_fold_into_their_group() {
+    let rt = rt();
+    let fake = fake_kernel();
+    let gone_ufid = Uuid(0xc << 96 | 1);
+    fake.retired
+        .borrow_mut()
+        .push((gone_ufid.words(), FlowStats::default()));
+    let mut cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
+    cache.insert(
+        serde_json::from_value(serde_json::json!({
+            "summary": {
+                "ufid": gone_ufid, "datapath": "system@ovs-system",
+                "match": "recirc_id(0)", "actions": "drop", "label": "ACL drop-9999",
+                "objects": [], "stages": ["ls_out_acl"],
+                "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
+                "details": []
+            }
+        }))
+        .unwrap(),
+    );
+    let mut pipe = Pipeline::new(cache);
+    let buf = Buf::default();
+    let mut sink = DropsSink::new(Format::Json, Box::new(buf.clone()));
+    sink.from_events = true;
+    let drop_of = |skb| {
+        vec![
+            ev(EventKind::Pass, skb, 0xc, 0, 0),
+            ev(EventKind::Drop, skb, 0xc, 0, 0x30003),
+        ]
+    };
+    let mut source = FakeSource(vec![drop_of(2), drop_of(1)]);
+    rt.block_on(run(&fake, &mut source, &mut pipe, &mut sink, opts()))
+        .unwrap();
+    let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
+    let g: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(g["drops"], 2, "both packets' drops: {out}");
+    assert_eq!(g["culprit"]["name"], "drop-9999");
+    assert_eq!(
+        sink.counted_flows(),
+        0,
+        "the retired flow's count left the table"
+    );
+}
+
 /// The openvswitch module unloaded under a run (kprobes let it go): the run stops at the
 /// next second's check instead of watching nothing until its deadline, and still ends with
 /// its report (the counts up to the unload).

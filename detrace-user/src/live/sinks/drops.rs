@@ -34,6 +34,12 @@ pub struct DropsSink {
 }
 
 impl DropsSink {
+    /// UFIDs whose packets' drops are counted (with a filter), live: for tests.
+    #[cfg(test)]
+    pub fn counted_flows(&self) -> usize {
+        self.counted.len()
+    }
+
     pub fn new(format: Format, out: Box<dyn Write>) -> Self {
         Self {
             format,
@@ -106,8 +112,15 @@ impl<A: Appctl> Sink<A> for DropsSink {
         view: &View<'_, A>,
         gone: &FastMap<Uuid, FlowStats>,
     ) -> std::io::Result<()> {
-        // With a filter, drops are counted from the packets seen, not from the flows.
-        if !self.from_events {
+        // With a filter, drops are counted from the packets seen, not from the flows: what the
+        // packets of the retired flows counted leaves `counted` for the groups the same way.
+        if self.from_events {
+            let counted: FastMap<Uuid, FlowStats> = gone
+                .keys()
+                .filter_map(|u| Some((*u, self.counted.remove(u)?)))
+                .collect();
+            self.gone.fold(drop_groups(view, &counted, &self.samples));
+        } else {
             self.gone.fold(drop_groups(view, gone, &self.samples));
         }
         for u in gone.keys() {
