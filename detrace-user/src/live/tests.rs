@@ -370,6 +370,11 @@ fn filtered_drops_of_retired_flows_fold_into_their_group() {
     let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
     let g: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(g["drops"], 2, "both packets' drops: {out}");
+    assert_eq!(
+        (&g["report"], &g["final"]),
+        (&serde_json::json!(1), &serde_json::json!(true)),
+        "the one report, the last: {out}"
+    );
     assert_eq!(g["culprit"]["name"], "drop-9999");
     assert_eq!(
         sink.counted_flows(),

@@ -31,6 +31,19 @@ pub struct DropsSink {
     counted: FastMap<Uuid, FlowStats>,
     /// What the flows retired from the kernel's accounts dropped, by culprit.
     gone: GoneDrops,
+    /// Reports written so far.
+    reports: u64,
+}
+
+/// A group as `--format json` writes it: one line per group, each saying which report it
+/// belongs to (counted from 1; the groups are cumulative) and whether that is the last.
+#[derive(serde::Serialize)]
+struct GroupLine<'a> {
+    report: u64,
+    #[serde(rename = "final")]
+    last: bool,
+    #[serde(flatten)]
+    group: &'a DropGroup,
 }
 
 impl DropsSink {
@@ -49,6 +62,7 @@ impl DropsSink {
             from_events: false,
             counted: FastMap::default(),
             gone: GoneDrops::default(),
+            reports: 0,
         }
     }
 }
@@ -136,10 +150,20 @@ impl<A: Appctl> Sink<A> for DropsSink {
             at.flows
         };
         let groups = self.gone.merged(drop_groups(view, flows, &self.samples));
+        self.reports += 1;
         match self.format {
             Format::Json => {
-                for g in &groups {
-                    writeln!(self.out, "{}", serde_json::to_string(g).unwrap_or_default())?;
+                for group in &groups {
+                    let line = GroupLine {
+                        report: self.reports,
+                        last: at.last,
+                        group,
+                    };
+                    writeln!(
+                        self.out,
+                        "{}",
+                        serde_json::to_string(&line).unwrap_or_default()
+                    )?;
                 }
             }
             Format::Text => {
