@@ -108,6 +108,20 @@ impl Appctl for NoOvs {
     }
 }
 
+/// The explanation of a flow whose packets the ACL drop-9999 drops.
+fn acl_drop(ufid: Uuid) -> Explained {
+    serde_json::from_value(serde_json::json!({
+        "summary": {
+            "ufid": ufid, "datapath": "system@ovs-system",
+            "match": "recirc_id(0)", "actions": "drop", "label": "ACL drop-9999",
+            "objects": [], "stages": ["ls_out_acl"],
+            "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
+            "details": []
+        }
+    }))
+    .unwrap()
+}
+
 /// The borrowed record lines write exactly what the owned ones do (and read back).
 #[test]
 fn borrowed_record_lines_are_the_recorded_format() {
@@ -294,18 +308,7 @@ fn retired_flows_keep_their_drops_and_leave_the_cache() {
         .push((gone_ufid.words(), gone_stats));
     let mut cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
     for u in [gone_ufid, Uuid(0xb << 96 | 1)] {
-        cache.insert(
-            serde_json::from_value(serde_json::json!({
-                "summary": {
-                    "ufid": u, "datapath": "system@ovs-system",
-                    "match": "recirc_id(0)", "actions": "drop", "label": "ACL drop-9999",
-                    "objects": [], "stages": ["ls_out_acl"],
-                    "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
-                    "details": []
-                }
-            }))
-            .unwrap(),
-        );
+        cache.insert(acl_drop(u));
     }
     let mut pipe = Pipeline::new(cache);
     let buf = Buf::default();
@@ -342,18 +345,7 @@ fn filtered_drops_of_retired_flows_fold_into_their_group() {
         .borrow_mut()
         .push((gone_ufid.words(), FlowStats::default()));
     let mut cache = ExplainCache::<NoOvs>::new(Backend::Recorded, 10.0);
-    cache.insert(
-        serde_json::from_value(serde_json::json!({
-            "summary": {
-                "ufid": gone_ufid, "datapath": "system@ovs-system",
-                "match": "recirc_id(0)", "actions": "drop", "label": "ACL drop-9999",
-                "objects": [], "stages": ["ls_out_acl"],
-                "drop_culprit": {"kind": "ACL", "id": "x", "name": "drop-9999", "detail": ""},
-                "details": []
-            }
-        }))
-        .unwrap(),
-    );
+    cache.insert(acl_drop(gone_ufid));
     let mut pipe = Pipeline::new(cache);
     let buf = Buf::default();
     let mut sink = DropsSink::new(Format::Json, Box::new(buf.clone()));

@@ -219,20 +219,25 @@ fn failures_are_kept_until_their_retry_time() {
     assert!(cache.cached(&u).is_none());
 }
 
-/// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows have all expired by the
-/// time they are asked for one by one: only the one-request dump of every flow still has
-/// them.
-struct Expired {
+/// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows are there one by one
+/// (`get-flow`) until `flushed`; its dump of every flow still has them (taken before).
+struct Flushed {
+    flushed: std::rc::Rc<std::cell::Cell<bool>>,
     calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
 }
-impl Appctl for Expired {
-    fn call(&mut self, method: &str, _: &[&str]) -> Result<String, UnixctlError> {
+impl Appctl for Flushed {
+    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
         self.calls.borrow_mut().push(method.to_string());
         let f = crate::testutil::fixture;
         match method {
             "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
             "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
             "dpctl/dump-flows" => Ok(f("ovs-3.5/dump-flows-m.txt")),
+            "dpctl/get-flow" if !self.flushed.get() => Ok(f("ovs-3.5/dump-flows-m.txt")
+                .lines()
+                .filter(|l| l.starts_with(params[1]))
+                .map(|l| format!("{l}\n"))
+                .collect()),
             "dpctl/get-flow" => Err(UnixctlError::Remote {
                 method: method.into(),
                 message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
@@ -245,6 +250,54 @@ impl Appctl for Expired {
             other => panic!("unexpected {other}"),
         }
     }
+}
+
+type Calls = std::rc::Rc<std::cell::RefCell<Vec<String>>>;
+
+/// A cache over [`Flushed`] (flushed from the start if `flushed`) and the fixture replicas,
+/// with the flush switch and the methods asked.
+fn flushed_cache(
+    flushed: bool,
+    per_sec: f64,
+) -> (
+    ExplainCache<Flushed>,
+    std::rc::Rc<std::cell::Cell<bool>>,
+    Calls,
+) {
+    let flushed = std::rc::Rc::new(std::cell::Cell::new(flushed));
+    let calls = Calls::default();
+    let ovs = Vswitchd::new(Flushed {
+        flushed: flushed.clone(),
+        calls: calls.clone(),
+    })
+    .unwrap();
+    let ovn = fixture_replicas();
+    (
+        ExplainCache::new(Backend::Live { ovs, ovn }, per_sec),
+        flushed,
+        calls,
+    )
+}
+
+/// `ufid` is explained, after its flow went (re-translated from its captured match), as the
+/// ACL drop-9999.
+fn assert_drop9999_after_expiry(cache: &ExplainCache<Flushed>, ufid: &Uuid) {
+    let LookupRef::Explained(e) = cache.peek(ufid) else {
+        panic!("{:?}", cache.peek(ufid))
+    };
+    let c = &e.summary.drop_culprit;
+    assert_eq!(
+        (c.kind, c.name.as_str()),
+        (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
+        "{c:?}"
+    );
+    assert!(
+        e.summary.rules_error.as_deref().is_some_and(|r| {
+            r.starts_with(AFTER_EXPIRY) && r.contains("captured at first sight")
+        }),
+        "{:?}",
+        e.summary.rules_error
+    );
 }
 
 fn fixture_replicas() -> OvnReplicas {
@@ -260,18 +313,7 @@ fn fixture_replicas() -> OvnReplicas {
 /// that dropped it and says it was explained after expiry.
 #[test]
 fn queued_flows_are_explained_after_they_expire() {
-    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let ovs = Vswitchd::new(Expired {
-        calls: calls.clone(),
-    })
-    .unwrap();
-    let mut cache = ExplainCache::new(
-        Backend::Live {
-            ovs,
-            ovn: fixture_replicas(),
-        },
-        4.0,
-    );
+    let (mut cache, _, calls) = flushed_cache(true, 4.0);
     cache.settle = Duration::ZERO;
     let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
     let vip: Uuid = "3adc8747-c077-47b6-a171-37601f35e511".parse().unwrap();
@@ -294,23 +336,7 @@ fn queued_flows_are_explained_after_they_expire() {
         calls.borrow()
     );
     assert_eq!(cache.stats.captured, 2, "the two queued flows in the dump");
-    let LookupRef::Explained(e) = cache.peek(&drop9999) else {
-        panic!("{:?}", cache.peek(&drop9999))
-    };
-    let c = &e.summary.drop_culprit;
-    assert_eq!(
-        (c.kind, c.name.as_str()),
-        (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
-        "{c:?}"
-    );
-    assert!(
-        e.summary
-            .rules_error
-            .as_deref()
-            .is_some_and(|r| r.contains("captured at first sight")),
-        "{:?}",
-        e.summary.rules_error
-    );
+    assert_drop9999_after_expiry(&cache, &drop9999);
     assert_eq!(cache.stats.after_expiry, 1);
     // The budget ran out: the rest waits in order, asked for nothing more.
     let asked = calls.borrow().len();
@@ -355,57 +381,13 @@ fn queued_flows_settle_before_they_are_asked_for() {
     assert_eq!(cache.queued(), 0);
 }
 
-/// An ovs-vswitchd (OVS 3.5 / OVN 25.03 captures) whose flows are there until `flushed`.
-struct Flushed {
-    flushed: std::rc::Rc<std::cell::Cell<bool>>,
-    calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
-}
-impl Appctl for Flushed {
-    fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
-        self.calls.borrow_mut().push(method.to_string());
-        let f = crate::testutil::fixture;
-        match method {
-            "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
-            "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
-            "dpctl/get-flow" if !self.flushed.get() => Ok(f("ovs-3.5/dump-flows-m.txt")
-                .lines()
-                .filter(|l| l.starts_with(params[1]))
-                .map(|l| format!("{l}\n"))
-                .collect()),
-            "dpctl/get-flow" => Err(UnixctlError::Remote {
-                method: method.into(),
-                message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
-                    .lines()
-                    .next()
-                    .unwrap()
-                    .into(),
-            }),
-            "ofproto/trace" => Ok(f("ovs-3.5/trace-drop9999-recirc-m.txt")),
-            other => panic!("unexpected {other}"),
-        }
-    }
-}
-
 /// A flow flushed while it settles (or waits behind older UFIDs) with the queue keeping up:
 /// its match was captured at first sight (one get-flow), so its explanation re-translates
 /// it, names the ACL and says it came after the flow went. Without the capture it would
 /// only have failed ("not a current datapath flow").
 #[test]
 fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
-    let flushed = std::rc::Rc::new(std::cell::Cell::new(false));
-    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let ovs = Vswitchd::new(Flushed {
-        flushed: flushed.clone(),
-        calls: calls.clone(),
-    })
-    .unwrap();
-    let mut cache = ExplainCache::new(
-        Backend::Live {
-            ovs,
-            ovn: fixture_replicas(),
-        },
-        20.0,
-    );
+    let (mut cache, flushed, calls) = flushed_cache(false, 20.0);
     cache.settle = Duration::from_millis(200);
     let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
     let unknown = Uuid(0x1234 << 96 | 1);
@@ -421,23 +403,7 @@ fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
     std::thread::sleep(Duration::from_millis(250));
     cache.pump();
     assert_eq!(cache.queued(), 0);
-    let LookupRef::Explained(e) = cache.peek(&drop9999) else {
-        panic!("{:?}", cache.peek(&drop9999))
-    };
-    let c = &e.summary.drop_culprit;
-    assert_eq!(
-        (c.kind, c.name.as_str()),
-        (crate::explain::culprit::CulpritKind::Acl, "drop-9999"),
-        "{c:?}"
-    );
-    assert!(
-        e.summary
-            .rules_error
-            .as_deref()
-            .is_some_and(|r| r.starts_with(AFTER_EXPIRY)),
-        "{:?}",
-        e.summary.rules_error
-    );
+    assert_drop9999_after_expiry(&cache, &drop9999);
     assert!(matches!(cache.peek(&unknown), LookupRef::Failed { .. }));
     assert_eq!(cache.stats.after_expiry, 1);
     assert!(
