@@ -456,13 +456,13 @@ impl<A: Appctl> ExplainCache<A> {
         let t = Instant::now();
         let before = ovs.requests();
         let keep_full = self.keep_full;
-        let captured = self.captured.remove(&ufid);
+        let mut captured = self.captured.remove(&ufid);
         let mut after_expiry = false;
         let result = match ovs.get_flow(ufid) {
             Ok((dp, flow)) => Ok((dp, flow, None)),
             // Gone before its turn, but its match was kept: the rules it would hit now.
             Err(VswitchdError::UfidNotFound { .. }) if captured.is_some() => {
-                let (dp, flow) = captured.expect("matched just above");
+                let (dp, flow) = captured.take().expect("matched just above");
                 after_expiry = true;
                 let mut rules = ovs.rules_trace(&dp, &flow);
                 rules.error = Some(format!(
@@ -512,6 +512,11 @@ impl<A: Appctl> ExplainCache<A> {
             }
             Err(err) => {
                 self.stats.failed += 1;
+                // ovs-vswitchd away (restarting, say): the captured match waits for the retry,
+                // which re-translates it if the flow has gone meanwhile.
+                if let Some(c) = captured {
+                    self.captured.insert(ufid, c);
+                }
                 let n = self.failures.entry(ufid).or_default();
                 let wait = self.retry_after * (1 << (*n).min(MAX_RETRY_DOUBLINGS));
                 *n += 1;

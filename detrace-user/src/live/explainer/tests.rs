@@ -219,25 +219,44 @@ fn failures_are_kept_until_their_retry_time() {
     assert!(cache.cached(&u).is_none());
 }
 
+/// What [`Flushed`] does now.
+#[derive(Clone, Copy, PartialEq)]
+enum Daemon {
+    /// Its flows are there.
+    Flows,
+    /// Restarting: nothing answers.
+    Away,
+    /// Its flows are gone.
+    Flushed,
+}
+
 /// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows are there one by one
-/// (`get-flow`) until `flushed`; its dump of every flow still has them (taken before).
+/// (`get-flow`) until flushed; its dump of every flow still has them (taken before).
 struct Flushed {
-    flushed: std::rc::Rc<std::cell::Cell<bool>>,
+    state: std::rc::Rc<std::cell::Cell<Daemon>>,
     calls: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
 }
 impl Appctl for Flushed {
     fn call(&mut self, method: &str, params: &[&str]) -> Result<String, UnixctlError> {
         self.calls.borrow_mut().push(method.to_string());
         let f = crate::testutil::fixture;
+        if self.state.get() == Daemon::Away {
+            return Err(UnixctlError::Down {
+                target: "ovs-vswitchd".into(),
+                secs: 1.0,
+            });
+        }
         match method {
             "list-commands" => Ok(f("ovs-3.5/list-commands.txt")),
             "dpctl/dump-dps" => Ok(f("ovs-3.5/dump-dps.txt")),
             "dpctl/dump-flows" => Ok(f("ovs-3.5/dump-flows-m.txt")),
-            "dpctl/get-flow" if !self.flushed.get() => Ok(f("ovs-3.5/dump-flows-m.txt")
-                .lines()
-                .filter(|l| l.starts_with(params[1]))
-                .map(|l| format!("{l}\n"))
-                .collect()),
+            "dpctl/get-flow" if self.state.get() == Daemon::Flows => {
+                Ok(f("ovs-3.5/dump-flows-m.txt")
+                    .lines()
+                    .filter(|l| l.starts_with(params[1]))
+                    .map(|l| format!("{l}\n"))
+                    .collect())
+            }
             "dpctl/get-flow" => Err(UnixctlError::Remote {
                 method: method.into(),
                 message: f("ovs-3.5/error-get-flow-bogus-ufid.txt")
@@ -254,27 +273,27 @@ impl Appctl for Flushed {
 
 type Calls = std::rc::Rc<std::cell::RefCell<Vec<String>>>;
 
-/// A cache over [`Flushed`] (flushed from the start if `flushed`) and the fixture replicas,
-/// with the flush switch and the methods asked.
+/// A cache over [`Flushed`] in `state` and the fixture replicas, with its state switch and
+/// the methods asked.
 fn flushed_cache(
-    flushed: bool,
+    state: Daemon,
     per_sec: f64,
 ) -> (
     ExplainCache<Flushed>,
-    std::rc::Rc<std::cell::Cell<bool>>,
+    std::rc::Rc<std::cell::Cell<Daemon>>,
     Calls,
 ) {
-    let flushed = std::rc::Rc::new(std::cell::Cell::new(flushed));
+    let state = std::rc::Rc::new(std::cell::Cell::new(state));
     let calls = Calls::default();
     let ovs = Vswitchd::new(Flushed {
-        flushed: flushed.clone(),
+        state: state.clone(),
         calls: calls.clone(),
     })
     .unwrap();
     let ovn = fixture_replicas();
     (
         ExplainCache::new(Backend::Live { ovs, ovn }, per_sec),
-        flushed,
+        state,
         calls,
     )
 }
@@ -313,7 +332,7 @@ fn fixture_replicas() -> OvnReplicas {
 /// that dropped it and says it was explained after expiry.
 #[test]
 fn queued_flows_are_explained_after_they_expire() {
-    let (mut cache, _, calls) = flushed_cache(true, 4.0);
+    let (mut cache, _, calls) = flushed_cache(Daemon::Flushed, 4.0);
     cache.settle = Duration::ZERO;
     let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
     let vip: Uuid = "3adc8747-c077-47b6-a171-37601f35e511".parse().unwrap();
@@ -387,7 +406,7 @@ fn queued_flows_settle_before_they_are_asked_for() {
 /// only have failed ("not a current datapath flow").
 #[test]
 fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
-    let (mut cache, flushed, calls) = flushed_cache(false, 20.0);
+    let (mut cache, state, calls) = flushed_cache(Daemon::Flows, 20.0);
     cache.settle = Duration::from_millis(200);
     let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
     let unknown = Uuid(0x1234 << 96 | 1);
@@ -399,7 +418,7 @@ fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
         "the flow there, not the unknown UFID"
     );
     assert!(matches!(cache.peek(&drop9999), LookupRef::Pending));
-    flushed.set(true);
+    state.set(Daemon::Flushed);
     std::thread::sleep(Duration::from_millis(250));
     cache.pump();
     assert_eq!(cache.queued(), 0);
@@ -412,6 +431,35 @@ fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
         calls.borrow()
     );
     assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
+}
+
+/// ovs-vswitchd away when a captured flow's turn comes (restarting): the attempt fails, the
+/// match is kept, and the retry re-translates the flow, gone meanwhile.
+#[test]
+fn a_captured_match_outlives_a_failed_attempt() {
+    let (mut cache, state, _) = flushed_cache(Daemon::Flows, 20.0);
+    cache.settle = Duration::from_millis(100);
+    cache.retry_after = Duration::from_millis(100);
+    let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
+    cache.seen(drop9999);
+    cache.pump();
+    assert_eq!(cache.stats.captured, 1);
+    state.set(Daemon::Away);
+    std::thread::sleep(Duration::from_millis(150));
+    cache.pump();
+    assert!(
+        matches!(cache.peek(&drop9999), LookupRef::Failed { .. }),
+        "{:?}",
+        cache.peek(&drop9999)
+    );
+    state.set(Daemon::Flushed);
+    std::thread::sleep(Duration::from_millis(150));
+    // Seen again (its counts still in the kernel's accounts): queued, settled, explained.
+    cache.seen(drop9999);
+    cache.pump();
+    std::thread::sleep(Duration::from_millis(150));
+    cache.pump();
+    assert_drop9999_after_expiry(&cache, &drop9999);
 }
 
 /// An ovs-vswitchd without `ofproto/detrace` (OVS 3.1's command list, captured) re-translates
