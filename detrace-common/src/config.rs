@@ -113,5 +113,9 @@ pub struct Config {
     /// ovs-vswitchd's process context, then write no FLOW_STATS entry (an insert there can
     /// fail on a non-preallocated map, seen on 6.1, and would count nothing anyone reads).
     pub flow_table: u32,
+    /// 1: every datapath hook's program returns at once, before reading anything (benchmarks
+    /// only: the cost of the hooks themselves, the floor a program at them can reach; nothing
+    /// is counted).
+    pub noop: u32,
 }
-const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 10);
+const _: () = assert!(size_of::<Config>() == 4 * 25 + 32 + 4 + 4 + 4 * 11);

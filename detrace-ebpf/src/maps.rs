@@ -56,6 +56,7 @@ pub static CONFIG: Config = Config {
     matching_only: 0,
     no_drop_reasons: 0,
     flow_table: 0,
+    noop: 0,
 };
 
 /// Reads one field of [`CONFIG`] the way the loader's rewrite stays visible.

@@ -365,6 +365,10 @@ pub struct ProbesArgs {
     /// With --flow-table: also the per-packet probes, following 1 packet in N for latency.
     #[arg(long, value_name = "N", requires = "flow_table", value_parser = clap::value_parser!(u32).range(1..))]
     pub latency_sample: Option<u32>,
+    /// Benchmarks only: the same programs attached at the same hooks, each returning at once
+    /// (what the hooks themselves cost: the floor for any program there). Counts nothing.
+    #[arg(long, hide = true)]
+    pub noop: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

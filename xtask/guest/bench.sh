@@ -7,6 +7,7 @@ DETRACE=/mnt/host/detrace
 R=/mnt/host/results
 mkdir -p $R
 SECS=${BENCH_SECONDS:-5} REPS=${BENCH_REPS:-3}
+FLOOR_FLAGS="--events --matching-only --dst 10.244.9.9 --noop"
 start_ovs; mark ovs-up
 start_ovn; mark ovn-up
 topology; mark topology-up
@@ -32,9 +33,12 @@ start_mode() {
     top-pp) $DETRACE top --per-packet --ready --interval 1 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-none) $DETRACE watch --ready --dst 10.244.9.9 --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
     watch-all) $DETRACE watch --ready --format json >/tmp/d.out 2>>$R/detrace-$1.err & ;;
+    # watch-none's programs at the same hooks, each returning at once (`probes --noop`): what
+    # the hooks themselves cost, the floor for any program there.
+    floor-none) $DETRACE probes --attach 100000 --max-events 0 $FLOOR_FLAGS >/tmp/d.out 2>>$R/detrace-$1.err & ;;
   esac
   DPID=$!
-  for i in $(seq 100); do grep -q '^ready' /tmp/d.out 2>/dev/null && return 0; sleep 0.1; done
+  for i in $(seq 100); do grep -q '^ready\|"attached"' /tmp/d.out 2>/dev/null && return 0; sleep 0.1; done
   die "detrace $1 did not attach: $(tail -3 $R/detrace-$1.err)"
 }
 # detrace's own CPU time (utime + stime, clock ticks) during the mode's runs: from once it is
@@ -68,7 +72,7 @@ done > $R/phases.txt
 # no mode always runs right after the same other one (the guest's speed drifts over a run).
 # top and drops count from the kernel's flow table (their default: no per-packet probe);
 # top-ls64 adds --latency-sample 64; top-pp is top --per-packet, every packet through the probes.
-MODES="base top drops top-ls64 top-pp watch-none watch-all"
+MODES="base top drops top-ls64 top-pp watch-none floor-none watch-all"
 NMODES=$(echo $MODES | wc -w)
 for rep in $(seq $REPS); do
   set -- $MODES
@@ -106,11 +110,11 @@ b0=$(busy); pps=$(udp); b1=$(busy)
 python3 -c "
 hz, secs, pps, b = $(getconf CLK_TCK), $SECS, $pps, $b1 - $b0
 print(f'base udp-64B {pps} pps, guest CPU {b / hz * 1e9 / (pps * secs):.0f} ns per packet')" | tee -a $R/cost.txt
-for mode in top top-ls64 top-pp watch-none watch-all; do
+for mode in top top-ls64 top-pp watch-none floor-none watch-all; do
   case $mode in
     top) flags=--flow-table ;; top-ls64) flags="--flow-table --latency-sample 64" ;;
     top-pp) flags= ;; watch-none) flags="--events --matching-only --dst 10.244.9.9" ;;
-    watch-all) flags="--events --matching-only" ;;
+    watch-all) flags="--events --matching-only" ;; floor-none) flags=$FLOOR_FLAGS ;;
   esac
   # The flood outlasts the attach (seconds on a loaded TCG guest) and the SECS measured after it.
   ip netns exec client iperf3 -c $SERVER_IP -u -l 64 -b 0 -t $((SECS + 6)) -J > /tmp/cost-udp.json &

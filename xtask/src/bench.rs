@@ -62,7 +62,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// carries and the paired ratios mostly cancel).
 pub fn report(runs: &str) -> String {
     // bench.sh's modes: top and drops count from the flow table (their default), top-ls64 adds
-    // --latency-sample 64, top-pp is top --per-packet (every packet through the probes).
+    // --latency-sample 64, top-pp is top --per-packet (every packet through the probes);
+    // floor-none attaches watch-none's programs at the same hooks, each returning at once.
     let modes = [
         "base",
         "top",
@@ -70,6 +71,7 @@ pub fn report(runs: &str) -> String {
         "top-ls64",
         "top-pp",
         "watch-none",
+        "floor-none",
         "watch-all",
     ];
     let mut out = String::from(

@@ -19,6 +19,9 @@ const SKB_CONSUMED: u32 = 1;
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    if conf!(noop) != 0 {
+        return 0;
+    }
     match try_kfree_skb(&ctx) {
         Ok(r) | Err(r) => r,
     }

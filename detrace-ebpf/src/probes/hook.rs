@@ -29,6 +29,9 @@ macro_rules! hook {
         $(#[$doc])*
         #[aya_ebpf::macros::kprobe]
         pub fn $kprobe(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+            if $crate::maps::conf!(noop) != 0 {
+                return 0;
+            }
             let args = (|| -> Result<_, $crate::probes::packet::Fail> {
                 Ok(($($crate::probes::packet::nonzero(ctx.arg($idx))?,)+))
             })();
@@ -43,6 +46,9 @@ macro_rules! hook {
         /// (detrace-user/src/probes/fentry.rs): the target lives in the openvswitch module's BTF.
         #[aya_ebpf::macros::fentry(function = $function)]
         pub fn $fentry(ctx: aya_ebpf::programs::FEntryContext) -> u32 {
+            if $crate::maps::conf!(noop) != 0 {
+                return 0;
+            }
             const ARGS: usize = $crate::probes::hook::arg_count(&[$($idx),+]);
             let args = $crate::probes::packet::fentry_args::<ARGS>(&ctx).and_then(|a| {
                 Ok(($($crate::probes::packet::nonzero(Some(a[$idx]))?,)+))

@@ -118,6 +118,7 @@ fn options(args: &ProbesArgs) -> ProbeOptions {
         per_packet: !args.flow_table,
         latency_sample: args.latency_sample.unwrap_or(0),
         matching_only: args.matching_only,
+        noop: args.noop,
     }
 }
 

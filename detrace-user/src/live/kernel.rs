@@ -203,6 +203,7 @@ pub fn attach_live(
         per_packet: counting.per_packet,
         latency_sample: counting.latency_sample,
         matching_only: counting.matching_only,
+        noop: false,
     };
     let mut probes = Probes::attach(&opts)?;
     let flows = if !opts.flow_table() {

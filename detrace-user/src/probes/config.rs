@@ -38,6 +38,8 @@ pub struct ProbeOptions {
     /// With events and a filter: follow only the matching packets (see
     /// [`Config::matching_only`]); the per-flow counts are then of those packets only.
     pub matching_only: bool,
+    /// Benchmarks only: the datapath hooks' programs return at once (see [`Config::noop`]).
+    pub noop: bool,
 }
 
 impl ProbeOptions {
@@ -64,6 +66,7 @@ impl Default for ProbeOptions {
             per_packet: true,
             latency_sample: 0,
             matching_only: false,
+            noop: false,
         }
     }
 }
@@ -185,6 +188,7 @@ pub(super) fn config(opts: &ProbeOptions, tracefs: &Path) -> Result<(Config, Btf
         cfg.flow_table = 1;
     }
     cfg.matching_only = u32::from(opts.matching_only && opts.events);
+    cfg.noop = u32::from(opts.noop);
     cfg.no_drop_reasons = u32::from(!has_ovs_drop_reasons(&btf)?);
     cfg.nr_cpus = aya::util::nr_cpus()
         .map_err(|(path, source)| ProbeError::BtfRead {
