@@ -252,7 +252,7 @@ ok "drops attributes exactly $((N1 + N2)) drops to ACL vmtest-ft-7781 across two
 # maps too) before the run ends; the load balancer's row still counts every packet sent, and
 # the flows' UFIDs come back counting from zero.
 warm $VIP 5001
-"$D" top --ready --format json --interval 1 --duration 60 --sort packets --limit 1000 --retire-after 2 >$T/top4.out 2>$T/top4.err &
+"$D" top --ready --format json --interval 1 --duration 120 --sort packets --limit 1000 --retire-after 2 >$T/top4.out 2>$T/top4.err &
 P=$!
 wait_ready $T/top4.out "top --retire-after"
 send $VIP 5001 $N1

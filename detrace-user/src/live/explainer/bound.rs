@@ -22,6 +22,9 @@ impl<A: Appctl> ExplainCache<A> {
         });
         let cache = &self.cache;
         self.failures.retain(|u, _| cache.get(u).is_some());
+        // Matches kept for a retry leave with their failure.
+        self.captured
+            .retain(|u, _| matches!(cache.get(u), Some(Some(Entry::Queued | Entry::Failed(_)))));
         self.compact_over = (2 * self.cache.len()).max(COMPACT_MIN);
     }
 

@@ -2,7 +2,7 @@
 //! and [`ExplainCache::capture_if_behind`]), and the re-translation of a flow gone before its
 //! turn from its captured match.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{AFTER_EXPIRY, Backend, CAPTURE_EVERY, Entry, ExplainCache, QUEUE_MAX};
 use crate::ovs::{
@@ -10,6 +10,24 @@ use crate::ovs::{
     unixctl::Appctl,
     vswitchd::{FlowRules, Vswitchd, VswitchdError},
 };
+
+/// A flow's match as ovs-vswitchd printed it while the flow existed.
+pub(super) struct Captured {
+    pub dp: String,
+    pub flow: DpFlow,
+    /// The ovs-vswitchd it came from ([`Vswitchd::generation`]).
+    pub generation: u64,
+}
+
+impl Captured {
+    /// Whether re-translating the match still means what it meant: a recirculated flow's
+    /// `recirc_id` names a frozen state of the ovs-vswitchd that installed it; a restarted one
+    /// numbers its recirculations afresh (the id would resume some other state, or none).
+    pub fn still_means(&self, generation: u64) -> bool {
+        self.generation == generation
+            || self.flow.match_full.split(',').any(|f| f == "recirc_id(0)")
+    }
+}
 
 impl<A: Appctl> ExplainCache<A> {
     /// More UFIDs wait than the budget explains within a second.
@@ -30,12 +48,13 @@ impl<A: Appctl> ExplainCache<A> {
             return;
         };
         self.last_capture = Some(Instant::now());
-        // What waits now is in the dump, or gone already.
-        self.fresh.clear();
         let before = ovs.requests();
+        let generation = ovs.generation();
         let dps = ovs.datapaths().unwrap_or_default();
+        let mut dumped = !dps.is_empty();
         for dp in dps {
             let Ok((flows, _malformed)) = ovs.dump_flows(&dp) else {
+                dumped = false;
                 continue;
             };
             for f in flows {
@@ -44,9 +63,21 @@ impl<A: Appctl> ExplainCache<A> {
                     && !self.captured.contains_key(&f.ufid)
                 {
                     self.stats.captured += 1;
-                    self.captured.insert(f.ufid, (dp.clone(), f));
+                    let dp = dp.clone();
+                    self.captured.insert(
+                        f.ufid,
+                        Captured {
+                            dp,
+                            flow: f,
+                            generation,
+                        },
+                    );
                 }
             }
+        }
+        if dumped {
+            // What waits now was in the dump, or had gone already.
+            self.fresh.clear();
         }
         let spent = ovs.requests() - before;
         self.budget -= spent as f64;
@@ -58,36 +89,55 @@ impl<A: Appctl> ExplainCache<A> {
     /// counters having moved): a flow flushed or evicted within the settling time, or while
     /// older UFIDs are explained, is still re-translated from its match. A recirculated flow
     /// re-translates only while ovs-vswitchd keeps its recirculation state (its first pass's
-    /// flow always). One datapath only: with several, `get-flow` dumps them all.
-    pub(super) fn capture_fresh(&mut self) {
+    /// flow always). One datapath only: with several, `get-flow` dumps them all. A UFID queued
+    /// `settle` ago or more is explained in this pump: not captured first.
+    pub(super) fn capture_fresh(&mut self, settle: Duration) {
         let Backend::Live { ovs, .. } = &mut self.backend else {
             return;
         };
-        let before = ovs.requests();
-        let one_dp = matches!(ovs.datapaths().as_deref(), Ok([_]));
-        if !one_dp {
-            self.fresh.clear();
+        if self.fresh.is_empty() || self.budget < 1.0 {
+            return;
         }
+        let before = ovs.requests();
+        let generation = ovs.generation();
+        let one_dp = match ovs.datapaths().as_deref() {
+            Ok([_]) => true,
+            Ok(_) => {
+                self.fresh.clear();
+                false
+            }
+            // ovs-vswitchd away: tried again at the next pump.
+            Err(_) => false,
+        };
         while one_dp && self.budget - (ovs.requests() - before) as f64 >= 1.0 {
-            let Some(u) = self.fresh.pop_front() else {
+            let Some((u, queued)) = self.fresh.pop_front() else {
                 break;
             };
             if !matches!(self.cache.get(&u), Some(Some(Entry::Queued)))
                 || self.captured.contains_key(&u)
                 || self.captured.len() >= QUEUE_MAX
+                || queued.elapsed() >= settle
             {
                 continue;
             }
             match ovs.get_flow(u) {
-                Ok(found) => {
+                Ok((dp, flow)) => {
                     self.stats.captured += 1;
-                    self.captured.insert(u, found);
+                    self.captured.insert(
+                        u,
+                        Captured {
+                            dp,
+                            flow,
+                            generation,
+                        },
+                    );
                 }
                 // Gone already: its turn says so.
                 Err(VswitchdError::UfidNotFound { .. }) => {}
-                // ovs-vswitchd away: its turn says so too.
+                // ovs-vswitchd away: tried again at the next pump.
                 Err(e) => {
                     tracing::debug!("capturing ufid:{u}: {e}");
+                    self.fresh.push_front((u, queued));
                     break;
                 }
             }

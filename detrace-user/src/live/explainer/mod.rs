@@ -22,6 +22,7 @@ mod bound;
 mod capture;
 mod lookup;
 
+use capture::Captured;
 pub use lookup::{ExplainStats, Explained, Lookup, LookupRef};
 
 use crate::{
@@ -30,7 +31,6 @@ use crate::{
     explain::{FlowSummary, explain},
     ovn::{OvnReplicas, Resolver},
     ovs::{
-        DpFlow,
         unixctl::Appctl,
         vswitchd::{Vswitchd, VswitchdError},
     },
@@ -126,10 +126,12 @@ pub struct ExplainCache<A: Appctl> {
     order: VecDeque<Uuid>,
     /// Explanations kept at most (see [`MAX_EXPLAINED`]).
     pub max_explained: usize,
-    /// Matches of queued flows, captured before they could expire: (datapath, flow).
-    captured: FastMap<Uuid, (String, DpFlow)>,
-    /// Queued UFIDs whose match is not captured yet, oldest first (see [`Self::capture_fresh`]).
-    fresh: VecDeque<Uuid>,
+    /// Matches of queued (or failed, waiting for their retry) flows, captured before they
+    /// could expire.
+    captured: FastMap<Uuid, Captured>,
+    /// Queued UFIDs whose match is not captured yet, oldest first, with when they were queued
+    /// (see [`Self::capture_fresh`]).
+    fresh: VecDeque<(Uuid, Instant)>,
     last_capture: Option<Instant>,
     /// The cache's table is compacted when it holds more UFIDs than this.
     compact_over: usize,
@@ -196,7 +198,7 @@ impl<A: Appctl> ExplainCache<A> {
         if self.fresh.len() >= QUEUE_MAX {
             self.fresh.pop_front();
         }
-        self.fresh.push_back(ufid);
+        self.fresh.push_back((ufid, Instant::now()));
         self.cache.insert(ufid, Some(Entry::Queued));
         self.stats.queued += 1;
     }
@@ -250,7 +252,7 @@ impl<A: Appctl> ExplainCache<A> {
         } else if !settle.is_zero() {
             // Without settling, a UFID is explained as soon as the budget allows: capturing
             // first would only spend a request.
-            self.capture_fresh();
+            self.capture_fresh(settle);
         }
         while self.budget >= 2.0 {
             // First seen, first explained: the rest is younger still.
@@ -377,8 +379,12 @@ impl<A: Appctl> ExplainCache<A> {
         let result = match ovs.get_flow(ufid) {
             Ok((dp, flow)) => Ok((dp, flow, None)),
             // Gone before its turn, but its match was kept: the rules it would hit now.
-            Err(VswitchdError::UfidNotFound { .. }) if captured.is_some() => {
-                let (dp, flow) = captured.take().expect("matched just above");
+            Err(VswitchdError::UfidNotFound { .. })
+                if captured
+                    .as_ref()
+                    .is_some_and(|c| c.still_means(ovs.generation())) =>
+            {
+                let Captured { dp, flow, .. } = captured.take().expect("matched just above");
                 after_expiry = true;
                 let rules = capture::retranslate(ovs, &dp, &flow);
                 Ok((dp, flow, Some(rules)))

@@ -228,6 +228,8 @@ enum Daemon {
     Away,
     /// Its flows are gone.
     Flushed,
+    /// Restarted (another generation), its flows gone.
+    Restarted,
 }
 
 /// An ovs-vswitchd (captures from OVS 3.5 / OVN 25.03) whose flows are there one by one
@@ -268,6 +270,9 @@ impl Appctl for Flushed {
             "ofproto/trace" => Ok(f("ovs-3.5/trace-drop9999-recirc-m.txt")),
             other => panic!("unexpected {other}"),
         }
+    }
+    fn generation(&self) -> u64 {
+        u64::from(self.state.get() == Daemon::Restarted)
     }
 }
 
@@ -460,6 +465,29 @@ fn a_captured_match_outlives_a_failed_attempt() {
     std::thread::sleep(Duration::from_millis(150));
     cache.pump();
     assert_drop9999_after_expiry(&cache, &drop9999);
+}
+
+/// A recirculated flow captured before ovs-vswitchd restarted, gone after: its recirc_id
+/// names a frozen state of the old daemon (the new one numbers its own afresh), so it is not
+/// re-translated, which could resume some other state: it fails as gone.
+#[test]
+fn a_recirculated_match_of_a_restarted_daemon_is_not_retranslated() {
+    let (mut cache, state, _) = flushed_cache(Daemon::Flows, 20.0);
+    cache.settle = Duration::from_millis(100);
+    let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
+    cache.seen(drop9999);
+    cache.pump();
+    assert_eq!(cache.stats.captured, 1);
+    state.set(Daemon::Restarted);
+    std::thread::sleep(Duration::from_millis(150));
+    cache.pump();
+    match cache.peek(&drop9999) {
+        LookupRef::Failed { error, .. } => {
+            assert!(error.contains("not a current datapath flow"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.stats.after_expiry, 0);
 }
 
 /// An ovs-vswitchd without `ofproto/detrace` (OVS 3.1's command list, captured) re-translates
