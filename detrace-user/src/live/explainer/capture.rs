@@ -80,8 +80,7 @@ impl<A: Appctl> ExplainCache<A> {
             self.fresh.clear();
         }
         let spent = ovs.requests() - before;
-        self.budget -= spent as f64;
-        self.stats.ovs_requests += spent;
+        self.charge(spent);
     }
 
     /// While the queue keeps up, each new UFID's match is captured at once with one
@@ -143,8 +142,7 @@ impl<A: Appctl> ExplainCache<A> {
             }
         }
         let spent = ovs.requests() - before;
-        self.budget -= spent as f64;
-        self.stats.ovs_requests += spent;
+        self.charge(spent);
     }
 }
 

@@ -287,6 +287,12 @@ impl<A: Appctl> ExplainCache<A> {
         }
     }
 
+    /// `requests` sent to ovs-vswitchd: out of the budget, and counted.
+    fn charge(&mut self, requests: u64) {
+        self.budget -= requests as f64;
+        self.stats.ovs_requests += requests;
+    }
+
     fn refill(&mut self) {
         let now = Instant::now();
         self.budget = (self.budget + now.duration_since(self.last).as_secs_f64() * self.per_sec)
@@ -408,8 +414,7 @@ impl<A: Appctl> ExplainCache<A> {
         // Every request made counts against the budget (get-flow, detrace and its retries, the
         // trace fallback): the long-run rate stays at `per_sec` whatever a lookup costs.
         let spent = ovs.requests() - before;
-        self.budget -= spent as f64;
-        self.stats.ovs_requests += spent;
+        self.charge(spent);
         if let Some(h) = &mut self.latency {
             let _ = h.record((t.elapsed().as_micros() as u64).max(1));
             self.stats.resolve_p50_us = h.value_at_quantile(0.5);

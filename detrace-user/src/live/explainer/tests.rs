@@ -438,10 +438,13 @@ fn a_flow_flushed_while_it_settles_is_explained_from_its_first_sight() {
     assert_eq!(cache.stats.ovs_requests + 1, calls.borrow().len() as u64);
 }
 
-/// ovs-vswitchd away when a captured flow's turn comes (restarting): the attempt fails, the
-/// match is kept, and the retry re-translates the flow, gone meanwhile.
-#[test]
-fn a_captured_match_outlives_a_failed_attempt() {
+/// A cache over a [`Flushed`] daemon with its flows there (settling and retries 100 ms) that
+/// has seen the drop-9999 flow and captured its match at first sight.
+fn drop9999_captured() -> (
+    ExplainCache<Flushed>,
+    std::rc::Rc<std::cell::Cell<Daemon>>,
+    Uuid,
+) {
     let (mut cache, state, _) = flushed_cache(Daemon::Flows, 20.0);
     cache.settle = Duration::from_millis(100);
     cache.retry_after = Duration::from_millis(100);
@@ -449,6 +452,14 @@ fn a_captured_match_outlives_a_failed_attempt() {
     cache.seen(drop9999);
     cache.pump();
     assert_eq!(cache.stats.captured, 1);
+    (cache, state, drop9999)
+}
+
+/// ovs-vswitchd away when a captured flow's turn comes (restarting): the attempt fails, the
+/// match is kept, and the retry re-translates the flow, gone meanwhile.
+#[test]
+fn a_captured_match_outlives_a_failed_attempt() {
+    let (mut cache, state, drop9999) = drop9999_captured();
     state.set(Daemon::Away);
     std::thread::sleep(Duration::from_millis(150));
     cache.pump();
@@ -472,12 +483,7 @@ fn a_captured_match_outlives_a_failed_attempt() {
 /// re-translated, which could resume some other state: it fails as gone.
 #[test]
 fn a_recirculated_match_of_a_restarted_daemon_is_not_retranslated() {
-    let (mut cache, state, _) = flushed_cache(Daemon::Flows, 20.0);
-    cache.settle = Duration::from_millis(100);
-    let drop9999: Uuid = "e666129a-7f03-4f7f-b983-c5bae899c5c9".parse().unwrap();
-    cache.seen(drop9999);
-    cache.pump();
-    assert_eq!(cache.stats.captured, 1);
+    let (mut cache, state, drop9999) = drop9999_captured();
     state.set(Daemon::Restarted);
     std::thread::sleep(Duration::from_millis(150));
     cache.pump();
