@@ -467,6 +467,11 @@ impl FlowStats {
     pub fn saturating_sub(&self, other: &Self) -> Self {
         self.zip_with(other, u64::saturating_sub)
     }
+
+    /// Each counter's larger value of the two.
+    pub fn max(&self, other: &Self) -> Self {
+        self.zip_with(other, u64::max)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -177,8 +177,12 @@ impl Ledger {
 
     /// Attributes the change of a flow's cumulative counters `s` since the last time.
     fn attribute<A: Appctl>(&mut self, view: &View<'_, A>, u: Uuid, s: &FlowStats) {
-        let before = self.attributed.insert(u, *s).unwrap_or_default();
+        let before = self.attributed.get(&u).copied().unwrap_or_default();
         let d = s.saturating_sub(&before);
+        // A counter that went back keeps its high mark, counted again only above it: a
+        // flow-table flow's drops follow its current actions (all its packets, or none), and
+        // a UFID reinstalled by a restarted ovs-vswitchd may drop, not drop, then drop again.
+        self.attributed.insert(u, before.max(s));
         if d.packets == 0 && d.drops == 0 {
             return;
         }
