@@ -113,12 +113,16 @@ pub enum Counter {
     /// Not counted by the probes: flows user space retired from its accounts (gone from the
     /// kernel's table for `--retire-after`; their counts stay in the objects' totals).
     FlowsRetired = 20,
+    /// Not counted by the probes: flows user space saw change their actions in place (an
+    /// ovs-vswitchd revalidator's modify: same UFID): their counts before and after are
+    /// attributed apart, each with the explanation of its actions.
+    FlowsChanged = 21,
 }
 
 /// Every [`Counter`] with its wire name (the key in `detrace probes --attach` JSON, in the
 /// LossReport of recordings) and what it counts, in slot order: user space iterates this table
 /// and never lists the counters again.
-pub const COUNTERS: [CounterInfo; 21] = [
+pub const COUNTERS: [CounterInfo; 22] = [
     CounterInfo::new(
         Counter::Passes,
         "passes",
@@ -199,6 +203,11 @@ pub const COUNTERS: [CounterInfo; 21] = [
         Counter::FlowsRetired,
         "flows_retired",
         "flows gone from the kernel's table long enough to be forgotten (counts kept in totals)",
+    ),
+    CounterInfo::new(
+        Counter::FlowsChanged,
+        "flows_changed",
+        "flows whose actions changed in place (counted apart before and after)",
     ),
 ];
 

@@ -59,8 +59,8 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(60);
 pub struct FlowAccounts {
     base_removed: FastMap<Uuid, (u64, u64)>,
     base_live: FastMap<Uuid, (u64, u64)>,
-    /// (packets, bytes, drop slot) last reported per UFID.
-    last: FastMap<Uuid, (u64, u64, u32)>,
+    /// What each UFID counted as last read, and since when under its current actions.
+    tally: FastMap<Uuid, Tally>,
     /// UFIDs not in the table at the last read: since when, and their removals then.
     gone: FastMap<Uuid, (Instant, u64)>,
     pub retirement: Retirement,
@@ -68,6 +68,8 @@ pub struct FlowAccounts {
     retired_totals: (u64, u64),
     /// Reads where a flow went during the dump (its live value ignored once).
     pub raced: u64,
+    /// Flows whose actions changed in place: their counts before were handed out as retired.
+    pub changed: u64,
     /// Packets and drops over every flow, at the last read.
     pub totals: (u64, u64),
     /// Latency from the probes (`--latency-sample`): they follow a sample of packets.
@@ -119,11 +121,12 @@ impl FlowAccounts {
                 .into_iter()
                 .map(|(u, f)| (u, (f.packets, f.bytes)))
                 .collect(),
-            last: FastMap::default(),
+            tally: FastMap::default(),
             gone: FastMap::default(),
             retirement: Retirement::new(RETIRE_AFTER),
             retired_totals: (0, 0),
             raced: 0,
+            changed: 0,
             totals: (0, 0),
             latency: false,
         })
@@ -169,10 +172,7 @@ impl FlowAccounts {
             let bytes =
                 (rm.bytes.saturating_sub(bb) + lv.map_or(0, |f| f.bytes)).saturating_sub(lb);
             let slot = lv.map_or(rm.drop_slot, |f| f.drop_slot);
-            let last = self.last.entry(u).or_insert((0, 0, 0));
-            *last = (last.0.max(packets), last.1.max(bytes), slot);
-            let last = *last;
-            let stats = self.stats_of(last, probes.get(&u));
+            let stats = self.tally(u, [packets, bytes], slot, lv, probes.get(&u));
             if lv.is_some() {
                 self.gone.remove(&u);
             } else {
@@ -195,7 +195,7 @@ impl FlowAccounts {
             for (u, s) in retire {
                 self.base_removed.remove(&u);
                 self.base_live.remove(&u);
-                self.last.remove(&u);
+                self.tally.remove(&u);
                 self.gone.remove(&u);
                 if let Some(s) = &s {
                     self.retired_totals.0 += s.packets;
@@ -210,31 +210,125 @@ impl FlowAccounts {
         Ok(out)
     }
 
-    /// A flow's stats from its counts as last read and the probes' (None: nothing counted).
-    fn stats_of(&self, last: (u64, u64, u32), p: Option<&FlowStats>) -> Option<FlowStats> {
-        // Without per-packet counting, the probes' packets are those ovs-vswitchd executed
-        // with this flow's actions after the upcall that installed it (EXEC_STATS): counted as
-        // the flow's, as per-packet counting does.
-        let exec = p.map_or((0, 0), |s| (s.packets, s.bytes));
-        let mut s = flow_stats(last, exec);
-        if let (true, Some(p)) = (self.latency, p) {
-            s.latency = p.latency;
-            s.latency_sum_ns = p.latency_sum_ns;
+    /// Takes a UFID's counts at this read (kernel packets and bytes since the start, the drop
+    /// slot of its actions, its flow in the table if there, the probes' stats); returns its
+    /// stats since its current actions began (None: nothing counted).
+    ///
+    /// A flow whose actions changed in place (a revalidator's modify: same UFID, new actions)
+    /// counted up to the last read under the old ones: that part is handed out as a retired
+    /// flow's counts are (its sinks fold it with the explanation of the old actions), and the
+    /// UFID counts afresh, to be explained again. Packets between the two reads go with the
+    /// new actions (which of them came before the change is not known), sampled latencies
+    /// with the old. A flow whose explanation was still queued hands its old part out
+    /// unexplained: the old actions can no longer be asked about.
+    fn tally(
+        &mut self,
+        u: Uuid,
+        kernel: [u64; 2],
+        slot: u32,
+        live: Option<&KernelFlow>,
+        probe: Option<&FlowStats>,
+    ) -> Option<FlowStats> {
+        let latency = self.latency;
+        let t = self.tally.entry(u).or_default();
+        let before = t.clone();
+        t.update(kernel, slot);
+        t.executed(probe);
+        let Some(f) = live else {
+            return t.stats(latency, probe);
+        };
+        match before.actions {
+            Some(was) if was != f.actions => {
+                let old = before.stats(latency, probe);
+                t.restart(&before, probe);
+                t.actions = Some(f.actions);
+                self.changed += 1;
+                if let Some(s) = &old {
+                    self.retired_totals.0 += s.packets;
+                    self.retired_totals.1 += s.drops;
+                }
+                self.retirement.hand_out(u.words(), old);
+            }
+            _ => t.actions = Some(f.actions),
         }
-        (s.packets > 0 || s.drops > 0).then_some(s)
+        t.stats(latency, probe)
     }
 
     /// The counts as of the last read, without reading the flow table (gone with its module):
     /// the probes' maps are detrace's own and still read.
-    pub fn last_read(&self, r: &mut impl FlowReads) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
+    pub fn last_read(
+        &mut self,
+        r: &mut impl FlowReads,
+    ) -> anyhow::Result<Vec<([u32; 4], FlowStats)>> {
         let probes = r.probe_stats()?;
+        for (u, t) in &mut self.tally {
+            t.executed(probes.get(u));
+        }
         let mut out: Vec<_> = self
-            .last
+            .tally
             .iter()
-            .filter_map(|(u, &last)| Some((u.words(), self.stats_of(last, probes.get(u))?)))
+            .filter_map(|(u, t)| Some((u.words(), t.stats(self.latency, probes.get(u))?)))
             .collect();
         out.sort_unstable_by_key(|(w, _)| *w);
         Ok(out)
+    }
+}
+
+/// What a UFID counted, as last read, and where its current actions began.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    /// Kernel packets and bytes, and packets and bytes ovs-vswitchd executed after upcalls,
+    /// since the start (or the UFID's last retirement); never going back.
+    counts: [u64; 4],
+    /// The drop its actions make (a drop-reason slot; 0: none), as last read.
+    slot: u32,
+    /// Its actions' fingerprint when last in the table (None: not seen there yet).
+    actions: Option<u64>,
+    /// `counts` when its current actions began: below them, the earlier actions' counts.
+    from: [u64; 4],
+    /// The probes' latency samples when its current actions began (`--latency-sample`).
+    latency_from: Option<Box<FlowStats>>,
+}
+
+impl Tally {
+    /// Its kernel counts and drop slot at this read.
+    fn update(&mut self, kernel: [u64; 2], slot: u32) {
+        self.counts[0] = self.counts[0].max(kernel[0]);
+        self.counts[1] = self.counts[1].max(kernel[1]);
+        self.slot = slot;
+    }
+
+    /// The packets ovs-vswitchd executed with its actions after the upcall that installed
+    /// it, as the probes counted them (EXEC_STATS): counted as the flow's, as per-packet
+    /// counting does.
+    fn executed(&mut self, probe: Option<&FlowStats>) {
+        if let Some(p) = probe {
+            self.counts[2] = self.counts[2].max(p.packets);
+            self.counts[3] = self.counts[3].max(p.bytes);
+        }
+    }
+
+    /// Its current actions begin at `before`'s counts (the last read's), and at the probes'
+    /// latency samples now.
+    fn restart(&mut self, before: &Tally, probe: Option<&FlowStats>) {
+        self.from = before.counts;
+        self.latency_from = probe.map(|p| Box::new(*p));
+    }
+
+    /// Its stats since its current actions began (None: nothing counted).
+    fn stats(&self, latency: bool, probe: Option<&FlowStats>) -> Option<FlowStats> {
+        let [kp, kb, ep, eb] =
+            core::array::from_fn(|i| self.counts[i].saturating_sub(self.from[i]));
+        let mut s = flow_stats((kp, kb, self.slot), (ep, eb));
+        if let (true, Some(p)) = (latency, probe) {
+            let p = match &self.latency_from {
+                Some(from) => p.saturating_sub(from),
+                None => *p,
+            };
+            s.latency = p.latency;
+            s.latency_sum_ns = p.latency_sum_ns;
+        }
+        (s.packets > 0 || s.drops > 0).then_some(s)
     }
 }
 
@@ -328,6 +422,11 @@ impl Retirement {
     /// A flow retired, with its last stats (None: it counted nothing).
     fn add(&mut self, ufid: [u32; 4], stats: Option<FlowStats>) {
         self.count += 1;
+        self.hand_out(ufid, stats);
+    }
+
+    /// Counts handed out as a retired flow's, the flow not retired (its actions changed).
+    fn hand_out(&mut self, ufid: [u32; 4], stats: Option<FlowStats>) {
         if let Some(s) = stats {
             self.pending.push((ufid, s));
         }
@@ -385,6 +484,11 @@ mod tests {
             });
             f.packets += n;
             f.bytes += 100 * n;
+        }
+        /// OVS_FLOW_CMD_SET with new actions (a revalidator's modify): same UFID, same stats.
+        fn modify(&mut self, u: [u32; 4], actions: u64, drop_slot: u32) {
+            let f = self.table.get_mut(&u).unwrap();
+            (f.actions, f.drop_slot) = (actions, drop_slot);
         }
         /// ovs_flow_tbl_remove, then the RCU callback (the removal probe).
         fn remove(&mut self, u: [u32; 4]) {
@@ -516,6 +620,52 @@ mod tests {
             (7, 1, 7)
         );
         assert_eq!(get(&v, B).drops, 0);
+    }
+
+    /// A flow allowed, then (an ACL changed) dropping, its actions modified in place: the
+    /// packets before the change are handed out with the old actions (as retired: folded with
+    /// their explanation), not counted as drops; those after count afresh under the new ones.
+    /// Without the split, all 10 + 4 would read as drops of the new actions.
+    #[test]
+    fn a_flow_whose_actions_change_in_place_counts_apart() {
+        let mut k = Fake::default();
+        let mut acc = FlowAccounts::start(&mut k).unwrap();
+        k.hit(A, 10, 0);
+        k.executed.insert(A, 1);
+        let v = acc.read(&mut k).unwrap();
+        assert_eq!((get(&v, A).packets, get(&v, A).drops), (11, 0));
+        k.modify(A, 7, 3);
+        k.hit(A, 4, 3);
+        // Split at the last read's counts: the 4 since go with the new actions.
+        let v = acc.read(&mut k).unwrap();
+        let gone = acc.retirement.take();
+        assert_eq!(gone.len(), 1);
+        let (u, old) = gone[0];
+        assert_eq!((u, old.packets, old.drops), (A, 11, 0), "{old:?}");
+        let a = get(&v, A);
+        assert_eq!((a.packets, a.drops, a.drops_after_upcall), (4, 4, 0));
+        assert_eq!((acc.changed, acc.retirement.count), (1, 0));
+        k.hit(A, 5, 3);
+        let v = acc.read(&mut k).unwrap();
+        let a = get(&v, A);
+        assert_eq!((a.packets, a.drops, a.drop_reasons[3]), (9, 9, 9));
+        assert_eq!(
+            acc.totals,
+            (20, 9),
+            "the handed-out part stays in the totals"
+        );
+        assert!(acc.retirement.take().is_empty(), "split once");
+        // Gone and back with yet other actions (an ovs-vswitchd restart): split again.
+        k.remove(A);
+        acc.read(&mut k).unwrap();
+        k.hit(A, 2, 0);
+        k.modify(A, 9, 0);
+        let v = acc.read(&mut k).unwrap();
+        let gone = acc.retirement.take();
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].1.packets, gone[0].1.drops), (9, 9));
+        assert_eq!((get(&v, A).packets, get(&v, A).drops), (2, 0));
+        assert_eq!(acc.totals, (22, 9));
     }
 
     /// The module gone (the table unreadable): the counts as last read, the probes' executed

@@ -158,7 +158,9 @@ impl Tracer for KernelTracer {
                 c[k as usize] = 0;
             }
             c[Counter::LatencySample as usize] = u64::from(self.latency_sample);
-            c[Counter::FlowsRetired as usize] = flows.borrow().1.retirement.count;
+            let acc = &flows.borrow().1;
+            c[Counter::FlowsRetired as usize] = acc.retirement.count;
+            c[Counter::FlowsChanged as usize] = acc.changed;
         } else {
             c[Counter::FlowsRetired as usize] = self.idle.borrow().retirement.count;
         }

@@ -112,6 +112,12 @@ impl LossReport {
                 self.get(Counter::FlowsRetired)
             ));
         }
+        if self.get(Counter::FlowsChanged) > 0 {
+            s.push_str(&format!(
+                "; {} flows changed actions in place (counted apart before and after)",
+                self.get(Counter::FlowsChanged)
+            ));
+        }
         if self.get(Counter::RemovedStatsFull) > 0 {
             s.push_str(&format!(
                 "; {} removed flows NOT counted (REMOVED_STATS full)",
@@ -219,7 +225,7 @@ mod tests {
         );
         assert!(
             json.ends_with(
-                r#""latency_sample":180,"datapath_upcalls_lost":190,"flows_retired":200}"#
+                r#""datapath_upcalls_lost":190,"flows_retired":200,"flows_changed":210}"#
             ),
             "{json}"
         );

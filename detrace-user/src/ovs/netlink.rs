@@ -62,6 +62,9 @@ pub struct KernelFlow {
     /// The drop its actions make, as a drop-reason slot (0: none; see
     /// [`detrace_common::DropScan`]).
     pub drop_slot: u32,
+    /// A fingerprint of its actions (FNV-1a of their netlink attributes): ovs-vswitchd's
+    /// revalidators change a flow's actions in place (same UFID) when its translation changes.
+    pub actions: u64,
 }
 
 /// A datapath's lookup counters (`struct ovs_dp_stats`): what `ovs-dpctl show` prints as
@@ -390,11 +393,19 @@ pub fn parse_flow(a: &[u8]) -> Option<KernelFlow> {
                     scan.push(t, arg);
                 }
                 f.drop_slot = scan.slot();
+                f.actions = fingerprint(p);
             }
             _ => {}
         }
     }
     ufid.then_some(f)
+}
+
+/// FNV-1a, 64 bits: stable across runs and builds, enough to tell two action lists apart.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One `OVS_DP_CMD_GET` reply: the name and `ovs_dp_stats` (hit, missed, lost, flows: four
@@ -456,6 +467,17 @@ mod tests {
         put_attr(&mut out, 1, &2u32.to_ne_bytes());
         let f = parse_flow(&flow_msg(ufid, None, &out)).expect("a flow");
         assert_eq!((f.packets, f.drop_slot), (0, 0));
+        // Actions told apart: output:2, output:3 and the drop each their own fingerprint.
+        let mut out3 = Vec::new();
+        put_attr(&mut out3, 1, &3u32.to_ne_bytes());
+        let g = parse_flow(&flow_msg(ufid, None, &out3)).expect("a flow");
+        let d = parse_flow(&flow_msg(ufid, None, &drop)).expect("a flow");
+        assert!(f.actions != g.actions && f.actions != d.actions && g.actions != d.actions);
+        let again = parse_flow(&flow_msg(ufid, Some((1, 2)), &out)).expect("a flow");
+        assert_eq!(
+            again.actions, f.actions,
+            "the same actions, the same fingerprint"
+        );
         // No actions at all: OVS_DROP_LAST_ACTION.
         assert_eq!(
             parse_flow(&flow_msg(ufid, None, &[])).map(|f| f.drop_slot),

@@ -1,0 +1,128 @@
+#!/bin/bash
+# An ACL changed from allow to drop while its traffic's datapath flows live, in the lab guest
+# (kernel datapath, lab topology and traffic up). ovs-vswitchd's revalidators then change the
+# flows' actions in place (a modify: same UFID, new actions) where the translation changed and
+# the megaflow did not. `drops` (counting from the kernel's flow table) must count against the
+# ACL exactly the packets sent after the change, not those its flow forwarded before; `top`
+# must keep the packets of before and after apart, and both say the flows that changed.
+#
+# Own objects: an ACL on UDP 7783 to the server (allow, then drop) and a UDP sink there.
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+ok() { echo "ok: $*"; }
+[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
+D=$DETRACE_BIN
+T=$(mktemp -d)
+SERVER=10.244.2.5 PORT=7783
+N1=15 N2=12
+MATCH="outport == \"server\" && udp.dst == $PORT"
+
+ovn-nbctl --name=vmtest-chg-$PORT acl-add sw-backend to-lport 1003 "$MATCH" allow-related
+ACL=$(ovn-nbctl --bare --columns=_uuid find ACL name=vmtest-chg-$PORT)
+# Not logged: a logged drop goes to ovn-controller instead of being dropped in the datapath.
+ovn-nbctl set ACL "$ACL" log=false
+ovn-nbctl --wait=hv sync || fail "ovn-nbctl sync"
+
+ip netns exec server python3 -c "
+import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', $PORT))
+while True: s.recv(2048)" </dev/null >/dev/null 2>&1 &
+SINK=$!
+cleanup() {
+  kill $SINK $P $Q 2>/dev/null
+  ovn-nbctl acl-del sw-backend to-lport 1003 "$MATCH" 2>/dev/null
+  rm -rf $T
+}
+P= Q=
+trap cleanup EXIT
+
+# send COUNT [FIRST_PAUSE]: COUNT datagrams from one source port, 20 ms apart (the first
+# followed by FIRST_PAUSE s, so that the next find the flows its upcall installed).
+send() {
+  ip netns exec client python3 -c "
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 42783))
+for i in range(int(sys.argv[1])):
+    s.sendto(b'detrace-chg', ('$SERVER', $PORT)); time.sleep(float(sys.argv[2]) if i == 0 else 0.02)
+" "$1" "${2:-0.02}"
+}
+wait_ready() {
+  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
+  fail "$2 did not get ready: $(cat "$1" "$2.err" 2>/dev/null | tail -5)"
+}
+# flows TAG: the datapath flows of this conversation (ufid and actions), kept for the log.
+flows() {
+  ovs-appctl dpctl/dump-flows -m | grep "dst=$PORT\b" | sed -E 's/.*ufid:([0-9a-f-]+).* actions:(.*)/\1 \2/' \
+    | sort > $T/flows.$1
+}
+
+# The flows exist (and are explained as forwarding) before detrace starts.
+send 3 1
+sleep 1
+"$D" drops --ready --format json --interval 1 --duration 120 >$T/drops.out 2>$T/drops.err &
+P=$!
+wait_ready $T/drops.out drops
+"$D" top --ready --format json --interval 1 --duration 120 --sort packets --limit 1000 >$T/top.out 2>$T/top.err &
+Q=$!
+wait_ready $T/top.out top
+send $N1
+sleep 2
+flows before
+ovn-nbctl set ACL "$ACL" action=drop || fail "set the ACL to drop"
+ovn-nbctl --wait=hv sync || fail "ovn-nbctl sync"
+ovs-appctl revalidator/wait && ovs-appctl revalidator/wait || fail "revalidator/wait"
+flows after
+echo "datapath flows of udp/$PORT before the change (ufid actions):"; cat $T/flows.before
+echo "after:"; cat $T/flows.after
+# Same UFID, other actions: the case this test is about.
+MODIFIED=$(join $T/flows.before $T/flows.after | awk '$2 != $3' | wc -l)
+[ "$MODIFIED" -gt 0 ] || fail "no flow of udp/$PORT was modified in place (the same UFID with new actions): nothing tested"
+send $N2
+
+# acl_drops: the ACL's group's drops in drops' latest report (its groups are cumulative).
+acl_drops() {
+  python3 - "$T/drops.out" "$ACL" <<'PY'
+import json, sys
+n = 0
+for l in open(sys.argv[1]):
+    try:
+        g = json.loads(l)
+        if g["culprit"]["id"] == sys.argv[2]:
+            n = g["drops"]
+    except (ValueError, KeyError, TypeError):
+        pass  # not a group, or one being written
+print(n)
+PY
+}
+for i in $(seq 60); do
+  [ "$(acl_drops)" -ge $N2 ] && break
+  sleep 0.5
+done
+sleep 2
+kill -INT $P $Q
+wait $P || fail "detrace drops exited $?: $(tail -5 $T/drops.err)"
+wait $Q || fail "detrace top exited $?: $(tail -5 $T/top.err)"
+P= Q=
+
+python3 - $T/drops.out $ACL $N2 <<'PY' || fail "drops: $(tail -c 3000 $T/drops.out; tail -3 $T/drops.err)"
+import json, os, sys
+groups = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and l[0] == '{']
+acl, n2 = sys.argv[2], int(sys.argv[3])
+last = [g for g in groups if g["final"]]
+mine = [g for g in last if g["culprit"]["id"] == acl]
+assert len(mine) == 1, f"one group for the ACL in the last report, got {[g['culprit'] for g in last]}"
+g = mine[0]
+# Without the split, its flows' packets from before the change would count as drops too.
+assert g["drops"] == n2, f"the ACL's drops: {g['drops']}, sent after the change {n2}: {g}"
+assert g["reasons"].get(os.environ["OVN_DROP_REASON"]) == n2, g["reasons"]
+print(f"drops: {g['drops']} -> ACL {g['culprit']['name']} (sent after the change {n2}); other groups {[(x['culprit'].get('name'), x['drops']) for x in last if x is not g]}")
+PY
+grep -E 'kernel:|changed' $T/drops.err | tail -2
+grep -q 'flows changed actions in place' $T/drops.err || fail "drops does not say a flow changed: $(tail -3 $T/drops.err)"
+python3 - $T/top.out <<'PY' || fail "top: $(tail -3 $T/top.err)"
+import json, sys
+t = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and l[0] == '{'][-1]
+k = t["kernel"]
+assert k["flows_changed"] > 0, f"top: no flow changed: {k}"
+print(f"top: {k['flows_changed']} flows changed in place, kernel {dict((x, k[x]) for x in ('flows_removed', 'flows_retired'))}")
+PY
+ok "an ACL changed from allow to drop on live flows: $N2 drops to it (not the $N1 forwarded before), $MODIFIED flows modified in place"
