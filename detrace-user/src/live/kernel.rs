@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats, kernel_drop_slot};
 
 use super::{
-    flowtable::{FlowAccounts, FlowReads, IdleFlows},
+    flowtable::{ActionWatch, FlowAccounts, FlowReads, IdleFlows},
     source::{EventSource, Tracer},
     upcall_loss::UpcallLoss,
 };
@@ -48,6 +48,9 @@ pub struct KernelTracer {
     flows: Option<RefCell<(FlowTable, FlowAccounts)>>,
     /// Per-packet counting's retirement (when `flows` is None).
     idle: RefCell<IdleFlows>,
+    /// Per-packet counting's watch on the flows' actions (when `flows` is None; None when
+    /// the flow table cannot be opened: said once).
+    actions: Option<RefCell<(FlowTable, ActionWatch)>>,
     latency_sample: u32,
     /// The datapath's lost upcalls, counted from the attach.
     upcall_loss: Option<RefCell<UpcallLoss>>,
@@ -129,6 +132,21 @@ impl Tracer for KernelTracer {
             r => r,
         }
     }
+    fn actions_changed(&self) -> Vec<Uuid> {
+        let Some(a) = &self.actions else {
+            return Vec::new();
+        };
+        let (table, watch) = &mut *a.borrow_mut();
+        match table.dump() {
+            Ok(flows) => watch.changes(&flows, std::time::Instant::now()),
+            // The module going (said by the run loop) or a transient netlink error: the next
+            // read catches up.
+            Err(e) => {
+                tracing::debug!("reading the flows' actions: {e:#}");
+                Vec::new()
+            }
+        }
+    }
     fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
         match &self.flows {
             Some(f) => f.borrow_mut().1.retirement.take(),
@@ -163,6 +181,9 @@ impl Tracer for KernelTracer {
             c[Counter::FlowsChanged as usize] = acc.changed;
         } else {
             c[Counter::FlowsRetired as usize] = self.idle.borrow().retirement.count;
+            if let Some(a) = &self.actions {
+                c[Counter::FlowsChanged as usize] = a.borrow().1.changed;
+            }
         }
         if let Some(u) = &self.upcall_loss {
             c[Counter::DatapathLost as usize] = u.borrow_mut().read();
@@ -234,9 +255,24 @@ pub fn attach_live(
     } else {
         0
     };
+    // Per-packet counting reads the table for the flows' actions alone.
+    let actions = match &flows {
+        Some(_) => None,
+        None => match FlowTable::open() {
+            Ok(t) => Some(RefCell::new((t, ActionWatch::new(counting.retire_after)))),
+            Err(e) => {
+                eprintln!(
+                    "detrace: cannot read the datapath's flow table ({e:#}): a flow whose \
+                     actions change in place keeps the explanation of its old ones"
+                );
+                None
+            }
+        },
+    };
     let tracer = KernelTracer {
         probes: RefCell::new(probes),
         flows,
+        actions,
         idle: RefCell::new(IdleFlows::new(counting.retire_after)),
         latency_sample,
         upcall_loss: UpcallLoss::open().map(RefCell::new),

@@ -314,6 +314,14 @@ impl<A: Appctl> Pipeline<A> {
         }
     }
 
+    /// Flows whose actions changed in place (per-packet counting): out of the explanation
+    /// cache, to be explained again when next met.
+    pub fn actions_changed(&mut self, changed: Vec<Uuid>) {
+        if !changed.is_empty() {
+            self.cache.forget(changed);
+        }
+    }
+
     /// Retired flows to the sink, then out of the explanation cache.
     pub fn retire(
         &mut self,

@@ -102,6 +102,9 @@ fn tick<T: Tracer, A: Appctl>(
         }
         None
     };
+    if scan {
+        pipe.actions_changed(tracer.actions_changed());
+    }
     pipe.tick(needs, flows.as_ref());
     if scan && let Some(addrs) = pipe.refresh_selection() {
         tracer.set_filter_addrs(&addrs)?;

@@ -26,6 +26,12 @@ pub trait Tracer {
     fn take_retired(&self) -> Vec<([u32; 4], FlowStats)> {
         Vec::new()
     }
+    /// UFIDs whose datapath actions changed in place since the last call (per-packet
+    /// counting: their explanations are to be made again; counting from the flow table splits
+    /// such flows itself, through [`Self::take_retired`]). Asked once a second.
+    fn actions_changed(&self) -> Vec<Uuid> {
+        Vec::new()
+    }
     /// Cumulative counters (indexed by [`Counter`]), summed over CPUs.
     fn counters(&self) -> anyhow::Result<[u64; COUNTER_SLOTS as usize]>;
     /// Replaces the addresses of the kernel's address-set filter (`--pod`, `--namespace`).

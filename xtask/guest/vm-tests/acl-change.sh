@@ -28,11 +28,11 @@ import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.
 while True: s.recv(2048)" </dev/null >/dev/null 2>&1 &
 SINK=$!
 cleanup() {
-  kill $SINK $P $Q 2>/dev/null
+  kill $SINK $P $Q $W 2>/dev/null
   ovn-nbctl acl-del sw-backend to-lport 1003 "$MATCH" 2>/dev/null
   rm -rf $T
 }
-P= Q=
+P= Q= W=
 trap cleanup EXIT
 
 # send COUNT [FIRST_PAUSE]: COUNT datagrams from one source port, 20 ms apart (the first
@@ -64,6 +64,10 @@ wait_ready $T/drops.out drops
 "$D" top --ready --format json --interval 1 --duration 120 --sort packets --limit 1000 >$T/top.out 2>$T/top.err &
 Q=$!
 wait_ready $T/top.out top
+# Per-packet: every packet of ours, its verdict and culprit.
+"$D" watch --ready --format json --duration 120 --port $PORT >$T/watch.out 2>$T/watch.err &
+W=$!
+wait_ready $T/watch.out watch
 send $N1
 sleep 2
 flows before
@@ -76,6 +80,8 @@ echo "after:"; cat $T/flows.after
 # Same UFID, other actions: the case this test is about.
 MODIFIED=$(join $T/flows.before $T/flows.after | awk '$2 != $3' | wc -l)
 [ "$MODIFIED" -gt 0 ] || fail "no flow of udp/$PORT was modified in place (the same UFID with new actions): nothing tested"
+# The live commands read the flows' actions once a second.
+sleep 2
 send $N2
 
 # acl_drops: the ACL's group's drops in drops' latest report (its groups are cumulative).
@@ -98,10 +104,11 @@ for i in $(seq 60); do
   sleep 0.5
 done
 sleep 2
-kill -INT $P $Q
+kill -INT $P $Q $W
 wait $P || fail "detrace drops exited $?: $(tail -5 $T/drops.err)"
 wait $Q || fail "detrace top exited $?: $(tail -5 $T/top.err)"
-P= Q=
+wait $W || fail "detrace watch exited $?: $(tail -5 $T/watch.err)"
+P= Q= W=
 
 python3 - $T/drops.out $ACL $N2 <<'PY' || fail "drops: $(tail -c 3000 $T/drops.out; tail -3 $T/drops.err)"
 import json, os, sys
@@ -125,4 +132,17 @@ k = t["kernel"]
 assert k["flows_changed"] > 0, f"top: no flow changed: {k}"
 print(f"top: {k['flows_changed']} flows changed in place, kernel {dict((x, k[x]) for x in ('flows_removed', 'flows_retired'))}")
 PY
+python3 - $T/watch.out $ACL $N1 $N2 <<'PY' || fail "watch: $(tail -c 3000 $T/watch.out; tail -3 $T/watch.err)"
+import json, sys
+pk = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and l[0] == '{']
+acl, n1, n2 = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ours = [p for p in pk if p["packet"].get("dport") == 7783]
+out = [p for p in ours if p["verdict"] == "output"]
+drop = [p for p in ours if p["verdict"] != "output"]
+assert (len(out), len(drop)) == (n1, n2), f"watch: {len(out)} forwarded, {len(drop)} not (sent {n1}, then {n2} after the change): {[p['verdict'] for p in ours]}"
+blamed = [p.get("culprit", {}).get("id") for p in drop]
+assert blamed == [acl] * n2, f"the dropped packets' culprits: {blamed}"
+print(f"watch: {len(out)} forwarded before the change, {len(drop)} dropped after it, each naming the ACL")
+PY
+grep 'kernel:' $T/watch.err | tail -1
 ok "an ACL changed from allow to drop on live flows: $N2 drops to it (not the $N1 forwarded before), $MODIFIED flows modified in place"
