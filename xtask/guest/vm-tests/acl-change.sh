@@ -6,13 +6,8 @@
 # ACL exactly the packets sent after the change, not those its flow forwarded before; `top`
 # must keep the packets of before and after apart, and both say the flows that changed.
 #
-# Own objects: an ACL on UDP 7783 to the server (allow, then drop) and a UDP sink there.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+# Own objects: an ACL on UDP 7783 to the server (allow-related, then drop) and a UDP sink there.
+. /mnt/host/guest/vmtest.sh
 SERVER=10.244.2.5 PORT=7783
 N1=15 N2=12
 MATCH="outport == \"server\" && udp.dst == $PORT"
@@ -35,19 +30,18 @@ cleanup() {
 P= Q= W=
 trap cleanup EXIT
 
-# send COUNT [FIRST_PAUSE]: COUNT datagrams from one source port, 20 ms apart (the first
-# followed by FIRST_PAUSE s, so that the next find the flows its upcall installed).
+# send BASE COUNT [FIRST_PAUSE]: COUNT datagrams, 20 ms apart (the first followed by FIRST_PAUSE
+# s, so that the next find the flows its upcall installed), each a new conversation (source
+# port BASE+i): OVN's ACLs decide a conversation's first packets, conntrack lets the later ones
+# of an established conversation through, so each packet here meets the ACL's flow.
 send() {
   ip netns exec client python3 -c "
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 42783))
-for i in range(int(sys.argv[1])):
-    s.sendto(b'detrace-chg', ('$SERVER', $PORT)); time.sleep(float(sys.argv[2]) if i == 0 else 0.02)
-" "$1" "${2:-0.02}"
-}
-wait_ready() {
-  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(cat "$1" "$2.err" 2>/dev/null | tail -5)"
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1]) + i))
+    s.sendto(b'detrace-chg', ('$SERVER', $PORT)); s.close()
+    time.sleep(float(sys.argv[3]) if i == 0 else 0.02)
+" "$1" "$2" "${3:-0.02}"
 }
 # flows TAG: the datapath flows of this conversation (ufid and actions), kept for the log.
 flows() {
@@ -56,7 +50,7 @@ flows() {
 }
 
 # The flows exist (and are explained as forwarding) before detrace starts.
-send 3 1
+send 42000 3 1
 sleep 1
 "$D" drops --ready --format json --interval 1 --duration 120 >$T/drops.out 2>$T/drops.err &
 P=$!
@@ -68,7 +62,7 @@ wait_ready $T/top.out top
 "$D" watch --ready --format json --duration 120 --port $PORT >$T/watch.out 2>$T/watch.err &
 W=$!
 wait_ready $T/watch.out watch
-send $N1
+send 43000 $N1
 sleep 2
 flows before
 ovn-nbctl set ACL "$ACL" action=drop || fail "set the ACL to drop"
@@ -82,7 +76,7 @@ MODIFIED=$(join $T/flows.before $T/flows.after | awk '$2 != $3' | wc -l)
 [ "$MODIFIED" -gt 0 ] || fail "no flow of udp/$PORT was modified in place (the same UFID with new actions): nothing tested"
 # The live commands read the flows' actions once a second.
 sleep 2
-send $N2
+send 44000 $N2
 
 # acl_drops: the ACL's group's drops in drops' latest report (its groups are cumulative).
 acl_drops() {

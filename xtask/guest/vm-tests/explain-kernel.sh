@@ -5,10 +5,7 @@
 # on the kernel datapath, and `detrace explain --all --format json` resolves the lab's flows.
 # OVS before 3.4 (the bookworm profile's 3.1) has no ofproto/detrace: the chain goes through
 # `ofproto/trace` of the datapath flow's match instead, as detrace's own fallback does.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest (DETRACE_VM unset)"
+. /mnt/host/guest/vmtest.sh
 
 # --- kernel features the eBPF side relies on
 [ -r /sys/kernel/btf/vmlinux ] || fail "no /sys/kernel/btf/vmlinux"

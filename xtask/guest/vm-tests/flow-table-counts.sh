@@ -6,12 +6,7 @@
 #
 # Own objects, so that nothing else touches the counted flows: a UDP load balancer lb-ft
 # (10.244.1.44:5001 -> server:5001) and an ACL dropping UDP 7781 to the server.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 SERVER=10.244.2.5 VIP=10.244.1.44 DPORT=7781
 N1=20 N2=15
 
@@ -46,11 +41,6 @@ for i in range(int(sys.argv[3])):
 " "$1" "$2" "$3" "${4:-0.02}"
 }
 warm() { send "$1" "$2" 3 1; sleep 1; send "$1" "$2" 2; sleep 1; }
-
-wait_ready() {
-  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(cat "$1" "$1.err" 2>/dev/null | tail -5)"
-}
 
 # No program of the per-packet hooks may be loaded while top/drops run by default; the
 # flow-removal probe must be.

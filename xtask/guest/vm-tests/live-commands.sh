@@ -5,12 +5,7 @@
 # Exact counts need a flow nothing else touches: this test adds its own ACL (UDP 7777 to the
 # server, dropped) and its own UDP load balancer, warms their datapath flows up (the first packet
 # of a new flow goes through ovs-vswitchd, not the kernel flow), then sends exactly N and M.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 N=40 M=30
 SERVER=10.244.2.5 UDPVIP=10.244.1.43
 
@@ -39,10 +34,6 @@ for i in range(int(sys.argv[3])):
 warm() { send "$1" "$2" 3; sleep 1; send "$1" "$2" 2; sleep 1; }
 
 # Waits for "ready" on a command's stdout file.
-wait_ready() {
-  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(cat "$1" "$1.err" 2>/dev/null | tail -5)"
-}
 
 # --- drops: exactly N dropped by the test ACL, attributed to it and to nothing else
 warm $SERVER 7777

@@ -11,16 +11,10 @@
 #   prod/allow-web, pods prod/client, prod/web-0, dev/tester, the security groups and ports;
 # - watch --pod prod/db and watch --namespace dev --verdict drop show exactly their packets,
 #   and a pod created while watch --namespace runs is picked up (the filter follows the NB).
-set -u
-fail() { echo "FAIL: ${FAILED:+$FAILED; and }$*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
+. /mnt/host/guest/vmtest.sh
 G=/mnt/host/guest
-T=$(mktemp -d)
 NETNS="pclient pdb pweb dtest dlate nvm1 nvm2"
 SINKS=
-FAILED=
 cleanup() {
   for p in $SINKS; do kill $p 2>/dev/null; done
   for n in $NETNS; do ip netns del $n 2>/dev/null; done
@@ -77,10 +71,6 @@ for i in range(int(sys.argv[3])):
     s.sendto(b'detrace-platform', (sys.argv[1], int(sys.argv[2]))); s.close()
     time.sleep(1.0 if i == 0 else 0.02)
 " "$2" "$3" "$4" || fail "send from $1 to $2:$3"
-}
-wait_ready() {
-  for i in $(seq 150); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(tail -5 "$1" "${1%.out}.err" 2>/dev/null)"
 }
 
 "$D" drops --ready --format json --duration 40 >$T/d.out 2>$T/d.err &

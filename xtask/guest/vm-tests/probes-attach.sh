@@ -7,13 +7,8 @@
 # dropping flow, streams filtered events, and counts what the rate limit and a tiny ring buffer
 # hold back; attach and detach each take under a second.
 # Also leaves captures in results/ (kfree_skb format, events JSON lines, the flows they name).
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest (DETRACE_VM unset)"
+. /mnt/host/guest/vmtest.sh
 R=/mnt/host/results
-T=$(mktemp -d)
-D="$DETRACE_BIN"
 SERVER=10.244.2.5 CLIENT=10.244.1.4
 
 cp /sys/kernel/tracing/events/skb/kfree_skb/format $R/kfree_skb.format 2>/dev/null ||

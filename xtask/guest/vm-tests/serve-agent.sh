@@ -4,12 +4,7 @@
 # an ACL that drops; ovs-vswitchd restarted in the middle; a scrape of /metrics shows exactly
 # the packets per OVN object and per platform object, the drops per culprit and reason, and the
 # reconnection; /healthz answers; SIGTERM ends it with its probes detached.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 SERVER=10.244.2.5 VIP=10.244.1.61 PORT=19476
 P= SINK=
 cleanup() {

@@ -6,12 +6,7 @@
 #
 # Unlike live-commands.sh, no warm-up: this test's own ACL (UDP 7780 to the server, dropped) has
 # never seen a packet when exactly N are sent, so the first takes the upcall path.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 trap 'rm -rf $T' EXIT
 N=12
 SERVER=10.244.2.5 PORT=7780
@@ -23,11 +18,6 @@ ACL_UUID=$(ovn-nbctl --bare --columns=_uuid find ACL name=vmtest-drop-7780)
 ovn-nbctl set ACL "$ACL_UUID" log=false
 ovn-nbctl --wait=hv sync || fail "ovn-nbctl sync"
 ovs-appctl dpctl/dump-flows | grep -q "dst=$PORT" && fail "a datapath flow for udp/$PORT exists before the test sent anything"
-
-wait_ready() {
-  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(cat "$1" "$1.err" 2>/dev/null | tail -5)"
-}
 
 "$D" drops --ready --format json --duration 10 >$T/drops.out 2>$T/drops.err &
 P=$!

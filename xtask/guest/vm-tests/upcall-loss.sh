@@ -6,21 +6,12 @@
 # that way; here ovs-vswitchd is stopped (SIGSTOP) under a burst of new flows, so its upcall
 # sockets fill. detrace must say so on stderr while it runs and count exactly what the kernel
 # counted in its closing report (JSON `kernel.datapath_upcalls_lost`).
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 VSW=$(cat /var/run/openvswitch/ovs-vswitchd.pid 2>/dev/null) || fail "no ovs-vswitchd pidfile"
 # Whatever happens, ovs-vswitchd runs again when the test ends.
 trap 'kill -CONT $VSW 2>/dev/null; rm -rf $T' EXIT
 
 lost() { ovs-dpctl show | sed -n 's/.*lookups:.*lost:\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'; }
-wait_ready() {
-  for i in $(seq 100); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(cat "$1" "$1.err" 2>/dev/null | tail -5)"
-}
 
 "$D" top --ready --format json --interval 60 --duration 20 >$T/top.out 2>$T/top.err &
 P=$!

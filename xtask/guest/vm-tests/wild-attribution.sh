@@ -7,15 +7,9 @@
 #   and ovn-controller and a datapath flush: they end at --duration with rc 0, say on stderr
 #   what happened, and explain flows created afterwards.
 # The daemons are reached through non-default paths (OVS_RUNDIR, OVN_SB_DB, OVN_NB_DB).
-set -u
-fail() { echo "FAIL: ${FAILED:+$FAILED; and }$*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 SERVER=10.244.2.5
 SINK=
-FAILED=
 cleanup() {
   [ -n "$SINK" ] && kill $SINK 2>/dev/null
   ip netns del wildps 2>/dev/null
@@ -43,11 +37,6 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
 for i in range(int(sys.argv[4])):
     s.sendto(b'detrace-wild', (sys.argv[2], int(sys.argv[3]))); time.sleep(1.0 if i == 0 else 0.02)
 " "$2" "$3" "$4" "$5" || fail "send from $1 to $3:$4"
-}
-
-wait_ready() {
-  for i in $(seq 150); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(tail -5 "$1" "${1%.out}.err" 2>/dev/null)"
 }
 
 # --- the causes, each its own element

@@ -4,12 +4,7 @@
 # zzz-module-unload.sh, which takes the datapath down, comes after); it changes nothing that
 # outlives it (the tmpfs and the hiding mounts are its own, the last two in a private mount
 # namespace), so later tests would not notice either.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 SERVER=10.244.2.5
 TRAFFIC=
 cleanup() {

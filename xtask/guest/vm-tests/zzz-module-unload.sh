@@ -6,12 +6,7 @@
 #
 # Runs last (after zz-faults.sh): it takes the lab's datapath down (ovs-vswitchd stopped, the
 # datapath deleted, the module unloaded) and only reloads the module at the end.
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-[ "${DETRACE_VM:-}" = 1 ] || fail "not in the lab guest"
-D=$DETRACE_BIN
-T=$(mktemp -d)
+. /mnt/host/guest/vmtest.sh
 PF= PK=
 cleanup() {
   for p in $PF $PK; do kill -INT $p 2>/dev/null; done
@@ -19,10 +14,6 @@ cleanup() {
   rm -rf $T
 }
 trap cleanup EXIT
-wait_ready() {
-  for i in $(seq 150); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  fail "$2 did not get ready: $(tail -5 "${1%.out}.err")"
-}
 
 "$D" top --ready --format json --interval 1 --duration 120 >$T/f.out 2>$T/f.err &
 PF=$!
