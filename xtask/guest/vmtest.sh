@@ -15,3 +15,20 @@ wait_ready() {
   for i in $(seq 150); do grep -q '^ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
   fail "$2 did not get ready: $(tail -5 "$1" "${1%.out}.err" 2>/dev/null)"
 }
+
+# group_drops OUT ID: the drops of the group whose culprit is ID in the latest report of
+# `drops --format json` writing OUT (its groups are cumulative); 0 before it has one.
+group_drops() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+n = 0
+for l in open(sys.argv[1]):
+    try:
+        g = json.loads(l)
+        if g["culprit"]["id"] == sys.argv[2]:
+            n = g["drops"]
+    except (ValueError, KeyError, TypeError):
+        pass  # not a group, or one being written
+print(n)
+PY
+}

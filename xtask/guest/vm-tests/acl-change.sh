@@ -78,23 +78,8 @@ MODIFIED=$(join $T/flows.before $T/flows.after | awk '$2 != $3' | wc -l)
 sleep 2
 send 44000 $N2
 
-# acl_drops: the ACL's group's drops in drops' latest report (its groups are cumulative).
-acl_drops() {
-  python3 - "$T/drops.out" "$ACL" <<'PY'
-import json, sys
-n = 0
-for l in open(sys.argv[1]):
-    try:
-        g = json.loads(l)
-        if g["culprit"]["id"] == sys.argv[2]:
-            n = g["drops"]
-    except (ValueError, KeyError, TypeError):
-        pass  # not a group, or one being written
-print(n)
-PY
-}
 for i in $(seq 60); do
-  [ "$(acl_drops)" -ge $N2 ] && break
+  [ "$(group_drops $T/drops.out "$ACL")" -ge $N2 ] && break
   sleep 0.5
 done
 sleep 2

@@ -186,26 +186,11 @@ warm $SERVER $DPORT
 P=$!
 wait_ready $T/drops.out drops
 check_programs drops
-# acl_drops: the ACL's drops in drops' latest report (its groups are cumulative).
-acl_drops() {
-  python3 - "$T/drops.out" "$ACL_UUID" <<'PY'
-import json, sys
-n = 0
-for l in open(sys.argv[1]):
-    try:
-        g = json.loads(l)
-        if g["culprit"]["id"] == sys.argv[2]:
-            n = g["drops"]
-    except (ValueError, KeyError, TypeError):
-        pass  # not a group, or one being written
-print(n)
-PY
-}
 # until_acl N: until the ACL's group counts N drops (explained: a flow flushed before its
 # explanation stays counted but unexplained, said; what this checks is the count across
 # flushes and retirement, not how fast explanations come), at most 30 s.
 until_acl() {
-  for i in $(seq 60); do [ "$(acl_drops)" -ge "$1" ] && return 0; sleep 0.5; done
+  for i in $(seq 60); do [ "$(group_drops $T/drops.out "$ACL_UUID")" -ge "$1" ] && return 0; sleep 0.5; done
   fail "drops: the ACL's group never reached $1 drops: $(tail -c 2000 $T/drops.out)"
 }
 send $SERVER $DPORT $N1
