@@ -401,10 +401,34 @@ pub fn parse_flow(a: &[u8]) -> Option<KernelFlow> {
     ufid.then_some(f)
 }
 
-/// FNV-1a, 64 bits: stable across runs and builds, enough to tell two action lists apart.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+/// enum ovs_action_attr and ovs_userspace_attr: the arguments ovs-vswitchd numbers afresh.
+const OVS_ACTION_ATTR_USERSPACE: u16 = 2;
+const OVS_ACTION_ATTR_RECIRC: u16 = 7;
+const OVS_USERSPACE_ATTR_PID: u16 = 1;
+
+/// A fingerprint of a flow's actions (FNV-1a, 64 bits, over their netlink attributes), blind
+/// to the numbers ovs-vswitchd allocates afresh when the meaning stays: a recirculation's id
+/// (renumbered when a flushed flow, or one of a restarted daemon, is installed again; the
+/// flow after it has another UFID anyway, its match holding the id) and the netlink port of a
+/// userspace action (a handler's socket, new after a restart).
+fn fingerprint(actions: &[u8]) -> u64 {
+    fn fnv(h: u64, bytes: &[u8]) -> u64 {
+        bytes
+            .iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+    let attr = |h: u64, t: u16, v: &[u8]| fnv(fnv(h, &t.to_ne_bytes()), &v.len().to_ne_bytes());
+    attrs(actions).fold(0xcbf2_9ce4_8422_2325, |h, (t, v)| match t {
+        OVS_ACTION_ATTR_RECIRC => attr(h, t, &[]),
+        OVS_ACTION_ATTR_USERSPACE => attrs(v).fold(attr(h, t, &[]), |h, (u, w)| {
+            let w = if u == OVS_USERSPACE_ATTR_PID {
+                &[][..]
+            } else {
+                w
+            };
+            fnv(attr(h, u, w), w)
+        }),
+        _ => fnv(attr(h, t, v), v),
     })
 }
 
@@ -478,6 +502,23 @@ mod tests {
             again.actions, f.actions,
             "the same actions, the same fingerprint"
         );
+        // ct(zone=8),recirc(0x5) and the same reinstalled as recirc(0x9): the same; a
+        // userspace action to another handler's socket (pid) too, not to another cookie.
+        let (ct, recirc, userspace) = (12, OVS_ACTION_ATTR_RECIRC, OVS_ACTION_ATTR_USERSPACE);
+        let acts = |id: u32, pid: u32, cookie: u8| {
+            let (mut a, mut u) = (Vec::new(), Vec::new());
+            put_attr(&mut a, ct, &8u16.to_ne_bytes());
+            put_attr(&mut a, recirc, &id.to_ne_bytes());
+            put_attr(&mut u, OVS_USERSPACE_ATTR_PID, &pid.to_ne_bytes());
+            put_attr(&mut u, 2, &[cookie; 8]);
+            put_attr(&mut a, userspace, &u);
+            parse_flow(&flow_msg(ufid, None, &a))
+                .expect("a flow")
+                .actions
+        };
+        assert_eq!(acts(5, 100, 1), acts(9, 200, 1));
+        assert_ne!(acts(5, 100, 1), acts(5, 100, 2));
+        assert_ne!(acts(5, 100, 1), f.actions);
         // No actions at all: OVS_DROP_LAST_ACTION.
         assert_eq!(
             parse_flow(&flow_msg(ufid, None, &[])).map(|f| f.drop_slot),
