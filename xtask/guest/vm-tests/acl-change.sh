@@ -100,7 +100,7 @@ g = mine[0]
 # Without the split, its flows' packets from before the change would count as drops too.
 assert g["drops"] == n2, f"the ACL's drops: {g['drops']}, sent after the change {n2}: {g}"
 assert g["reasons"].get(os.environ["OVN_DROP_REASON"]) == n2, g["reasons"]
-print(f"drops: {g['drops']} -> ACL {g['culprit']['name']} (sent after the change {n2}); other groups {[(x['culprit'].get('name'), x['drops']) for x in last if x is not g]}")
+print(f"drops: {g['drops']} -> ACL {g['culprit']['name']} (sent after the change {n2}); other groups {[(x['culprit'].get('name'), x['drops'], x['culprit'].get('kind'), x['culprit'].get('detail')) for x in last if x is not g]}")
 PY
 grep -E 'kernel:|changed' $T/drops.err | tail -2
 grep -q 'flows changed actions in place' $T/drops.err || fail "drops does not say a flow changed: $(tail -3 $T/drops.err)"
