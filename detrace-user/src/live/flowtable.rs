@@ -27,7 +27,10 @@
 //! for at least one revalidation, so this is not expected to happen, and is not detected.
 //!
 //! Drops: a flow whose actions drop (an explicit `drop`, or none that sends the packet on)
-//! drops every packet it counts, with that reason (the executed ones as `drops_after_upcall`).
+//! drops every packet it counts under those actions, with that reason (the executed ones as
+//! `drops_after_upcall`). A flow's actions can change under its UFID (a revalidator's modify:
+//! an ACL turned to drop): each read fingerprints them, and a changed flow's counts before the
+//! change are handed out like a retired flow's (see [`FlowAccounts::read_at`]'s `tally`).
 //! Drops that are no flow's action come from the drop tracepoint and are counted by reason,
 //! against no flow (`Counter::DropsNoFlow`).
 
