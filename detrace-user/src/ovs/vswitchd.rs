@@ -283,7 +283,10 @@ impl<A: Appctl> Vswitchd<A> {
             attempts: 1,
             ..Default::default()
         };
-        match self.ctl.call("ofproto/trace", &[dp_name, &flow.match_full]) {
+        match self
+            .ctl
+            .call("ofproto/trace", &[dp_name, &flow.match_traceable()])
+        {
             Ok(text) => {
                 out.rules = parse_trace(&text);
                 if out.rules.is_empty() {
