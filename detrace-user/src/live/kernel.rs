@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use detrace_common::{COUNTER_SLOTS, Counter, Event, FlowStats, RemovedStats, kernel_drop_slot};
 
 use super::{
-    flowtable::{ActionWatch, FlowAccounts, FlowReads, IdleFlows},
+    actions::ActionWatch,
+    flowtable::{FlowAccounts, FlowReads, IdleFlows},
     source::{EventSource, Tracer},
     upcall_loss::UpcallLoss,
 };

@@ -10,6 +10,7 @@
 //!   rendering with [`render`] from resolved data; [`clock`]: kernel time and port names;
 //!   [`upcall_loss`]: packets the datapath itself lost (upcalls ovs-vswitchd never took).
 
+pub mod actions;
 pub mod clock;
 pub mod explainer;
 pub mod flowtable;
